@@ -1,0 +1,390 @@
+"""The math of a GPT-style decoder as pure functions over arrays and parameter pytrees.
+
+This module is the single source of truth: the Flax NNX modules, training, generation
+and visualisation all call these functions. Nothing here knows about Flax; every
+function is jit-, vmap- and grad-safe.
+
+Shape legend (used in names such as ``x_BTD`` and ``weights_BHTS``):
+
+    B  batch                     T  query time (tokens in this call)
+    S  key time (= T without a cache; the cache length with one)
+    D  model width (d_model)     H  query heads        G  kv heads (n_kv_head)
+    K  head width (D // H)       F  feed-forward width V  vocabulary
+    L  layers
+
+Parameter pytrees are plain nested dicts of arrays:
+
+    norm   {"scale": [D], "bias": [D]}            (rmsnorm / bias=False: no "bias")
+    attn   {"wq": [D,H,K], "wk": [D,G,K], "wv": [D,G,K], "wo": [H,K,D],
+            "bq": [H,K], "bk": [G,K], "bv": [G,K], "bo": [D]}   (biases optional)
+    mlp    {"w_in": [D,F], "w_out": [F,D], "b_in": [F], "b_out": [D],
+            "w_gate": [D,F] (swiglu only)}
+    block  {"ln1": norm, "attn": attn, "ln2": norm, "mlp": mlp}   (no ln* when norm_position="none")
+    model  {"tok_emb": [V,D], "pos_emb": [max_len,D] (learned positions only),
+            "blocks": block with a leading [L] axis on every leaf,
+            "ln_f": norm (pre-norm only), "lm_head": [D,V] (untied only)}
+
+Functions that describe the architecture take ``config``: any object with the
+attributes of :class:`jaxformer.ModelConfig` (this module never imports it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Params = Mapping[str, Any]
+
+__all__ = [
+    "causal_mask", "scaled_dot_product_attention", "split_heads", "merge_heads",
+    "attention_projections", "multi_head_attention", "layer_norm", "rms_norm", "norm",
+    "gelu_tanh", "activation", "feed_forward", "sinusoidal_positions", "learned_positions",
+    "rope_frequencies", "apply_rope", "dropout", "decoder_block", "embed", "unembed",
+    "decoder", "init_cache", "cross_entropy",
+]
+
+
+# ----------------------------------------------------------------------------- masks and attention
+def causal_mask(T: int, S: Optional[int] = None, offset: int = 0) -> jax.Array:
+    """Boolean lower-triangular mask ``[T, S]``: True where query t may attend key s.
+
+    ``S`` defaults to ``T``. With ``offset`` (queries start at absolute position
+    ``offset`` in a longer key sequence) query t may attend keys ``s <= t + offset``.
+    """
+    S = T if S is None else S
+    return (jnp.arange(S)[None, :] <= jnp.arange(T)[:, None] + offset)
+
+
+def scaled_dot_product_attention(q, k, v, *, mask=None, scale=None):
+    """Softmax attention ``softmax(q k^T / sqrt(K)) v``.
+
+    Shapes: ``q [..., T, K]``, ``k [..., S, K]``, ``v [..., S, Kv]`` (leading axes
+    broadcast, so grouped K/V heads can share keys without copying);
+    ``mask`` boolean, True = may attend, broadcastable to ``[..., T, S]``.
+    Returns ``(out [..., T, Kv], weights [..., T, S])``. The softmax runs in float32
+    whatever the input dtype. A fully-masked row gives zero weights and a zero
+    output, never NaN.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=jnp.float32) * scale
+    weights = masked_softmax(scores, mask)
+    out = jnp.einsum("...ts,...sk->...tk", weights.astype(v.dtype), v)
+    return out, weights
+
+
+def masked_softmax(scores, mask=None):
+    """Softmax over the last axis in float32 where ``mask`` (True = keep) is True.
+
+    Masked entries get exactly 0; a row with nothing kept is all zeros (not NaN).
+    """
+    scores = scores.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, -jnp.inf)
+    row_max = jnp.max(scores, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    e = jnp.exp(scores - lax.stop_gradient(row_max))
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(denom == 0.0, 1.0, denom)
+
+
+def split_heads(x_BTD, n_head: int):
+    """``[B, T, H*K] -> [B, H, T, K]``."""
+    B, T, D = x_BTD.shape
+    return x_BTD.reshape(B, T, n_head, D // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x_BHTK):
+    """``[B, H, T, K] -> [B, T, H*K]`` (inverse of :func:`split_heads`)."""
+    B, H, T, K = x_BHTK.shape
+    return x_BHTK.transpose(0, 2, 1, 3).reshape(B, T, H * K)
+
+
+# ----------------------------------------------------------------------------- positions
+def sinusoidal_positions(max_len: int, d_model: int, base: float = 10000.0):
+    """The Transformer's fixed table ``[max_len, d_model]`` (float32).
+
+    ``PE[pos, 2i] = sin(pos / base^(2i/d))``, ``PE[pos, 2i+1] = cos(pos / base^(2i/d))``.
+    """
+    pos = jnp.arange(max_len, dtype=jnp.float32)[:, None]
+    two_i = jnp.arange(0, d_model, 2, dtype=jnp.float32)
+    angle = pos / jnp.power(base, two_i / d_model)
+    pe = jnp.zeros((max_len, d_model), jnp.float32)
+    pe = pe.at[:, 0::2].set(jnp.sin(angle))
+    return pe.at[:, 1::2].set(jnp.cos(angle[:, : d_model // 2]))
+
+
+def learned_positions(pos_emb_PD, positions_BT):
+    """Look up learned position vectors: ``[P, D]``, ``[B, T] -> [B, T, D]``."""
+    return jnp.take(pos_emb_PD, positions_BT, axis=0)
+
+
+def rope_frequencies(positions_BT, head_dim: int, theta: float = 10000.0):
+    """Rotary angles ``(cos, sin)``, each ``[B, T, head_dim // 2]`` (float32)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angle = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angle), jnp.sin(angle)
+
+
+def apply_rope(x_BTHK, cos_BTk, sin_BTk):
+    """Rotate pairs ``(x[..., i], x[..., i + K/2])`` by the position's angle (GPT-NeoX / Llama
+    "rotate half" layout). ``x [B, T, H, K]``, ``cos/sin [B, T, K/2]`` -> ``[B, T, H, K]``."""
+    x1, x2 = jnp.split(x_BTHK.astype(jnp.float32), 2, axis=-1)
+    c, s = cos_BTk[:, :, None, :], sin_BTk[:, :, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHK.dtype)
+
+
+# ----------------------------------------------------------------------------- attention layer
+def attention_projections(params: Params, x_BTD):
+    """Project ``x [B, T, D]`` to ``q [B, T, H, K]``, ``k, v [B, T, G, K]``."""
+    q = jnp.einsum("btd,dhk->bthk", x_BTD, params["wq"])
+    k = jnp.einsum("btd,dgk->btgk", x_BTD, params["wk"])
+    v = jnp.einsum("btd,dgk->btgk", x_BTD, params["wv"])
+    if "bq" in params:
+        q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
+    return q, k, v
+
+
+def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=None,
+                         cache_index=None, dropout_rate: float = 0.0, key=None):
+    """Multi-head (optionally grouped-query) self-attention.
+
+    ``x [B, T, D]``; ``mask`` boolean broadcastable to ``[B, 1, T, S]`` (True = may
+    attend; pass :func:`causal_mask` for a decoder); ``rope`` optional ``(cos, sin)``
+    from :func:`rope_frequencies` for the T query/key positions. With ``cache``
+    ``{"k": [B, G, S, K], "v": [B, G, S, K]}`` the new keys/values are written at
+    ``cache_index`` and queries attend over all S cache slots (``mask`` must then be
+    ``[.., T, S]``). Dropout on the weights when ``key`` is given.
+
+    Returns ``(out [B, T, D], weights [B, H, T, S], new_cache or None)``.
+    """
+    q, k, v = attention_projections(params, x_BTD)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    k_BGSK, v_BGSK = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    new_cache = None
+    if cache is not None:
+        idx = (0, 0, cache_index, 0)
+        k_BGSK = lax.dynamic_update_slice(cache["k"], k_BGSK.astype(cache["k"].dtype), idx)
+        v_BGSK = lax.dynamic_update_slice(cache["v"], v_BGSK.astype(cache["v"].dtype), idx)
+        new_cache = {"k": k_BGSK, "v": v_BGSK}
+        k_BGSK, v_BGSK = k_BGSK.astype(q.dtype), v_BGSK.astype(q.dtype)
+    B, T, H, K = q.shape
+    G = k_BGSK.shape[1]
+    # Group query heads under their shared kv head: [B, G, H/G, T, K]; keys broadcast.
+    q_BGRTK = q.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4)
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        mask = mask.reshape((1,) * (5 - mask.ndim) + mask.shape) if mask.ndim < 4 else mask[:, :, None]
+    out, w = scaled_dot_product_attention(q_BGRTK, k_BGSK[:, :, None], v_BGSK[:, :, None], mask=mask)
+    weights_BHTS = w.reshape(B, H, T, -1)
+    if key is not None and dropout_rate > 0.0:
+        # Dropout on attention weights (as GPT-2): recompute the output from dropped weights.
+        w = dropout(w, dropout_rate, key)
+        out = jnp.einsum("...ts,...sk->...tk", w.astype(v_BGSK.dtype), v_BGSK[:, :, None])
+    out_BTHK = out.reshape(B, H, T, K).transpose(0, 2, 1, 3)
+    y = jnp.einsum("bthk,hkd->btd", out_BTHK.astype(x_BTD.dtype), params["wo"])
+    if "bo" in params:
+        y = y + params["bo"]
+    return y, weights_BHTS, new_cache
+
+
+# ----------------------------------------------------------------------------- norms, MLP
+def layer_norm(x, scale, bias=None, eps: float = 1e-5):
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis (statistics in float32)."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = (xf - mean) * lax.rsqrt(var + eps) * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+def rms_norm(x, scale, eps: float = 1e-5):
+    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (statistics in float32)."""
+    xf = x.astype(jnp.float32)
+    y = xf * lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps) * scale
+    return y.astype(x.dtype)
+
+
+def norm(params: Params, x, kind: str = "layernorm", eps: float = 1e-5):
+    """Apply the norm named by ``kind`` (``layernorm`` | ``rmsnorm``) with its params."""
+    if kind == "rmsnorm":
+        return rms_norm(x, params["scale"], eps)
+    return layer_norm(x, params["scale"], params.get("bias"), eps)
+
+
+def gelu_tanh(x):
+    """GELU with GPT-2's tanh approximation: ``0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))``."""
+    return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def activation(name: str) -> Callable:
+    """The elementwise non-linearity for ``relu`` | ``gelu`` (tanh approx.) | ``swiglu`` (SiLU gate)."""
+    return {"relu": jax.nn.relu, "gelu": gelu_tanh, "swiglu": jax.nn.silu}[name]
+
+
+def feed_forward(params: Params, x_BTD, act: str = "gelu"):
+    """Position-wise MLP ``[B, T, D] -> [B, T, D]``.
+
+    ``relu`` / ``gelu``: ``act(x W_in + b_in) W_out + b_out``; ``swiglu``:
+    ``(silu(x W_gate) * (x W_in)) W_out``.
+    """
+    h = x_BTD @ params["w_in"]
+    if "b_in" in params:
+        h = h + params["b_in"]
+    if act == "swiglu":
+        h = jax.nn.silu(x_BTD @ params["w_gate"]) * h
+    else:
+        h = activation(act)(h)
+    y = h @ params["w_out"]
+    if "b_out" in params:
+        y = y + params["b_out"]
+    return y
+
+
+def dropout(x, rate: float, key):
+    """Inverted dropout: zero with probability ``rate``, scale the rest by ``1/(1-rate)``.
+    Identity when ``key`` is None or ``rate == 0``."""
+    if key is None or rate <= 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- block and decoder
+def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=None,
+                  cache_index=None, key=None):
+    """One decoder block ``[B, T, D] -> [B, T, D]``.
+
+    ``config.norm_position``: ``pre`` (GPT-2: ``x + attn(norm(x))``, ``x + mlp(norm(x))``),
+    ``post`` (original Transformer: ``norm(x + attn(x))``, ``norm(x + mlp(x))``) or
+    ``none`` (``x + attn(x)``, ``x + mlp(x)``). Dropout (``config.dropout``) on attention
+    weights and on both residual branches when ``key`` is given.
+
+    Returns ``(y [B, T, D], aux)`` with ``aux = {"weights": [B, H, T, S],
+    "attn_out": [B, T, D], "mlp_out": [B, T, D], "cache": new cache or None}``.
+    """
+    pos, rate, eps = config.norm_position, config.dropout, config.norm_eps
+    keys = jax.random.split(key, 3) if key is not None else (None, None, None)
+    nrm = lambda p, h: norm(p, h, config.norm, eps)  # noqa: E731
+
+    h = nrm(params["ln1"], x_BTD) if pos == "pre" else x_BTD
+    a, weights, new_cache = multi_head_attention(
+        params["attn"], h, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
+        dropout_rate=rate, key=keys[0])
+    a = dropout(a, rate, keys[1])
+    x = x_BTD + a
+    if pos == "post":
+        x = nrm(params["ln1"], x)
+
+    h = nrm(params["ln2"], x) if pos == "pre" else x
+    m = dropout(feed_forward(params["mlp"], h, config.activation), rate, keys[2])
+    x = x + m
+    if pos == "post":
+        x = nrm(params["ln2"], x)
+    return x, {"weights": weights, "attn_out": a, "mlp_out": m, "cache": new_cache}
+
+
+def embed(params: Params, tokens_BT, config, positions_BT):
+    """Token embedding plus absolute positions (learned or sinusoidal) ``-> [B, T, D]``."""
+    x = jnp.take(params["tok_emb"], tokens_BT, axis=0)
+    if config.positions == "learned":
+        x = x + learned_positions(params["pos_emb"], positions_BT)
+    elif config.positions == "sinusoidal":
+        x = x + sinusoidal_positions(config.max_len, config.d_model)[positions_BT].astype(x.dtype)
+    return x
+
+
+def unembed(params: Params, x_BTD, config):
+    """Final norm (pre-norm models) and output projection ``-> logits [B, T, V]`` in float32."""
+    if config.norm_position == "pre":
+        x_BTD = norm(params["ln_f"], x_BTD, config.norm, config.norm_eps)
+    w_DV = params["tok_emb"].T if config.tie_embeddings else params["lm_head"]
+    return jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(x_BTD.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def init_cache(config, batch_size: int, max_len: Optional[int] = None, dtype=jnp.float32):
+    """An empty KV cache ``{"k", "v": [L, B, G, S, K]}`` for :func:`decoder`."""
+    S = config.max_len if max_len is None else max_len
+    shape = (config.n_layer, batch_size, config.kv_heads, S, config.d_model // config.n_head)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS=None,
+            cache=None, cache_index=0, key=None, capture: bool = False):
+    """The whole decoder: tokens ``[B, T]`` -> logits ``[B, T, V]`` (float32).
+
+    - ``positions_BT``: absolute positions (default ``cache_index + arange(T)``).
+    - ``key_mask_BS``: optional boolean ``[B, S]``, False for padding keys.
+    - ``cache``: from :func:`init_cache`; the T new tokens are written at
+      ``cache_index`` and attend causally to everything before them.
+    - ``key``: PRNG key enabling dropout (training); None = deterministic.
+    - ``capture``: also return every intermediate (see below).
+
+    Returns ``(logits [B, T, V], aux)``. ``aux["cache"]`` is the updated cache (or None).
+    With ``capture=True`` aux also holds ``weights [L, B, H, T, S]``, ``resid [L+1, B, T, D]``
+    (the residual stream entering each block, then the last block's output),
+    ``attn_out`` and ``mlp_out`` ``[L, B, T, D]``.
+    Layers run under ``lax.scan`` when ``config.scan_layers`` (compile time flat in
+    depth) and are rematerialised per ``config.remat``.
+    """
+    B, T = tokens_BT.shape
+    if positions_BT is None:
+        positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
+    dtype = jnp.dtype(config.dtype)
+    params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+    keys = jax.random.split(key, config.n_layer + 1) if key is not None else None
+
+    x = embed(params, tokens_BT, config, positions_BT)
+    x = dropout(x, config.dropout, None if keys is None else keys[-1])
+    S = T if cache is None else cache["k"].shape[-2]
+    mask = causal_mask(T, S, offset=cache_index if cache is not None else 0)[None, None]
+    if key_mask_BS is not None:
+        mask = mask & key_mask_BS[:, None, None, :]
+    rope = (rope_frequencies(positions_BT, config.d_model // config.n_head, config.rope_theta)
+            if config.positions == "rope" else None)
+
+    def layer(x, xs):
+        p, c, k = xs
+        y, aux = decoder_block(p, x, config, mask=mask, rope=rope, cache=c,
+                               cache_index=cache_index, key=k)
+        keep = {"cache": aux["cache"]}
+        if capture:
+            keep.update(weights=aux["weights"], attn_out=aux["attn_out"],
+                        mlp_out=aux["mlp_out"], resid=x)
+        return y, keep
+
+    if config.remat != "none":
+        policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                  if config.remat == "dots" else None)
+        layer = jax.checkpoint(layer, policy=policy)
+    xs = (params["blocks"], cache, None if keys is None else keys[:-1])
+    if config.scan_layers:
+        x, ys = lax.scan(layer, x, xs)
+    else:
+        outs = []
+        for i in range(config.n_layer):
+            x, y = layer(x, jax.tree.map(lambda a: a[i], xs))
+            outs.append(y)
+        ys = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    logits = unembed(params, x, config)
+    aux = {"cache": ys["cache"]}
+    if capture:
+        aux.update(weights=ys["weights"], attn_out=ys["attn_out"], mlp_out=ys["mlp_out"],
+                   resid=jnp.concatenate([ys["resid"], x[None]], axis=0))
+    return logits, aux
+
+
+def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
+    """Mean next-token cross-entropy (float32, stable for large logits). ``mask`` weights positions."""
+    logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
+    if mask_BT is None:
+        return jnp.mean(nll)
+    mask_BT = mask_BT.astype(jnp.float32)
+    return jnp.sum(nll * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)

@@ -1,0 +1,171 @@
+"""Flax NNX modules that own parameters and call :mod:`jaxformer.functional`.
+
+No math lives here: each module holds ``nnx.Param`` leaves named exactly like the
+functional parameter pytree (see the legend in ``functional.py``), so
+``nnx.state(module, nnx.Param).to_pure_dict()`` *is* the pytree the functional
+core takes, and ``module.params()`` returns it.
+
+Modules accept ``stack=L`` to create ``L`` independent copies of every parameter
+along a leading axis: that is how :class:`GPT` holds its blocks for ``lax.scan``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from . import functional as F
+from .config import ModelConfig
+
+Stack = Tuple[int, ...]
+
+
+def _stack(stack: Optional[int]) -> Stack:
+    return () if stack is None else (stack,)
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
+
+
+def _const(shape, value: float, dtype) -> nnx.Param:
+    return nnx.Param(jnp.full(shape, value, dtype))
+
+
+class ParamsMixin:
+    def params(self) -> dict:
+        """This module's parameters as the plain nested dict the functional core takes."""
+        return nnx.state(self, nnx.Param).to_pure_dict()
+
+    def load_params(self, tree: dict) -> None:
+        """Overwrite this module's parameters from a plain nested dict (same structure)."""
+        state = nnx.state(self, nnx.Param)
+        nnx.replace_by_pure_dict(state, tree)
+        nnx.update(self, state)
+
+
+class LayerNorm(ParamsMixin, nnx.Module):
+    """Layer norm (or RMS norm with ``kind="rmsnorm"``) over the last axis."""
+
+    def __init__(self, dim: int, *, kind: str = "layernorm", bias: bool = True, eps: float = 1e-5,
+                 stack: Optional[int] = None, param_dtype=jnp.float32):
+        self.kind, self.eps = kind, eps
+        self.scale = _const(_stack(stack) + (dim,), 1.0, param_dtype)
+        if bias and kind == "layernorm":
+            self.bias = _const(_stack(stack) + (dim,), 0.0, param_dtype)
+
+    def __call__(self, x):
+        return F.norm(self.params(), x, self.kind, self.eps)
+
+
+class MultiHeadAttention(ParamsMixin, nnx.Module):
+    """Multi-head self-attention with optional grouped K/V heads (``n_kv_head < n_head``)."""
+
+    def __init__(self, d_model: int, n_head: int, *, n_kv_head: Optional[int] = None,
+                 bias: bool = True, rngs: nnx.Rngs, init_std: float = 0.02,
+                 out_std: Optional[float] = None, stack: Optional[int] = None,
+                 param_dtype=jnp.float32):
+        G = n_head if n_kv_head is None else n_kv_head
+        K = d_model // n_head
+        s = _stack(stack)
+        self.wq = _normal(rngs, s + (d_model, n_head, K), init_std, param_dtype)
+        self.wk = _normal(rngs, s + (d_model, G, K), init_std, param_dtype)
+        self.wv = _normal(rngs, s + (d_model, G, K), init_std, param_dtype)
+        self.wo = _normal(rngs, s + (n_head, K, d_model), out_std or init_std, param_dtype)
+        if bias:
+            self.bq = _const(s + (n_head, K), 0.0, param_dtype)
+            self.bk = _const(s + (G, K), 0.0, param_dtype)
+            self.bv = _const(s + (G, K), 0.0, param_dtype)
+            self.bo = _const(s + (d_model,), 0.0, param_dtype)
+
+    def __call__(self, x_BTD, *, mask=None, rope=None):
+        """``x [B, T, D]``, boolean ``mask`` broadcastable to ``[B, 1, T, T]`` ->
+        ``(out [B, T, D], weights [B, H, T, T])``."""
+        out, weights, _ = F.multi_head_attention(self.params(), x_BTD, mask=mask, rope=rope)
+        return out, weights
+
+
+class FeedForward(ParamsMixin, nnx.Module):
+    """Position-wise MLP with ``relu`` | ``gelu`` | ``swiglu``."""
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu", bias: bool = True,
+                 rngs: nnx.Rngs, init_std: float = 0.02, out_std: Optional[float] = None,
+                 stack: Optional[int] = None, param_dtype=jnp.float32):
+        self.activation = activation
+        s = _stack(stack)
+        self.w_in = _normal(rngs, s + (d_model, d_ff), init_std, param_dtype)
+        if activation == "swiglu":
+            self.w_gate = _normal(rngs, s + (d_model, d_ff), init_std, param_dtype)
+        self.w_out = _normal(rngs, s + (d_ff, d_model), out_std or init_std, param_dtype)
+        if bias:
+            self.b_in = _const(s + (d_ff,), 0.0, param_dtype)
+            self.b_out = _const(s + (d_model,), 0.0, param_dtype)
+
+    def __call__(self, x_BTD):
+        return F.feed_forward(self.params(), x_BTD, self.activation)
+
+
+class DecoderBlock(ParamsMixin, nnx.Module):
+    """One decoder block (attention + MLP with residuals; norms per ``config.norm_position``).
+
+    With ``stack=L`` every parameter gets a leading ``[L]`` axis (used by :class:`GPT`).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: Optional[int] = None):
+        c = config
+        self.config = c
+        pdt = jnp.dtype(c.param_dtype)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
+        out_std = c.init_std / (2 * c.n_layer) ** 0.5
+        if c.norm_position != "none":
+            self.ln1 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, stack=stack, param_dtype=pdt)
+            self.ln2 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, stack=stack, param_dtype=pdt)
+        self.attn = MultiHeadAttention(c.d_model, c.n_head, n_kv_head=c.n_kv_head, bias=c.bias, rngs=rngs,
+                                       init_std=c.init_std, out_std=out_std, stack=stack, param_dtype=pdt)
+        self.mlp = FeedForward(c.d_model, c.d_ff, activation=c.activation, bias=c.bias, rngs=rngs,
+                               init_std=c.init_std, out_std=out_std, stack=stack, param_dtype=pdt)
+
+    def __call__(self, x_BTD, *, mask=None, rope=None, key=None):
+        """``x [B, T, D] -> (y [B, T, D], aux)`` (see :func:`functional.decoder_block`)."""
+        if mask is None:
+            mask = F.causal_mask(x_BTD.shape[1])
+        return F.decoder_block(self.params(), x_BTD, self.config, mask=mask, rope=rope, key=key)
+
+
+class GPT(ParamsMixin, nnx.Module):
+    """A GPT-style decoder: ``GPT(config, rngs=nnx.Rngs(0))(tokens [B, T]) -> logits [B, T, V]``.
+
+    Blocks are stored stacked (leading ``[L]`` axis) and run by :func:`functional.decoder`
+    under ``lax.scan`` when ``config.scan_layers`` (the default).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        pdt = jnp.dtype(c.param_dtype)
+        self.tok_emb = _normal(rngs, (c.vocab_size, c.d_model), c.init_std, pdt)
+        if c.positions == "learned":
+            self.pos_emb = _normal(rngs, (c.max_len, c.d_model), c.init_std / 2, pdt)
+        self.blocks = DecoderBlock(c, rngs=rngs, stack=c.n_layer)
+        if c.norm_position == "pre":
+            self.ln_f = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, param_dtype=pdt)
+        if not c.tie_embeddings:
+            self.lm_head = _normal(rngs, (c.d_model, c.vocab_size), c.init_std, pdt)
+
+    def __call__(self, tokens_BT, *, key: Optional[jax.Array] = None):
+        """Logits ``[B, T, V]`` (float32). ``key`` enables dropout (training)."""
+        logits, _ = F.decoder(self.params(), tokens_BT, self.config, key=key)
+        return logits
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (``non_embedding``: without token/position tables)."""
+        return count_params(self.params(), non_embedding=non_embedding)
+
+
+def count_params(params: dict, non_embedding: bool = False) -> int:
+    """Count the scalars in a parameter pytree, optionally without ``tok_emb``/``pos_emb``."""
+    if non_embedding:
+        params = {k: v for k, v in params.items() if k not in ("tok_emb", "pos_emb")}
+    return int(sum(x.size for x in jax.tree.leaves(params)))

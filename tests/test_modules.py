@@ -1,0 +1,200 @@
+"""NNX modules against the functional core, against Flax's own attention, and the decoder's
+invariants: causality (by perturbation and by gradients), jit / vmap / grad, scan == loop."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import randomize
+from jaxformer import GPT, DecoderBlock, FeedForward, LayerNorm, ModelConfig, MultiHeadAttention
+from jaxformer import functional as F
+
+CFG = ModelConfig(vocab_size=37, d_model=16, n_head=4, n_layer=2, d_ff=32, max_len=16)
+
+
+def randomized_model(cfg=CFG, seed=0):
+    model = GPT(cfg, rngs=nnx.Rngs(seed))
+    model.load_params(randomize(model.params(), seed=seed + 1, scale=0.2))
+    return model
+
+
+def test_gpt_forward_shape_and_params_tree():
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    tokens = jnp.zeros((3, 10), jnp.int32)
+    assert model(tokens).shape == (3, 10, 37)
+    p = model.params()
+    assert set(p) == {"tok_emb", "pos_emb", "blocks", "ln_f"}
+    assert p["blocks"]["attn"]["wq"].shape == (2, 16, 4, 4)
+    assert model.num_params() == sum(x.size for x in jax.tree.leaves(p))
+
+
+def test_module_equals_functional_decoder():
+    model = randomized_model()
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 37, (2, 12)))
+    logits_mod = model(tokens)
+    logits_fun, _ = F.decoder(model.params(), tokens, CFG)
+    np.testing.assert_array_equal(np.asarray(logits_mod), np.asarray(logits_fun))
+
+
+def test_submodules_equal_functional():
+    rngs = nnx.Rngs(0)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 16)), jnp.float32)
+    ln = LayerNorm(16)
+    ln.load_params(randomize(ln.params(), seed=2))
+    p = ln.params()
+    np.testing.assert_array_equal(np.asarray(ln(x)), np.asarray(F.layer_norm(x, p["scale"], p["bias"])))
+    ff = FeedForward(16, 24, activation="swiglu", rngs=rngs)
+    np.testing.assert_array_equal(np.asarray(ff(x)), np.asarray(F.feed_forward(ff.params(), x, "swiglu")))
+    blk = DecoderBlock(CFG, rngs=rngs)
+    y, aux = blk(x)
+    y2, _ = F.decoder_block(blk.params(), x, CFG, mask=F.causal_mask(5))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y2))
+    assert aux["weights"].shape == (2, 4, 5, 5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_mha_matches_flax_multihead_attention(masked):
+    D, H = 16, 4
+    ours = MultiHeadAttention(D, H, rngs=nnx.Rngs(0))
+    ours.load_params(randomize(ours.params(), seed=3))
+    theirs = nnx.MultiHeadAttention(num_heads=H, in_features=D, qkv_features=D, out_features=D,
+                                    decode=False, rngs=nnx.Rngs(1))
+    p = ours.params()
+    state = nnx.state(theirs, nnx.Param)
+    nnx.replace_by_pure_dict(state, {
+        "query": {"kernel": p["wq"], "bias": p["bq"]}, "key": {"kernel": p["wk"], "bias": p["bk"]},
+        "value": {"kernel": p["wv"], "bias": p["bv"]}, "out": {"kernel": p["wo"], "bias": p["bo"]}})
+    nnx.update(theirs, state)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 7, D)), jnp.float32)
+    mask = F.causal_mask(7)[None, None] if masked else None
+    out, _ = ours(x, mask=mask)
+    expected = theirs(x, mask=mask, deterministic=True)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(norm_position="post", positions="rope", n_kv_head=2),
+                                dict(norm_position="none", positions="sinusoidal", activation="relu")])
+def test_causality_by_perturbation(kw):
+    cfg = dataclasses.replace(CFG, **kw)
+    model = randomized_model(cfg)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 37, (1, 12))
+    base = np.asarray(model(jnp.asarray(tokens)))
+    for t in (0, 5, 11):
+        changed = tokens.copy()
+        changed[0, t] = (changed[0, t] + 1) % 37
+        out = np.asarray(model(jnp.asarray(changed)))
+        np.testing.assert_array_equal(out[0, :t], base[0, :t])
+        assert not np.allclose(out[0, t], base[0, t])
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_causality_by_gradient(use_jit):
+    """d loss_t / d embedding_s is exactly zero for s > t."""
+    # untied, so the token table is only an input (with tied weights it is also the output head)
+    model = randomized_model(dataclasses.replace(CFG, positions="rope", tie_embeddings=False))
+    params = model.params()
+    cfg = model.config
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 37, (1, 8)))
+    t = 4
+
+    def loss_at_t(x_emb):
+        # token s of the input is row s of x_emb: the lookup of tokens 0..7 reads the rows back
+        logits, _ = F.decoder(dict(params, tok_emb=x_emb), jnp.arange(8)[None], cfg)
+        return logits[0, t].sum()
+
+    emb = params["tok_emb"][tokens[0]]  # [8, D], one row per position
+    fn = jax.jit(jax.grad(loss_at_t)) if use_jit else jax.grad(loss_at_t)
+    g = np.asarray(fn(jnp.concatenate([emb, params["tok_emb"][8:]])))
+    assert np.all(g[t + 1:8] == 0.0)
+    assert np.abs(g[: t + 1]).sum() > 0
+
+
+def test_scan_and_loop_give_same_logits():
+    model = randomized_model()
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 37, (2, 9)))
+    a, _ = F.decoder(model.params(), tokens, CFG)
+    b, _ = F.decoder(model.params(), tokens, dataclasses.replace(CFG, scan_layers=False))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_same_values_and_grads(remat):
+    model = randomized_model()
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
+
+    def loss(p, cfg):
+        logits, _ = F.decoder(p, tokens[:, :-1], cfg)
+        return F.cross_entropy(logits, tokens[:, 1:])
+    g0 = jax.grad(loss)(model.params(), CFG)
+    g1 = jax.jit(jax.grad(loss), static_argnums=1)(model.params(), dataclasses.replace(CFG, remat=remat))
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_jit_vmap_grad_on_public_functions():
+    rng = np.random.default_rng(5)
+    q = jnp.asarray(rng.normal(size=(6, 5, 8)), jnp.float32)
+    mask = F.causal_mask(5)
+    f = lambda q: F.scaled_dot_product_attention(q, q, q, mask=mask)[0]  # noqa: E731
+    batched = jax.vmap(f)(q)
+    looped = jnp.stack([f(q[i]) for i in range(6)])
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(f))(q)), np.asarray(looped), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), atol=1e-6)
+    # gradient of a scalar through attention matches a central finite difference (float64 on host)
+    g = jax.grad(lambda q: f(q).sum())(q[0])
+    eps, i = 1e-2, (2, 3)
+    qp, qm = q[0].at[i].add(eps), q[0].at[i].add(-eps)
+    fd = (float(f(qp).sum()) - float(f(qm).sum())) / (2 * eps)
+    np.testing.assert_allclose(float(g[i]), fd, rtol=2e-2, atol=1e-3)
+    # the whole decoder: vmap over examples == batch call
+    model = randomized_model()
+    tokens = jnp.asarray(rng.integers(0, 37, (3, 6)))
+    one = lambda t: F.decoder(model.params(), t[None], CFG)[0][0]  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.vmap(one)(tokens)), np.asarray(model(tokens)), atol=1e-5)
+    for fn in (F.layer_norm, F.rms_norm):
+        args = (q, jnp.ones(8)) if fn is F.rms_norm else (q, jnp.ones(8), jnp.zeros(8))
+        assert jax.jit(fn)(*args).shape == q.shape
+
+
+def test_dropout_is_keyed_and_inverted():
+    cfg = dataclasses.replace(CFG, dropout=0.5)
+    model = randomized_model(cfg)
+    tokens = jnp.zeros((2, 8), jnp.int32)
+    a = model(tokens, key=jax.random.key(0))
+    b = model(tokens, key=jax.random.key(0))
+    c = model(tokens, key=jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(a), np.asarray(c))
+    # without a key dropout is off: same as a dropout-free config
+    np.testing.assert_array_equal(np.asarray(model(tokens)),
+                                  np.asarray(F.decoder(model.params(), tokens, CFG)[0]))
+    x = jnp.ones((1000,))
+    y = np.asarray(F.dropout(x, 0.25, jax.random.key(0)))
+    np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.75], rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 0.1
+
+
+def test_bf16_compute_close_to_float32():
+    model = randomized_model()
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
+    a, _ = F.decoder(model.params(), tokens, CFG)
+    b, _ = F.decoder(model.params(), tokens, dataclasses.replace(CFG, dtype="bfloat16"))
+    assert b.dtype == jnp.float32
+    assert np.max(np.abs(np.asarray(a) - np.asarray(b))) < 0.1 * np.max(np.abs(np.asarray(a)))
+
+
+def test_capture_returns_named_intermediates():
+    model = randomized_model()
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
+    logits, aux = F.decoder(model.params(), tokens, CFG, capture=True)
+    assert aux["weights"].shape == (2, 2, 4, 9, 9)
+    assert aux["resid"].shape == (3, 2, 9, 16)
+    np.testing.assert_allclose(np.asarray(aux["weights"]).sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(np.asarray(aux["weights"]), k=1) == 0.0)
+    # resid[l+1] = resid[l] + attn_out[l] + mlp_out[l] for a pre-norm model
+    r = np.asarray(aux["resid"])
+    np.testing.assert_allclose(r[1], r[0] + np.asarray(aux["attn_out"][0] + aux["mlp_out"][0]), atol=1e-5)
