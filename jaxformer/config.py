@@ -68,6 +68,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"                 # none | full | dots
+    attention: str = "auto"             # auto (fused unless weights are requested) | explicit
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -90,6 +91,7 @@ class ModelConfig:
         _choice("model.dtype", self.dtype, DTYPES)
         _choice("model.param_dtype", self.param_dtype, DTYPES)
         _choice("model.remat", self.remat, ("none", "full", "dots"))
+        _choice("model.attention", self.attention, ("auto", "explicit"))
         _finite_number("model.dropout", self.dropout, 0.0, 1.0)
         _check(self.dropout < 1.0, f"model.dropout={self.dropout!r} must be < 1")
         _finite_number("model.norm_eps", self.norm_eps, 0.0, 1.0, include_min=False)

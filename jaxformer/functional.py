@@ -148,7 +148,8 @@ def attention_projections(params: Params, x_BTD):
 
 
 def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=None,
-                         cache_index=None, dropout_rate: float = 0.0, key=None):
+                         cache_index=None, dropout_rate: float = 0.0, key=None,
+                         need_weights: bool = True):
     """Multi-head (optionally grouped-query) self-attention.
 
     ``x [B, T, D]``; ``mask`` boolean broadcastable to ``[B, 1, T, S]`` (True = may
@@ -158,7 +159,11 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     ``cache_index`` and queries attend over all S cache slots (``mask`` must then be
     ``[.., T, S]``). Dropout on the weights when ``key`` is given.
 
-    Returns ``(out [B, T, D], weights [B, H, T, S], new_cache or None)``.
+    ``need_weights=False`` (and no attention dropout) takes the fused path,
+    ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU), and returns
+    ``weights=None``; both paths compute the same function (tested).
+
+    Returns ``(out [B, T, D], weights [B, H, T, S] or None, new_cache or None)``.
     """
     q, k, v = attention_projections(params, x_BTD)
     if rope is not None:
@@ -173,6 +178,13 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
         k_BGSK, v_BGSK = k_BGSK.astype(q.dtype), v_BGSK.astype(q.dtype)
     B, T, H, K = q.shape
     G = k_BGSK.shape[1]
+    if not need_weights and (key is None or dropout_rate == 0.0):
+        if mask is not None:
+            mask = jnp.broadcast_to(jnp.asarray(mask), (B, 1, T, k_BGSK.shape[2]))
+        out_BTHK = jax.nn.dot_product_attention(
+            q, k_BGSK.transpose(0, 2, 1, 3), v_BGSK.transpose(0, 2, 1, 3), mask=mask)
+        y = jnp.einsum("bthk,hkd->btd", out_BTHK.astype(x_BTD.dtype), params["wo"])
+        return (y + params["bo"] if "bo" in params else y), None, new_cache
     # Group query heads under their shared kv head: [B, G, H/G, T, K]; keys broadcast.
     q_BGRTK = q.reshape(B, T, G, H // G, K).transpose(0, 2, 3, 1, 4)
     if mask is not None:
@@ -257,13 +269,15 @@ def dropout(x, rate: float, key):
 
 # ----------------------------------------------------------------------------- block and decoder
 def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=None,
-                  cache_index=None, key=None):
+                  cache_index=None, key=None, need_weights: bool = True):
     """One decoder block ``[B, T, D] -> [B, T, D]``.
 
     ``config.norm_position``: ``pre`` (GPT-2: ``x + attn(norm(x))``, ``x + mlp(norm(x))``),
     ``post`` (original Transformer: ``norm(x + attn(x))``, ``norm(x + mlp(x))``) or
     ``none`` (``x + attn(x)``, ``x + mlp(x)``). Dropout (``config.dropout``) on attention
-    weights and on both residual branches when ``key`` is given.
+    weights and on both residual branches when ``key`` is given. ``need_weights=False``
+    lets attention take the fused path (``aux["weights"]`` is then None) unless
+    ``config.attention == "explicit"``.
 
     Returns ``(y [B, T, D], aux)`` with ``aux = {"weights": [B, H, T, S],
     "attn_out": [B, T, D], "mlp_out": [B, T, D], "cache": new cache or None}``.
@@ -275,7 +289,8 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
     h = nrm(params["ln1"], x_BTD) if pos == "pre" else x_BTD
     a, weights, new_cache = multi_head_attention(
         params["attn"], h, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
-        dropout_rate=rate, key=keys[0])
+        dropout_rate=rate, key=keys[0],
+        need_weights=need_weights or getattr(config, "attention", "auto") == "explicit")
     a = dropout(a, rate, keys[1])
     x = x_BTD + a
     if pos == "post":
@@ -352,7 +367,7 @@ def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS
     def layer(x, xs):
         p, c, k = xs
         y, aux = decoder_block(p, x, config, mask=mask, rope=rope, cache=c,
-                               cache_index=cache_index, key=k)
+                               cache_index=cache_index, key=k, need_weights=capture)
         keep = {"cache": aux["cache"]}
         if capture:
             keep.update(weights=aux["weights"], attn_out=aux["attn_out"],

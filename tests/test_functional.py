@@ -193,3 +193,23 @@ def test_cross_entropy():
     np.testing.assert_allclose(float(F.cross_entropy(logits, targets)), expected, rtol=1e-6)
     big = jnp.asarray(logits) * 1e4
     assert np.isfinite(float(F.cross_entropy(big, targets)))
+
+
+@pytest.mark.parametrize("H,G", [(4, 4), (4, 2), (4, 1)])
+def test_fused_attention_path_equals_explicit(H, G):
+    """jax.nn.dot_product_attention (need_weights=False) == the explicit softmax path."""
+    rng = np.random.default_rng(11)
+    B, T, D = 3, 7, 16
+    K = D // H
+    p = {"wq": rng.normal(size=(D, H, K)), "wk": rng.normal(size=(D, G, K)),
+         "wv": rng.normal(size=(D, G, K)), "wo": rng.normal(size=(H, K, D)), "bo": rng.normal(size=D)}
+    p = {k: jnp.asarray(0.3 * v, jnp.float32) for k, v in p.items()}
+    x = jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32)
+    pad = jnp.asarray(np.arange(T)[None, :] >= np.array([0, 2, 3])[:, None])  # left padding
+    mask = F.causal_mask(T)[None, None] & pad[:, None, None, :]
+    rope = F.rope_frequencies(jnp.broadcast_to(jnp.arange(T), (B, T)), K)
+    for m in (mask, F.causal_mask(T)):
+        explicit, w, _ = F.multi_head_attention(p, x, mask=m, rope=rope, need_weights=True)
+        fused, none, _ = F.multi_head_attention(p, x, mask=m, rope=rope, need_weights=False)
+        assert none is None and w is not None
+        np.testing.assert_allclose(np.asarray(fused), np.asarray(explicit), atol=1e-5, rtol=1e-5)
