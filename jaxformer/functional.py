@@ -180,9 +180,11 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     G = k_BGSK.shape[1]
     if not need_weights and (key is None or dropout_rate == 0.0):
         if mask is not None:
-            mask = jnp.broadcast_to(jnp.asarray(mask), (B, 1, T, k_BGSK.shape[2]))
+            mask = jnp.broadcast_to(mask, (B, 1, T, k_BGSK.shape[2]))
         out_BTHK = jax.nn.dot_product_attention(
             q, k_BGSK.transpose(0, 2, 1, 3), v_BGSK.transpose(0, 2, 1, 3), mask=mask)
+        if mask is not None:  # fully-masked rows: zeros, as on the explicit path
+            out_BTHK = out_BTHK * jnp.any(mask, axis=-1)[:, 0, :, None, None].astype(out_BTHK.dtype)
         y = jnp.einsum("bthk,hkd->btd", out_BTHK.astype(x_BTD.dtype), params["wo"])
         return (y + params["bo"] if "bo" in params else y), None, new_cache
     # Group query heads under their shared kv head: [B, G, H/G, T, K]; keys broadcast.
