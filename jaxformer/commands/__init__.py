@@ -1,7 +1,11 @@
 """CLI subcommands. Each module here defines ``HELP`` (one line), ``add_arguments(parser)``
 and ``run(args) -> int``; list it in ``COMMANDS`` to make it a ``jaxformer`` subcommand.
-Modules are imported only when their command runs, so ``jaxformer --help`` stays fast."""
+Command modules import heavy libraries (jax, torch) inside ``run`` so ``jaxformer --help`` stays fast."""
 
 COMMANDS = {
+    "attention": "jaxformer.commands.attention",
     "info": "jaxformer.commands.info",
+    "train": "jaxformer.commands.train",
+    "bench": "jaxformer.commands.bench",
+    "convert": "jaxformer.commands.convert",
 }

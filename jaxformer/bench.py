@@ -1,0 +1,171 @@
+"""Performance accounting and measurement: FLOPs per token, device matmul peak, MFU,
+train-step compile/step time, peak memory and KV-cache decode speed.
+
+MFU is model FLOPs per second over the *measured* peak matmul throughput of the current
+device in the same dtype (a large square matmul timed by :func:`measure_peak_flops`), so
+the figure is honest on every device, including CPUs without a published peak.
+
+FLOPs are counted with the standard formula (PaLM appendix B; nanoGPT's ``estimate_mfu``)::
+
+    training FLOPs per token = 6 * N + 12 * L * H * K * T
+
+where ``N`` counts the parameters that take part in matrix multiplies (every block's
+weight matrices and the output head, ``D * V``; embedding *lookups*, norms and biases do
+no matmul work) and the second term is attention's ``Q K^T`` and ``weights V`` products
+over a context of ``T`` (counted in full, as the formula does, although a causal mask
+could skip half). Forward only is one third of it (``2 N + 4 L H K T``).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["matmul_params", "flops_per_token", "measure_peak_flops", "peak_memory_mb",
+           "time_fn", "compile_time"]
+
+
+def matmul_params(config) -> int:
+    """Parameters that take part in matrix multiplies (see the module docstring)."""
+    D, H, G, K, F_ = config.d_model, config.n_head, config.kv_heads, config.head_dim, config.d_ff
+    attn = D * H * K + 2 * D * G * K + H * K * D
+    mlp = (3 if config.activation == "swiglu" else 2) * D * F_
+    return config.n_layer * (attn + mlp) + D * config.vocab_size
+
+
+def flops_per_token(config, seq_len: int, training: bool = True) -> float:
+    """Model FLOPs per token: ``6 N + 12 L H K T`` for a train step, one third for a forward."""
+    attn = 12 * config.n_layer * config.n_head * config.head_dim * seq_len
+    total = 6 * matmul_params(config) + attn
+    return float(total if training else total / 3)
+
+
+def time_fn(fn: Callable, *args, warmup: int = 2, iters: int = 10) -> float:
+    """Median-free simple timing: seconds per call of ``fn(*args)`` after ``warmup`` calls,
+    blocking on the result once at the end (so dispatch overlaps with compute)."""
+    out = None
+    for _ in range(warmup):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / iters
+
+
+def measure_peak_flops(dtype="float32", n: Optional[int] = None, iters: int = 10) -> float:
+    """Measured matmul throughput (FLOP/s) of the default device: an ``n x n @ n x n``
+    product in ``dtype`` (n = 2048 on CPU, 8192 on accelerators), best of three timings."""
+    dev = jax.devices()[0]
+    n = n or (2048 if dev.platform == "cpu" else 8192)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
+    mm = jax.jit(lambda a, b: a @ b)
+    best = min(time_fn(mm, a, b, warmup=2, iters=iters) for _ in range(3))
+    return 2.0 * n ** 3 / best
+
+
+def compile_time(jitted, *args) -> tuple[float, Callable]:
+    """Seconds to lower and compile ``jitted`` for ``args``; returns ``(seconds, compiled)``."""
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return time.perf_counter() - t0, compiled
+
+
+def peak_memory_mb() -> float:
+    """Peak device memory in MB on accelerators (``memory_stats``), peak RSS of this process on CPU."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2 ** 20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if os.uname().sysname != "Darwin" else kb / 2 ** 20
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def _versions() -> dict:
+    import flax
+    import optax
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+
+
+def bench_train_step(config, *, steps: int = 10, warmup: int = 2) -> dict:
+    """Compile and time the library's real train step (``training.make_train_step``) on
+    random tokens of the configured batch and context."""
+    import numpy as np
+
+    from . import training
+
+    tc, mc = config.train, config.model
+    params = training.init_params(config)
+    optimizer = training.make_optimizer(tc, params)
+    opt_state = optimizer.init(params)
+    step_fn = training.make_train_step(config, optimizer)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, mc.vocab_size, (tc.batch_size, mc.max_len + 1), dtype=np.int32)
+    batch = jnp.asarray(training.micro_batches(batch, tc.grad_accum))
+    compile_s, compiled = compile_time(step_fn, params, opt_state, batch, jnp.int32(0))
+    for i in range(warmup):
+        params, opt_state, metrics = compiled(params, opt_state, batch, jnp.int32(i))
+    jax.block_until_ready(metrics["loss"])
+    t0 = time.perf_counter()
+    for i in range(steps):
+        params, opt_state, metrics = compiled(params, opt_state, batch, jnp.int32(warmup + i))
+    jax.block_until_ready(metrics["loss"])
+    step_s = (time.perf_counter() - t0) / steps
+    tokens = tc.batch_size * mc.max_len
+    return {"compile_s": compile_s, "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s,
+            "model_flops_per_step": flops_per_token(compute_cfg(config), mc.max_len) * tokens}
+
+
+def compute_cfg(config):
+    from .training import compute_config
+    return compute_config(config)
+
+
+def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 64) -> float:
+    """Greedy KV-cache decoding speed (new tokens per second, all rows counted)."""
+    import numpy as np
+    from flax import nnx
+
+    from .generation import generate
+    from .modules import GPT
+
+    mc = config.model
+    new_tokens = max(1, min(new_tokens, mc.max_len - prompt_len))
+    model = GPT(mc, rngs=nnx.Rngs(0))
+    prompts = np.random.default_rng(0).integers(0, mc.vocab_size, (batch, prompt_len))
+    run = lambda: generate(model, prompts, max_new_tokens=new_tokens, temperature=0.0)  # noqa: E731
+    run()  # compile
+    t0 = time.perf_counter()
+    out = run()
+    jax.block_until_ready(out.tokens)
+    return batch * new_tokens / (time.perf_counter() - t0)
+
+
+def run_benchmark(config, *, steps: int = 10, decode: bool = True, torch: bool = False,
+                  peak_flops: Optional[float] = None) -> dict:
+    """Everything ``jaxformer bench`` reports, as one dict (see the module docstring)."""
+    dtype = compute_cfg(config).dtype
+    result = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+              "dtype": dtype, **_versions()}
+    result.update(bench_train_step(config, steps=steps))
+    peak = peak_flops or measure_peak_flops(dtype)
+    result["peak_flops"] = peak
+    result["mfu"] = result["model_flops_per_step"] / (result["step_ms"] / 1e3) / peak
+    result["peak_memory_mb"] = peak_memory_mb()
+    result["decode_tokens_per_s"] = bench_decode(config) if decode else None
+    if torch:
+        from .torch_reference import bench_torch_train_step
+        t = bench_torch_train_step(config, steps=steps)
+        result["torch_step_ms"] = t["step_ms"]
+        result["torch_tokens_per_s"] = t["tokens_per_s"]
+        result["jax_over_torch"] = result["tokens_per_s"] / t["tokens_per_s"]
+    result["config"] = config.to_dict()
+    return result

@@ -1,0 +1,209 @@
+"""Run folders and Orbax checkpoints.
+
+A run folder holds everything needed to resume or sample::
+
+    RUN/config.yaml        the resolved Config (yaml.safe_load-able)
+    RUN/tokenizer.json     the tokenizer (JSON, see data.save_tokenizer)
+    RUN/metrics.jsonl      one JSON object per logged step
+    RUN/loss.png           train/val loss curve
+    RUN/checkpoints/<step>/{params, opt_state, meta}   Orbax; only complete steps are listed
+    RUN/data/              the encoded corpus (train.bin / val.bin memmaps), re-creatable
+
+Orbax writes each step to a temporary folder and renames it when complete, so an interrupted
+save never shows up as a checkpoint; the manager keeps the last ``keep`` steps. A checkpoint
+may hold parameters only (e.g. converted GPT-2 weights): ``opt_state`` and ``meta`` are optional.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from .config import Config, load_config, save_config
+from .errors import CheckpointError, ConfigError, DataError
+
+CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, CHECKPOINT_DIR = (
+    "config.yaml", "tokenizer.json", "metrics.jsonl", "checkpoints")
+
+# Orbax logs every save/restore at INFO level through absl; keep the console quiet.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+@dataclass
+class Run:
+    """A loaded run: ``model`` (a ``jaxformer.GPT`` holding the checkpoint's parameters),
+    ``config``, ``tokenizer``, ``step`` and ``path`` (the run folder)."""
+
+    model: Any
+    config: Config
+    tokenizer: Any
+    step: int
+    path: pathlib.Path
+    meta: Optional[dict] = None
+
+
+def save_run_folder(run_dir, config: Config, tokenizer) -> pathlib.Path:
+    """Create ``run_dir`` and write ``config.yaml`` and ``tokenizer.json`` into it."""
+    from .data import save_tokenizer
+
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / CONFIG_FILE)
+    save_tokenizer(tokenizer, run_dir / TOKENIZER_FILE)
+    return run_dir
+
+
+def _manager(run_dir, keep: Optional[int] = None, create: bool = True):
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(run_dir).resolve() / CHECKPOINT_DIR
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                        enable_async_checkpointing=False)
+    return ocp.CheckpointManager(path, options=opts)
+
+
+def checkpoint_steps(run_dir) -> list[int]:
+    """The complete checkpoint steps of a run folder, ascending."""
+    path = pathlib.Path(run_dir) / CHECKPOINT_DIR
+    if not path.is_dir():
+        return []
+    with _manager(run_dir, create=False) as mngr:
+        return sorted(int(s) for s in mngr.all_steps())
+
+
+def _to_host(tree):
+    return jax.tree.map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, tree)
+
+
+def save_checkpoint(run_dir, step: int, params, opt_state=None, extra: Optional[dict] = None,
+                    keep: Optional[int] = None) -> pathlib.Path:
+    """Save ``params`` (and optionally ``opt_state`` and a JSON-safe ``extra`` dict) as
+    checkpoint ``step`` of ``run_dir``; keep only the last ``keep`` steps (None = all).
+    Returns the step's folder."""
+    import orbax.checkpoint as ocp
+
+    items = {"params": ocp.args.StandardSave(_to_host(params))}
+    if opt_state is not None:
+        items["opt_state"] = ocp.args.StandardSave(_to_host(opt_state))
+    meta = {"step": int(step), **(extra or {})}
+    items["meta"] = ocp.args.JsonSave(meta)
+    with _manager(run_dir, keep=keep) as mngr:
+        if int(step) in mngr.all_steps():
+            mngr.delete(int(step))     # re-saving a step (e.g. after a resume) replaces it
+        mngr.save(int(step), args=ocp.args.Composite(**items))
+        mngr.wait_until_finished()
+    return pathlib.Path(run_dir) / CHECKPOINT_DIR / str(int(step))
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def restore_checkpoint(run_dir, step: Optional[int] = None, *, params_like=None,
+                       opt_state_like=None) -> dict:
+    """Restore checkpoint ``step`` (default: the latest) of ``run_dir``.
+
+    ``params_like`` / ``opt_state_like``: trees with the expected structure (arrays or shape
+    structs); the restored values take their structure. Returns ``{"step", "params",
+    "opt_state" (None if absent or not requested), "meta"}``.
+    """
+    import orbax.checkpoint as ocp
+
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        raise CheckpointError(f"{str(run_dir)!r} has no complete checkpoint in {CHECKPOINT_DIR}/")
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"checkpoint step {step} is not in {str(run_dir)!r} (steps: {steps})")
+    step_dir = pathlib.Path(run_dir) / CHECKPOINT_DIR / str(step)
+    has = {p.name for p in step_dir.iterdir()}
+    items = {"params": ocp.args.StandardRestore(None if params_like is None else _abstract(params_like))}
+    if opt_state_like is not None and "opt_state" in has:
+        items["opt_state"] = ocp.args.StandardRestore(_abstract(opt_state_like))
+    if "meta" in has:
+        items["meta"] = ocp.args.JsonRestore()
+    try:
+        with _manager(run_dir, create=False) as mngr:
+            out = mngr.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint step {step} of {str(run_dir)!r} does not match the "
+                              f"expected structure: {first}") from None
+    for name, like in (("params", params_like), ("opt_state", opt_state_like)):
+        if like is not None and name in items:
+            _check_shapes(out[name], like, f"checkpoint step {step} of {str(run_dir)!r}: {name}")
+    return {"step": step, "params": out["params"],
+            "opt_state": out["opt_state"] if "opt_state" in items else None,
+            "meta": out["meta"] if "meta" in items else None}
+
+
+def _check_shapes(tree, like, where: str) -> None:
+    got = jax.tree_util.tree_flatten_with_path(tree)[0]
+    want = jax.tree_util.tree_flatten_with_path(like)[0]
+    if len(got) != len(want):
+        raise CheckpointError(f"{where} has {len(got)} arrays, expected {len(want)}")
+    for (path, a), (_, b) in zip(got, want):
+        if np.shape(a) != np.shape(b):
+            raise CheckpointError(f"{where}{jax.tree_util.keystr(path)} has shape {np.shape(a)}, "
+                                  f"expected {np.shape(b)}")
+
+
+def load_run(run_dir, step: Optional[int] = None) -> Run:
+    """Load a run folder: config, tokenizer and a ``GPT`` with checkpoint ``step``'s
+    parameters (default: the latest). Raises :class:`CheckpointError` when ``run_dir`` is
+    not a run folder or has no complete checkpoint."""
+    from flax import nnx
+
+    from .data import load_tokenizer
+    from .modules import GPT
+
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE})")
+    if not (run_dir / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {TOKENIZER_FILE})")
+    try:
+        config = load_config(run_dir / CONFIG_FILE)
+        tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+    except (ConfigError, DataError) as e:
+        raise CheckpointError(f"run folder {str(run_dir)!r}: {e}") from None
+    model = nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0)))
+    state = nnx.state(model, nnx.Param).to_pure_dict()
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    ck = restore_checkpoint(run_dir, step, params_like=like)
+    model = GPT(config.model, rngs=nnx.Rngs(0))
+    model.load_params(ck["params"])
+    return Run(model=model, config=config, tokenizer=tokenizer, step=ck["step"], path=run_dir,
+               meta=ck["meta"])
+
+
+def append_metrics(run_dir, record: dict) -> None:
+    """Append one JSON object as a line of ``metrics.jsonl``."""
+    with open(pathlib.Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """All records of ``metrics.jsonl`` (empty if there is none)."""
+    path = pathlib.Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def truncate_metrics(run_dir, step: int) -> None:
+    """Drop records after ``step`` (used on resume, so a resumed log has no duplicates)."""
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    path = pathlib.Path(run_dir) / METRICS_FILE
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)

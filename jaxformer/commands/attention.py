@@ -1,0 +1,60 @@
+"""``jaxformer attention``: attention maps of a trained run for a text, as an interactive HTML
+explorer (``--out FILE.html``) or a PNG figure (``--out FILE.png``)."""
+import argparse
+import os
+
+HELP = "show where a trained model attends on a text: interactive HTML explorer or PNG figure"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder written by `jaxformer train`")
+    p.add_argument("--text", required=True, help="the text to run through the model")
+    p.add_argument("--out", required=True,
+                   help="output file: .html (interactive explorer) or .png (figure)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="PNG only: draw all heads of this layer (default: every layer x head, "
+                        "or the last layer when that grid would be too large)")
+    p.add_argument("--head", type=int, default=None,
+                   help="PNG only, with --layer: one head as a labelled heatmap")
+
+
+def run(args) -> int:
+    from jaxformer import plots
+    from jaxformer.checkpoint import load_run
+    from jaxformer.errors import ConfigError, DataError
+    from jaxformer.explorer import write_attention_explorer
+    from jaxformer.inspect import attention_maps, token_labels
+
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in (".html", ".png"):
+        raise ConfigError(f"--out={args.out!r} must end in .html or .png")
+    run_ = load_run(args.run, step=args.step)
+    cfg = run_.config.model
+    ids = run_.tokenizer.encode(args.text)
+    if not ids:
+        raise DataError("--text is empty after tokenization: give at least one token")
+    if len(ids) > cfg.max_len:
+        raise DataError(f"--text is {len(ids)} tokens long; the model's context max_len={cfg.max_len}")
+    weights_LHTT = attention_maps(run_.model, [ids])[0]
+    labels = token_labels(run_.tokenizer, ids)
+    L, H = cfg.n_layer, cfg.n_head
+    where = f"{os.path.basename(os.path.normpath(str(run_.path)))} step {run_.step}"
+    for name, value, limit in (("--layer", args.layer, L), ("--head", args.head, H)):
+        if value is not None and not 0 <= value < limit:
+            raise ConfigError(f"{name}={value} is out of range: the model has {limit} ({name[2:]}s 0..{limit - 1})")
+    if ext == ".html":
+        write_attention_explorer(args.out, labels, weights_LHTT, title=f"attention: {where}",
+                                 subtitle=f"{L} layers x {H} heads, {len(ids)} tokens")
+    elif args.layer is not None and args.head is not None:
+        plots.attention_heatmap(weights_LHTT[args.layer, args.head], labels,
+                                title=f"{where}: layer {args.layer}, head {args.head}", path=args.out)
+    elif args.layer is not None or L * H > 48:
+        layer = L - 1 if args.layer is None else args.layer
+        plots.head_grid(weights_LHTT[layer], labels, layer=layer,
+                        title=f"{where}: layer {layer}, all {H} heads", path=args.out)
+    else:
+        plots.layer_head_grid(weights_LHTT, labels, title=f"{where}: every layer (rows) x head (columns)",
+                              path=args.out)
+    print(f"wrote {args.out} ({len(ids)} tokens, {L} layers x {H} heads)")
+    return 0

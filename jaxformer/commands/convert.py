@@ -1,0 +1,94 @@
+"""``jaxformer convert``: a Hugging Face GPT-2 folder (or cached name) -> a jaxformer run folder,
+or a run folder -> a Hugging Face GPT-2 folder."""
+import argparse
+
+HELP = "convert a Hugging Face GPT-2 checkpoint into a run folder (--from-hf), or back (--from-run)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="PATH",
+                     help="a Hugging Face GPT-2 folder (config.json + model.safetensors or "
+                          "pytorch_model.bin) or a model name already in the local HF cache, e.g. gpt2")
+    src.add_argument("--from-run", metavar="DIR",
+                     help="a jaxformer run folder to export as a Hugging Face GPT-2 folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--step", type=int, default=None, help="with --from-run: checkpoint step (default: latest)")
+    p.add_argument("--tokenizer", metavar="PATH", default=None,
+                   help="with --from-hf: tokenizer to use when the HF folder has none (a folder with "
+                        "tokenizer.json or vocab.json + merges.txt, or a tokenizer JSON file)")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF's own)")
+
+
+def _tokenizer_from_path(path):
+    import json
+    import pathlib
+
+    from jaxformer.errors import CheckpointError
+    from jaxformer.interop import load_hf_tokenizer
+    p = pathlib.Path(path)
+    if p.is_dir():
+        tok = load_hf_tokenizer(p)
+        if tok is None:
+            raise CheckpointError(f"--tokenizer {str(p)!r} holds neither tokenizer.json nor vocab.json + merges.txt")
+        return tok
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"--tokenizer {str(p)!r} cannot be read as JSON: {e}") from None
+    if isinstance(d, dict) and d.get("type") in ("char", "byte", "bpe"):
+        from jaxformer.data import tokenizer_from_dict
+        return tokenizer_from_dict(d)
+    from tokenizers import Tokenizer
+
+    from jaxformer.data import BPETokenizer
+    try:
+        return BPETokenizer(Tokenizer.from_str(json.dumps(d)))
+    except Exception as e:  # tokenizers raises plain Exceptions
+        raise CheckpointError(f"--tokenizer {str(p)!r} is not a tokenizer file: {e}") from None
+
+
+def _from_hf(args) -> int:
+    import time
+
+    from jaxformer.checkpoint import save_checkpoint, save_run_folder
+    from jaxformer.config import Config, DataConfig
+    from jaxformer.errors import CheckpointError
+    from jaxformer.interop import load_hf_gpt2
+
+    t0 = time.perf_counter()
+    model, mcfg, tok = load_hf_gpt2(args.from_hf, cache_dir=args.cache_dir)
+    if args.tokenizer is not None:
+        tok = _tokenizer_from_path(args.tokenizer)
+    if tok is None:
+        raise CheckpointError(f"{args.from_hf!r} has no tokenizer files (tokenizer.json or vocab.json + "
+                              "merges.txt); pass --tokenizer PATH")
+    if tok.vocab_size > mcfg.vocab_size:
+        raise CheckpointError(f"tokenizer vocab_size={tok.vocab_size} exceeds the model's "
+                              f"vocab_size={mcfg.vocab_size}")
+    kind = tok.to_dict()["type"]
+    data = DataConfig(tokenizer=kind, vocab_size=max(mcfg.vocab_size, 258))
+    config = Config(model=mcfg, data=data)
+    save_run_folder(args.out, config, tok)
+    save_checkpoint(args.out, 0, model.params(), extra={"source": str(args.from_hf)})
+    print(f"converted {args.from_hf} -> {args.out}: {model.num_params():,} parameters, "
+          f"{mcfg.n_layer} layers, width {mcfg.d_model}, context {mcfg.max_len}, "
+          f"vocabulary {mcfg.vocab_size} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _from_run(args) -> int:
+    from jaxformer.checkpoint import load_run
+    from jaxformer.interop import save_hf_gpt2
+
+    run = load_run(args.from_run, step=args.step)
+    tok = run.tokenizer if run.tokenizer.to_dict().get("type") == "bpe" else None
+    save_hf_gpt2(run.model, args.out, tokenizer=tok)
+    print(f"exported {args.from_run} (step {run.step}) -> {args.out} "
+          f"(transformers.GPT2LMHeadModel.from_pretrained loads it"
+          f"{'' if tok else '; tokenizer not exported: only BPE tokenizers can be'})")
+    return 0
+
+
+def run(args) -> int:
+    return _from_hf(args) if args.from_hf is not None else _from_run(args)

@@ -1,0 +1,355 @@
+"""Text data: tokenizers, corpora, flat token memmaps and deterministic batches.
+
+- Tokenizers share one small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``,
+  ``vocab_size``, ``eos_id`` (None if absent) and ``to_dict()`` (JSON-safe, with a ``"type"``
+  key); :func:`save_tokenizer` / :func:`load_tokenizer` write and read JSON only.
+- Corpora: a text file, a folder of text files, ``"pydoc"`` (the Python reference
+  documentation shipped with every CPython, no network) or ``"shakespeare"`` (Tiny
+  Shakespeare, downloaded once into a cache folder).
+- Encoded corpora live in flat ``uint16``/``uint32`` NumPy memmaps split 90/10 (by default)
+  into train and val; :func:`get_batch` draws ``[B, T+1]`` windows from a generator seeded by
+  ``(seed, split, step)``, so the data order is a pure function of the step (exact resume).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import urllib.request
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+
+
+# ----------------------------------------------------------------------------- tokenizers
+class CharTokenizer:
+    """Character-level tokenizer over a fixed alphabet (usually built from the training text).
+
+    ``encode`` raises :class:`DataError` naming a character outside the alphabet.
+    """
+
+    def __init__(self, chars: Iterable[str]):
+        self.chars = list(chars)
+        if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
+            raise DataError("char tokenizer alphabet must be distinct single characters")
+        self._stoi = {c: i for i, c in enumerate(self.chars)}
+        self.eos_id = None
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        """The sorted set of characters of ``text``."""
+        if not text:
+            raise DataError("cannot build a char tokenizer from empty text")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._stoi[c] for c in text]
+        except KeyError as e:
+            c = e.args[0]
+            pos = text.index(c)
+            raise DataError(f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in the "
+                            f"char tokenizer's vocabulary of {self.vocab_size} characters") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise DataError(f"token id {i} is outside the char vocabulary [0, {self.vocab_size})")
+            out.append(self.chars[i])
+        return "".join(out)
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "chars": "".join(self.chars)}
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocabulary 256): any text round-trips exactly."""
+
+    vocab_size = 256
+    eos_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < 256]
+        if bad:
+            raise DataError(f"token id {bad[0]} is outside the byte vocabulary [0, 256)")
+        # A sampled sequence may cut a multi-byte character: show U+FFFD rather than fail.
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict:
+        return {"type": "byte"}
+
+
+class BPETokenizer:
+    """Wraps any ``tokenizers.Tokenizer`` (e.g. byte-level BPE trained here, or GPT-2's)."""
+
+    EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
+
+    def __init__(self, tk):
+        self.tk = tk
+        self.eos_id = None
+        for name in self.EOS_CANDIDATES:
+            i = tk.token_to_id(name)
+            if i is not None:
+                self.eos_id = int(i)
+                break
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
+        """Train a byte-level BPE (GPT-2 style pre-tokenization) with ``vocab_size`` tokens,
+        the last of them ``<|endoftext|>``."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        if not text:
+            raise DataError("cannot train a BPE tokenizer on empty text")
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        chunks = [text[i:i + 100_000] for i in range(0, len(text), 100_000)]
+        tk.train_from_iterator(chunks, trainer=trainer)
+        return cls(tk)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tk.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tk.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise DataError(f"token id {bad[0]} is outside the BPE vocabulary [0, {self.vocab_size})")
+        return self.tk.decode(ids, skip_special_tokens=False)
+
+    def to_dict(self) -> dict:
+        return {"type": "bpe", "tokenizer": self.tk.to_str()}
+
+
+def tokenizer_from_dict(d: dict):
+    """Rebuild a tokenizer from its :meth:`to_dict` form."""
+    kind = d.get("type") if isinstance(d, dict) else None
+    if kind == "char":
+        return CharTokenizer(d["chars"])
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe":
+        from tokenizers import Tokenizer
+        return BPETokenizer(Tokenizer.from_str(d["tokenizer"]))
+    raise DataError(f"tokenizer type {kind!r} is not one of 'char', 'byte', 'bpe'")
+
+
+def save_tokenizer(tok, path) -> None:
+    """Write ``tok.to_dict()`` as JSON (atomically)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(tok.to_dict(), fh, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def load_tokenizer(path):
+    """Read a tokenizer written by :func:`save_tokenizer` (JSON only)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+    except FileNotFoundError:
+        raise DataError(f"tokenizer file {str(path)!r} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"tokenizer file {str(path)!r} cannot be read: {e}") from None
+    return tokenizer_from_dict(d)
+
+
+def build_tokenizer(kind: str, text: str, vocab_size: int = 1024):
+    """A new ``char`` | ``byte`` | ``bpe`` tokenizer for ``text``."""
+    if kind == "char":
+        return CharTokenizer.from_text(text)
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "bpe":
+        return BPETokenizer.train(text, vocab_size)
+    raise DataError(f"data.tokenizer={kind!r} is not one of 'char', 'byte', 'bpe'")
+
+
+# ----------------------------------------------------------------------------- corpora
+def cache_dir() -> pathlib.Path:
+    """``$JAXFORMER_CACHE`` or ``~/.cache/jaxformer``."""
+    return pathlib.Path(os.environ.get("JAXFORMER_CACHE", pathlib.Path.home() / ".cache" / "jaxformer"))
+
+
+def pydoc_text() -> str:
+    """The Python reference documentation shipped inside CPython (``pydoc_data.topics``)."""
+    from pydoc_data.topics import topics
+    return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
+
+
+def _shakespeare_candidates() -> list[pathlib.Path]:
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = os.environ.get("JAXFORMER_SHAKESPEARE")
+    paths = [pathlib.Path(env)] if env else []
+    return paths + [cache_dir() / "tinyshakespeare.txt",
+                    pathlib.Path.cwd().parent / "shared" / "data" / "tinyshakespeare.txt",
+                    repo.parent / "shared" / "data" / "tinyshakespeare.txt"]
+
+
+def shakespeare_text(download: bool = True) -> str:
+    """Tiny Shakespeare: a local copy if there is one, else downloaded once into the cache."""
+    for p in _shakespeare_candidates():
+        if p.is_file():
+            return p.read_text(encoding="utf-8")
+    target = cache_dir() / "tinyshakespeare.txt"
+    if not download:
+        raise DataError(f"Tiny Shakespeare is not cached at {target}")
+    try:
+        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
+            raw = r.read()
+    except OSError as e:
+        raise DataError(f"cannot download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}); when offline, "
+                        f"put the file at {target} or pass --data PATH") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(raw)
+    os.replace(tmp, target)
+    return raw.decode("utf-8")
+
+
+def _read_text_file(p: pathlib.Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"data file {str(p)!r} cannot be read: {e.strerror}") from None
+
+
+def load_corpus(path: str) -> str:
+    """The text of ``path``: ``"pydoc"``, ``"shakespeare"``, a file, or a folder (its text
+    files, recursively, in sorted order, joined by blank lines)."""
+    if path == "pydoc":
+        return pydoc_text()
+    if path == "shakespeare":
+        return shakespeare_text()
+    p = pathlib.Path(path).expanduser()
+    if p.is_file():
+        text = _read_text_file(p)
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"data.path={path!r} is a folder without text files ({', '.join(TEXT_SUFFIXES)})")
+        text = "\n\n".join(_read_text_file(f) for f in files)
+    else:
+        raise DataError(f"data.path={path!r} is not a file, a folder, 'pydoc' or 'shakespeare'")
+    if not text.strip():
+        raise DataError(f"data.path={path!r} holds no text")
+    return text
+
+
+# ----------------------------------------------------------------------------- token memmaps
+def token_dtype(vocab_size: int):
+    """``uint16`` when every id fits, else ``uint32``."""
+    return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
+
+
+@dataclass
+class TokenData:
+    """Train and val token ids (flat 1-D arrays, usually memmaps)."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in ("train", "val"):
+            raise DataError(f"split {name!r} is not 'train' or 'val'")
+        return self.train if name == "train" else self.val
+
+
+def _write_memmap(path: pathlib.Path, ids: np.ndarray) -> np.ndarray:
+    tmp = path.with_suffix(".tmp")
+    mm = np.memmap(tmp, dtype=ids.dtype, mode="w+", shape=ids.shape)
+    mm[:] = ids
+    mm.flush()
+    del mm
+    os.replace(tmp, path)
+    return np.memmap(path, dtype=ids.dtype, mode="r", shape=ids.shape)
+
+
+def encode_corpus(text: str, tokenizer, *, val_fraction: float = 0.1,
+                  folder: Optional[str | os.PathLike] = None, min_tokens: int = 2) -> TokenData:
+    """Encode ``text`` and split it: the first ``1 - val_fraction`` of the tokens train, the
+    rest validate. With ``folder`` the ids are stored as ``train.bin``/``val.bin`` memmaps
+    (reused when the text and tokenizer are unchanged)."""
+    dt = token_dtype(tokenizer.vocab_size)
+    key = hashlib.sha256(text.encode("utf-8") + json.dumps(tokenizer.to_dict()).encode()
+                         + repr(val_fraction).encode()).hexdigest()[:16]
+    if folder is not None:
+        folder = pathlib.Path(folder)
+        meta = folder / "tokens.json"
+        if meta.is_file():
+            try:
+                m = json.loads(meta.read_text())
+                if m.get("key") == key:
+                    return TokenData(*(np.memmap(folder / f"{s}.bin", dtype=m["dtype"], mode="r",
+                                                 shape=(m[s],)) for s in ("train", "val")))
+            except (OSError, ValueError, KeyError):
+                pass
+    ids = np.asarray(tokenizer.encode(text), dtype=dt)
+    n_val = int(round(len(ids) * val_fraction))
+    train, val = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+    if len(train) < min_tokens or len(val) < min_tokens:
+        raise DataError(f"corpus of {len(ids)} tokens is too short: train has {len(train)} and val "
+                        f"{len(val)} tokens, each needs at least {min_tokens}")
+    if folder is None:
+        return TokenData(train, val)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = TokenData(_write_memmap(folder / "train.bin", train), _write_memmap(folder / "val.bin", val))
+    (folder / "tokens.json").write_text(json.dumps(
+        {"key": key, "dtype": np.dtype(dt).name, "train": len(train), "val": len(val)}))
+    return out
+
+
+# ----------------------------------------------------------------------------- batches
+SPLIT_IDS = {"train": 0, "val": 1}
+
+
+def batch_rng(seed: int, step: int, split: str = "train") -> np.random.Generator:
+    """The generator for one batch: a pure function of ``(seed, split, step)``."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_IDS[split], int(step)]))
+
+
+def get_batch(ids: np.ndarray, batch_size: int, seq_len: int, *, seed: int, step: int,
+              split: str = "train") -> np.ndarray:
+    """``[B, T+1]`` int32 windows of ``ids`` at random offsets drawn from ``(seed, split, step)``.
+
+    Inputs are ``batch[:, :-1]`` and next-token targets ``batch[:, 1:]``.
+    """
+    n = len(ids)
+    if n < seq_len + 1:
+        raise DataError(f"the {split} split has {n} tokens, fewer than the context "
+                        f"model.max_len={seq_len} + 1; use more text or a shorter context")
+    starts_B = batch_rng(seed, step, split).integers(0, n - seq_len, size=batch_size)
+    return np.asarray(ids[starts_B[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+
+
+def sequential_windows(ids: np.ndarray, seq_len: int) -> Sequence[np.ndarray]:
+    """Non-overlapping ``[T+1]`` windows covering ``ids`` (for exhaustive evaluation)."""
+    n = (len(ids) - 1) // seq_len
+    return [np.asarray(ids[i * seq_len:(i + 1) * seq_len + 1], dtype=np.int32) for i in range(n)]

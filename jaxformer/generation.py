@@ -1,0 +1,389 @@
+"""Autoregressive generation with a key/value cache, the decode loop inside XLA.
+
+How it works (all of it jitted over the model's parameter pytree):
+
+1. **Padding.** A batch of prompts of different lengths is *left*-padded to a common
+   length ``P``: row ``b`` with ``n_b`` tokens fills cache slots ``[P - n_b, P)``.
+   Padding slots are excluded from attention by ``key_mask_BS`` and every row gets its
+   own positions (``slot - pad_b``), so a padded row computes exactly what the prompt
+   computes alone. New tokens then go to the same slot for every row (one scalar
+   ``cache_index``), which is why left padding is the layout used.
+2. **Prefill.** One call of :func:`jaxformer.functional.decoder` over the ``[B, P]``
+   prompts writes their keys/values into a preallocated cache ``{"k","v": [L, B, G, S, K]}``
+   (``S = P + N`` slots) and gives the logits of the first new token.
+3. **Decode.** A ``lax.while_loop`` feeds one token per step at slot ``P + i - 1``;
+   attention covers the filled slots only (causal mask at ``cache_index`` plus the
+   padding mask). The loop stops after ``max_new_tokens`` or as soon as every row has
+   produced a stop token. The cache and output buffers are donated between calls.
+4. **Buckets.** ``P`` is the longest prompt rounded up to a power of two (at least 8)
+   and ``N`` is ``max_new_tokens`` rounded up the same way; the actual prompt lengths
+   and number of steps are runtime values. So compilation happens once per
+   ``(batch size, P bucket, N bucket, sampling mode)``: a chat-like sequence of calls
+   with growing prompts recompiles only when a prompt crosses a power of two.
+   Temperature, top-p and the repetition penalty are runtime values too; ``top_k``,
+   ``top_n`` and which filters are on are part of the compiled program.
+5. **Context.** A prompt of ``n`` tokens plus ``max_new_tokens`` must fit in the model's
+   context (``n + max_new_tokens <= config.max_len``) whatever the position encoding;
+   otherwise :class:`~jaxformer.errors.GenerationError` (no silent sliding window).
+
+Log-probabilities returned (``return_logprobs``, ``top_n``) are those of the model itself
+(``log_softmax`` of the raw logits), not of the temperature/top-k/top-p-filtered
+distribution the token was drawn from.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import functional as F
+from . import sampling as S_
+from .errors import GenerationError
+
+__all__ = ["generate", "generate_stream", "decode", "Generation", "bucket_length", "TRACES"]
+
+BUCKET_MIN = 8
+#: How many times each jitted function has been traced (compiled) in this process.
+TRACES: collections.Counter = collections.Counter()
+
+
+def bucket_length(n: int, minimum: int = BUCKET_MIN) -> int:
+    """Round ``n`` up to a power of two, at least ``minimum`` (the compile bucket of a length)."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+class Spec(NamedTuple):
+    """The static (compiled-in) part of the sampling settings."""
+    greedy: bool = True
+    top_k: Optional[int] = None
+    use_top_p: bool = False
+    use_penalty: bool = False
+    logprobs: bool = False
+    top_n: int = 0
+    record_logits: bool = False
+
+
+@dataclasses.dataclass
+class Generation:
+    """The result of :func:`generate`.
+
+    - ``tokens``: ``[B, max_new_tokens]`` int32 new tokens; ``-1`` after a row's stop token.
+    - ``sequences``: the new tokens of each row as a list, through its first stop token.
+    - ``stopped``: ``[B]`` bool, whether the row produced a stop token.
+    - ``logprobs``: ``[B, N]`` model log-probability of each chosen token (0 where ``-1``).
+    - ``top_ids`` / ``top_logprobs``: ``[B, N, top_n]`` the ``top_n`` most likely tokens
+      at each step and their log-probabilities.
+    - ``logits``: ``[B, N, V]`` the raw logits at each step (``return_logits=True``).
+    """
+    tokens: np.ndarray
+    sequences: list
+    stopped: np.ndarray
+    logprobs: Optional[np.ndarray] = None
+    top_ids: Optional[np.ndarray] = None
+    top_logprobs: Optional[np.ndarray] = None
+    logits: Optional[np.ndarray] = None
+
+
+# ----------------------------------------------------------------------------- loop pieces
+def _init_state(model_state, B: int, N: int, V: int, key, spec: Spec, seen_BV=None) -> dict:
+    st = {"model": model_state, "token_B": jnp.zeros((B,), jnp.int32),
+          "done_B": jnp.zeros((B,), bool), "key": key, "step": jnp.zeros((), jnp.int32),
+          "tokens_BN": jnp.full((B, N), -1, jnp.int32)}
+    if spec.logprobs:
+        st["logprobs_BN"] = jnp.zeros((B, N), jnp.float32)
+    if spec.top_n:
+        st["top_ids_BNn"] = jnp.zeros((B, N, spec.top_n), jnp.int32)
+        st["top_logprobs_BNn"] = jnp.zeros((B, N, spec.top_n), jnp.float32)
+    if spec.record_logits:
+        st["logits_BNV"] = jnp.zeros((B, N, V), jnp.float32)
+    if spec.use_penalty:
+        st["seen_BV"] = jnp.zeros((B, V), bool) if seen_BV is None else seen_BV
+    return st
+
+
+def _choose(st: dict, logits_BV, knobs: dict, is_stop_V, spec: Spec) -> dict:
+    """Pick the next token of every row from ``logits_BV`` and record it at ``st["step"]``."""
+    logits_BV = logits_BV.astype(jnp.float32)
+    key, sub = jax.random.split(st["key"])
+    x = logits_BV
+    if spec.use_penalty:
+        x = S_.apply_repetition_penalty(x, st["seen_BV"], knobs["penalty"])
+    if spec.greedy:
+        tok_B = S_.greedy(x)
+    else:
+        x = S_.top_k_filter(S_.apply_temperature(x, knobs["temperature"]), spec.top_k)
+        if spec.use_top_p:
+            x = S_.top_p_filter(x, knobs["top_p"])
+        tok_B = jax.random.categorical(sub, x, axis=-1).astype(jnp.int32)
+    i, active_B = st["step"], ~st["done_B"]
+    new = dict(st, key=key, step=i + 1, token_B=tok_B,
+               done_B=st["done_B"] | (active_B & is_stop_V[tok_B]))
+    new["tokens_BN"] = st["tokens_BN"].at[:, i].set(jnp.where(active_B, tok_B, -1))
+    if spec.logprobs or spec.top_n:
+        logp_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+    if spec.logprobs:
+        lp_B = jnp.take_along_axis(logp_BV, tok_B[:, None], axis=-1)[:, 0]
+        new["logprobs_BN"] = st["logprobs_BN"].at[:, i].set(jnp.where(active_B, lp_B, 0.0))
+    if spec.top_n:
+        top_lp, top_id = lax.top_k(logp_BV, spec.top_n)
+        new["top_ids_BNn"] = st["top_ids_BNn"].at[:, i].set(top_id.astype(jnp.int32))
+        new["top_logprobs_BNn"] = st["top_logprobs_BNn"].at[:, i].set(top_lp)
+    if spec.record_logits:
+        new["logits_BNV"] = st["logits_BNV"].at[:, i].set(logits_BV)
+    if spec.use_penalty:
+        new["seen_BV"] = st["seen_BV"].at[jnp.arange(tok_B.shape[0]), tok_B].set(True)
+    return new
+
+
+def decode_loop(step_fn: Callable, st: dict, n_target, knobs: dict, is_stop_V, spec: Spec) -> dict:
+    """Run ``step_fn`` and the sampler in a ``lax.while_loop`` until ``st["step"] == n_target``
+    or every row is done.
+
+    ``step_fn(model_state, token_B, step) -> (logits_BV, model_state)`` feeds the last
+    chosen token (the ``step``-th new token, 1-based) and returns the next logits.
+    """
+    def cond(s):
+        return (s["step"] < n_target) & ~jnp.all(s["done_B"])
+
+    def body(s):
+        logits_BV, ms = step_fn(s["model"], s["token_B"], s["step"])
+        return _choose(dict(s, model=ms), logits_BV, knobs, is_stop_V, spec)
+
+    return lax.while_loop(cond, body, st)
+
+
+def decode(step_fn: Callable, model_state: Any, logits_BV, *, max_new_tokens: int, key=None,
+           temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+           stop_tokens: Sequence[int] = (), return_logprobs: bool = False, top_n: int = 0,
+           repetition_penalty: Optional[float] = None) -> Generation:
+    """The generation loop over any model given as a function (e.g. a fake one in tests).
+
+    ``logits_BV`` are the logits of the first new token (after the prompt);
+    ``step_fn(model_state, token_B, step) -> (logits_BV, model_state)`` must be traceable.
+    """
+    B, V = logits_BV.shape
+    spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
+                                 top_n, False, max_new_tokens, key, V)
+    is_stop_V = _stop_mask(stop_tokens, V)
+
+    @jax.jit
+    def run(model_state, logits_BV, key, knobs, is_stop_V):
+        st = _init_state(model_state, B, max_new_tokens, V, key, spec)
+        st = _choose(st, logits_BV, knobs, is_stop_V, spec)
+        return decode_loop(step_fn, st, max_new_tokens, knobs, is_stop_V, spec)
+
+    st = run(model_state, jnp.asarray(logits_BV, jnp.float32), key, knobs, is_stop_V)
+    return _result(st, max_new_tokens, stop_tokens)
+
+
+# ----------------------------------------------------------------------------- the model's steps
+@functools.partial(jax.jit, static_argnames=("config", "spec", "S", "N"))
+def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, spec: Spec, S: int, N: int):
+    """Prompts ``[B, P]`` (left-padded by ``pad_B``) -> decode state with the first new token."""
+    TRACES["prefill"] += 1
+    B, P = tokens_BP.shape
+    positions_BP = jnp.maximum(jnp.arange(P)[None, :] - pad_B[:, None], 0)
+    key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
+    cache = F.init_cache(config, B, S, dtype=jnp.dtype(config.dtype))
+    logits_BPV, aux = F.decoder(params, tokens_BP, config, positions_BT=positions_BP,
+                                key_mask_BS=key_mask_BS, cache=cache, cache_index=0)
+    seen_BV = None
+    if spec.use_penalty:
+        valid_BP = jnp.arange(P)[None, :] >= pad_B[:, None]
+        seen_BV = jnp.zeros((B, config.vocab_size), bool).at[
+            jnp.arange(B)[:, None], tokens_BP].max(valid_BP)
+    model_state = {"cache": aux["cache"], "pad_B": pad_B}
+    st = _init_state(model_state, B, N, config.vocab_size, key, spec, seen_BV)
+    return _choose(st, logits_BPV[:, -1], knobs, is_stop_V, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "spec", "P"), donate_argnames=("st",))
+def _decode(params, st, n_target, knobs, is_stop_V, *, config, spec: Spec, P: int):
+    """Continue a decode state until ``n_target`` new tokens (or all rows stopped)."""
+    TRACES["decode"] += 1
+
+    def step_fn(ms, token_B, step):
+        pad_B, S = ms["pad_B"], ms["cache"]["k"].shape[-2]
+        slot = P + step - 1
+        positions_B1 = (slot - pad_B)[:, None]
+        key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
+        logits_B1V, aux = F.decoder(params, token_B[:, None], config, positions_BT=positions_B1,
+                                    key_mask_BS=key_mask_BS, cache=ms["cache"], cache_index=slot)
+        return logits_B1V[:, 0], dict(ms, cache=aux["cache"])
+
+    return decode_loop(step_fn, st, n_target, knobs, is_stop_V, spec)
+
+
+# ----------------------------------------------------------------------------- validation
+def _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs, top_n,
+              return_logits, max_new_tokens, key, V):
+    S_.check_sampling(temperature=temperature, top_k=top_k, top_p=top_p,
+                      repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                      top_n=top_n)
+    greedy = temperature == 0
+    if not greedy and key is None:
+        raise GenerationError("key=None: pass key=jax.random.key(seed) to sample with temperature > 0 "
+                              "(or temperature=0 for greedy decoding)")
+    spec = Spec(greedy=greedy, top_k=None if (greedy or top_k is None or top_k >= V) else top_k,
+                use_top_p=(not greedy) and top_p is not None and top_p < 1.0,
+                use_penalty=repetition_penalty is not None and repetition_penalty != 1.0,
+                logprobs=bool(return_logprobs), top_n=min(int(top_n), V),
+                record_logits=bool(return_logits))
+    knobs = {"temperature": jnp.float32(temperature if not greedy else 1.0),
+             "top_p": jnp.float32(1.0 if top_p is None else top_p),
+             "penalty": jnp.float32(1.0 if repetition_penalty is None else repetition_penalty)}
+    if key is None:
+        key = jax.random.key(0)
+    return spec, knobs, key
+
+
+def _stop_mask(stop_tokens, V: int):
+    stop_tokens = [stop_tokens] if isinstance(stop_tokens, (int, np.integer)) else list(stop_tokens)
+    for t in stop_tokens:
+        if not (isinstance(t, (int, np.integer)) and 0 <= int(t) < V):
+            raise GenerationError(f"stop token {t!r} is not a token id in [0, {V})")
+    return jnp.zeros((V,), bool).at[jnp.asarray(stop_tokens, jnp.int32)].set(True) if stop_tokens \
+        else jnp.zeros((V,), bool)
+
+
+def _prompts(prompt_tokens, V: int) -> list:
+    """Normalise prompts to a list of lists of ints, checking ids. A flat list is one prompt."""
+    if isinstance(prompt_tokens, (np.ndarray, jax.Array)):
+        arr = np.asarray(prompt_tokens)
+        if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
+            raise GenerationError(f"prompt_tokens must be integer token ids of shape [T] or [B, T], "
+                                  f"got {arr.dtype} {arr.shape}")
+        prompts = [arr.tolist()] if arr.ndim == 1 else arr.tolist()
+    else:
+        prompts = list(prompt_tokens)
+        if not prompts or all(isinstance(t, (int, np.integer)) for t in prompts):
+            prompts = [prompts]
+        prompts = [list(p) for p in prompts]
+    for b, p in enumerate(prompts):
+        if not p:
+            raise GenerationError(f"prompt {b} is empty: a prompt needs at least one token")
+        for t in p:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < V:
+                raise GenerationError(f"prompt {b} has token id {t!r}; ids must be integers in [0, {V})")
+    return [[int(t) for t in p] for p in prompts]
+
+
+def _result(st: dict, n: int, stop_tokens) -> Generation:
+    tokens = np.asarray(st["tokens_BN"])[:, :n]
+    stopped = np.asarray(st["done_B"])
+    seqs = [[int(t) for t in row if t >= 0] for row in tokens]
+    get = lambda k: None if k not in st else np.asarray(st[k])[:, :n]  # noqa: E731
+    return Generation(tokens=tokens, sequences=seqs, stopped=stopped, logprobs=get("logprobs_BN"),
+                      top_ids=get("top_ids_BNn"), top_logprobs=get("top_logprobs_BNn"),
+                      logits=get("logits_BNV"))
+
+
+# ----------------------------------------------------------------------------- public API
+def _model_parts(model):
+    if isinstance(model, tuple):
+        return model
+    return model.params(), model.config
+
+
+def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None, key=None,
+                    stop_tokens: Sequence[int] = (), return_logprobs: bool = False, top_n: int = 0,
+                    repetition_penalty: Optional[float] = None, return_logits: bool = False,
+                    chunk_size: Optional[int] = None) -> Iterator:
+    """Like :func:`generate`, but yields ``(start, tokens_Bc)`` after every ``chunk_size`` new
+    tokens (numpy ``[B, c]``, ``-1`` for rows that have stopped) and finally returns the
+    :class:`Generation` (``StopIteration.value``). Each chunk is one jitted call running
+    the decode loop inside XLA; chunking only adds a host sync every ``chunk_size`` tokens.
+    """
+    params, config = _model_parts(model)
+    V = config.vocab_size
+    spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
+                                 top_n, return_logits, max_new_tokens, key, V)
+    prompts = _prompts(prompt_tokens, V)
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > config.max_len:
+        raise GenerationError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+            f"context max_len={config.max_len}; shorten the prompt or lower max_new_tokens")
+    is_stop_V = _stop_mask(stop_tokens, V)
+    P, N = bucket_length(longest), bucket_length(max_new_tokens)
+    tokens_BP = np.zeros((len(prompts), P), np.int32)
+    for b, p in enumerate(prompts):
+        tokens_BP[b, P - len(p):] = p
+    pad_B = np.asarray([P - len(p) for p in prompts], np.int32)
+    st = _prefill(params, jnp.asarray(tokens_BP), jnp.asarray(pad_B), key, knobs, is_stop_V,
+                  config=config, spec=spec, S=P + N, N=N)
+    chunk = max_new_tokens if chunk_size is None else max(1, int(chunk_size))
+    done = 0
+    while True:
+        target = min(done + chunk, max_new_tokens)
+        st = _decode(params, st, jnp.int32(target), knobs, is_stop_V, config=config, spec=spec, P=P)
+        step = int(st["step"])
+        if step > done:
+            yield done, np.asarray(st["tokens_BN"][:, done:step])
+        done = step
+        if done >= max_new_tokens or bool(jnp.all(st["done_B"])):
+            break
+    return _result(st, max_new_tokens, stop_tokens)
+
+
+def generate(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, key=None,
+             stop_tokens: Sequence[int] = (), return_logprobs: bool = False, top_n: int = 0,
+             repetition_penalty: Optional[float] = None, return_logits: bool = False) -> Generation:
+    """Generate up to ``max_new_tokens`` tokens after each prompt with a KV cache.
+
+    ``model``: a :class:`jaxformer.GPT` (or a ``(params, config)`` pair).
+    ``prompt_tokens``: one prompt (a list of ids or a 1-D array) or a batch (a list of
+    lists of different lengths, or a ``[B, T]`` array); prompts are left-padded
+    internally, so each row gives what it would give alone.
+    Sampling: ``temperature`` (0 = greedy), then ``top_k``, then ``top_p``; an optional
+    ``repetition_penalty`` (CTRL, applied first); ``key`` (a ``jax.random.key``) is
+    required unless greedy and makes the result reproducible.
+    ``stop_tokens``: a row stops after producing one of these (it is included); the
+    loop ends early when every row has stopped.
+    ``return_logprobs``: the model's log-probability of each chosen token; ``top_n``:
+    also the ``top_n`` most likely alternatives at each step; ``return_logits``: the raw
+    logits at every step (``[B, N, V]``, for tests and inspection).
+    Returns a :class:`Generation`. Raises :class:`GenerationError` for a prompt that does
+    not fit (``len + max_new_tokens > max_len``), bad token ids or sampling parameters.
+    """
+    it = generate_stream(model, prompt_tokens, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_k=top_k, top_p=top_p, key=key,
+                         stop_tokens=stop_tokens, return_logprobs=return_logprobs, top_n=top_n,
+                         repetition_penalty=repetition_penalty, return_logits=return_logits)
+    while True:
+        try:
+            next(it)
+        except StopIteration as stop:
+            return stop.value
+
+
+def score(model, tokens) -> np.ndarray:
+    """Log-probability of each token given the ones before it: ids ``[T]`` -> ``[T - 1]``
+    (float32; entry ``t`` is ``log p(tokens[t+1] | tokens[:t+1])``). One full forward pass;
+    the text must fit the context (``T <= max_len``)."""
+    params, config = _model_parts(model)
+    ids = _prompts(tokens, config.vocab_size)
+    if len(ids) != 1:
+        raise GenerationError("score takes one sequence of token ids")
+    ids = ids[0]
+    if len(ids) < 2:
+        raise GenerationError(f"text of {len(ids)} token(s) is too short to score: need at least 2")
+    if len(ids) > config.max_len:
+        raise GenerationError(f"text of {len(ids)} tokens exceeds the model's context "
+                              f"max_len={config.max_len}")
+    return np.asarray(_score(params, jnp.asarray([ids], jnp.int32), config=config))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _score(params, tokens_BT, *, config):
+    logits_BTV, _ = F.decoder(params, tokens_BT, config)
+    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1], axis=-1)
+    return jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]

@@ -1,0 +1,265 @@
+"""The training run loop: data, progress bar, periodic eval, metrics, figures, checkpoints,
+resume, Ctrl-C and non-finite losses. The math of a step is in :mod:`jaxformer.training`.
+
+Metrics are fetched from the device only at logging, eval and checkpoint steps, so the host
+keeps dispatching steps while the device computes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .checkpoint import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics, checkpoint_steps,
+                         restore_checkpoint, save_checkpoint, save_run_folder, truncate_metrics)
+from .config import Config, load_config
+from .data import build_tokenizer, encode_corpus, get_batch, load_corpus, load_tokenizer
+from .errors import CheckpointError
+from .training import (NonFiniteLossError, compute_config, evaluate, init_params, make_eval_step,
+                       make_optimizer, make_train_step, micro_batches)
+
+LOSS_FIGURE = "loss.png"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``metrics`` are the records written to ``metrics.jsonl``
+    by this call; ``interrupted`` is True when the run stopped early (Ctrl-C / ``stop_after``)."""
+
+    model: Any
+    params: dict
+    opt_state: Any
+    metrics: list
+    run_dir: pathlib.Path
+    step: int
+    config: Config
+    tokenizer: Any
+    interrupted: bool = False
+    final_val_loss: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_config(config: Config, tokenizer) -> Config:
+    """``config`` with ``model.vocab_size`` set to the tokenizer's vocabulary size."""
+    if config.model.vocab_size == tokenizer.vocab_size:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size))
+
+
+def _check_same_run(saved: Config, config: Config, run_dir) -> None:
+    for section in ("model", "data"):
+        a, b = getattr(saved, section), getattr(config, section)
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                raise CheckpointError(
+                    f"cannot resume {str(run_dir)!r}: {section}.{f.name}={getattr(b, f.name)!r} differs "
+                    f"from the run's {getattr(a, f.name)!r}")
+
+
+def save_loss_figure(records: list, path) -> None:
+    """Train and val loss against step (matplotlib, Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
+    va = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if tr:
+        ax.plot(*zip(*tr), label="train", lw=1)
+    if va:
+        ax.plot(*zip(*va), "o-", label="val", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    pathlib.Path(tmp).replace(path)
+
+
+class _StopFlag:
+    """First Ctrl-C sets ``requested`` (the loop saves and stops); a second one raises."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Optional[str]):
+    """Tokenizer, resolved config and token data (re-using the run's tokenizer on resume)."""
+    has_run = (run_dir / CONFIG_FILE).is_file() and (run_dir / TOKENIZER_FILE).is_file()
+    if not resume and checkpoint_steps(run_dir):
+        raise CheckpointError(f"{str(run_dir)!r} already holds a run with checkpoints; "
+                              "pass --resume to continue it or choose another --out")
+    text = data_text if data_text is not None else load_corpus(config.data.path)
+    if resume and has_run:
+        tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
+        config = resolve_config(config, tokenizer)
+        _check_same_run(load_config(run_dir / CONFIG_FILE), config, run_dir)
+    else:
+        tokenizer = build_tokenizer(config.data.tokenizer, text, config.data.vocab_size)
+        config = resolve_config(config, tokenizer)
+    data = encode_corpus(text, tokenizer, val_fraction=config.data.val_fraction, folder=run_dir / "data")
+    return config, tokenizer, data
+
+
+def train(config: Config, out_dir, *, resume: bool = False, progress: bool = True,
+          data_text: Optional[str] = None, stop_after: Optional[int] = None,
+          log: Optional[Callable[[str], None]] = None) -> TrainResult:
+    """Train ``config`` into the run folder ``out_dir`` and return a :class:`TrainResult`.
+
+    - ``resume``: continue from the folder's latest checkpoint (exactly: data order and
+      dropout keys are functions of the step). Without it, a folder that already holds
+      checkpoints is an error.
+    - ``data_text``: train on this text instead of ``config.data.path``.
+    - ``stop_after``: stop after this many steps as if interrupted (checkpoint, then return).
+    - Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
+    - A non-finite loss raises :class:`NonFiniteLossError` naming the step (with
+      ``train.on_nonfinite="stop"``); checkpoints are only written after every loss before
+      them was checked, so the last checkpoint is a good one.
+    """
+    run_dir = pathlib.Path(out_dir)
+    config, tokenizer, data = _prepare(config, run_dir, resume, data_text)
+    tc, mc = config.train, config.model
+    B, T, K = tc.batch_size, mc.max_len, tc.grad_accum
+    from tqdm.auto import tqdm
+
+    params = init_params(config)
+    optimizer = make_optimizer(tc, params)
+    opt_state = optimizer.init(params)
+    start, elapsed0 = 0, 0.0
+    if resume and checkpoint_steps(run_dir):
+        ck = restore_checkpoint(run_dir, params_like=params, opt_state_like=opt_state)
+        if ck["opt_state"] is None:
+            raise CheckpointError(f"checkpoint step {ck['step']} of {str(run_dir)!r} has no optimizer "
+                                  "state (parameters only): it cannot be resumed")
+        params = jax.tree.map(jnp.asarray, ck["params"])
+        opt_state = jax.tree.map(jnp.asarray, ck["opt_state"])
+        start = ck["step"]
+        elapsed0 = float((ck["meta"] or {}).get("elapsed_s", 0.0))
+        truncate_metrics(run_dir, start)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    save_run_folder(run_dir, config, tokenizer)
+    say = log or (lambda msg: tqdm.write(msg) if progress else None)
+
+    step_fn = make_train_step(config, optimizer)
+    eval_step = make_eval_step(compute_config(config))
+
+    def run_eval(p):
+        return evaluate(p, mc, data.val, batch_size=B, steps=tc.eval_steps, seed=tc.seed, eval_step=eval_step)
+
+    records: list = []
+
+    def record(rec):
+        append_metrics(run_dir, rec)
+        records.append(rec)
+
+    all_records = lambda: _read_all(run_dir)  # noqa: E731
+    last_ckpt = checkpoint_steps(run_dir)[-1] if start else None
+    t_begin = time.perf_counter()
+    elapsed = lambda: round(elapsed0 + time.perf_counter() - t_begin, 3)  # noqa: E731
+    if start == 0:
+        record({"step": 0, "val_loss": run_eval(params), "lr": 0.0, "elapsed_s": elapsed()})
+
+    pending, interrupted, last_val, completed = [], False, None, start
+    n_since, t_last = 0, time.perf_counter()
+    bar = tqdm(total=tc.max_steps, initial=start, disable=not progress, unit="step",
+               dynamic_ncols=True, desc="train")
+    with _StopFlag() as stop:
+        for s in range(start, tc.max_steps):
+            batch = micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s), K)
+            params, opt_state, m = step_fn(params, opt_state, batch, np.int32(s))
+            pending.append(m)
+            n_since += 1
+            done = completed = s + 1
+            bar.update(1)
+            interrupted = stop.requested or (stop_after is not None and done >= stop_after)
+            last = done == tc.max_steps
+            do_eval = done % tc.eval_interval == 0 or last
+            do_ckpt = done % tc.checkpoint_interval == 0 or last or interrupted
+            if not (done % tc.log_interval == 0 or do_eval or do_ckpt):
+                continue
+            host = jax.device_get(pending)
+            pending = []
+            now = time.perf_counter()
+            for i, h in enumerate(host):
+                if not bool(h["finite"]):
+                    bad = done - len(host) + i
+                    if tc.on_nonfinite == "stop":
+                        bar.close()
+                        where = (f"the last good checkpoint is step {last_ckpt} in {run_dir}"
+                                 if last_ckpt is not None else "no checkpoint was written")
+                        raise NonFiniteLossError(
+                            f"loss became non-finite ({float(h['loss'])}) at step {bad}; training "
+                            f"stopped and {where}")
+                    say(f"step {bad}: non-finite loss, update skipped")
+            losses = [float(h["loss"]) for h in host if bool(h["finite"])]
+            rec = {"step": done,
+                   "train_loss": float(np.mean(losses)) if losses else None,
+                   "lr": float(host[-1]["lr"]), "grad_norm": float(host[-1]["grad_norm"]),
+                   "tokens_per_s": round(n_since * B * T / max(now - t_last, 1e-9), 1)}
+            if do_eval:
+                last_val = rec["val_loss"] = run_eval(params)
+            rec["elapsed_s"] = elapsed()
+            record(rec)
+            post = {"loss": f"{rec['train_loss']:.4f}" if rec["train_loss"] is not None else "nan",
+                    "tok/s": f"{rec['tokens_per_s']:.0f}"}
+            if last_val is not None:
+                post["val"] = f"{last_val:.4f}"
+            bar.set_postfix(post, refresh=False)
+            if do_eval:
+                say(f"step {done}: train loss {rec['train_loss']:.4f}, val loss {last_val:.4f}")
+                save_loss_figure(all_records(), run_dir / LOSS_FIGURE)
+            if do_ckpt:
+                save_checkpoint(run_dir, done, params, opt_state, keep=tc.keep_checkpoints,
+                                extra={"seed": tc.seed, "elapsed_s": rec["elapsed_s"],
+                                       "tokens_seen": done * B * T, "config": config.to_dict()})
+                last_ckpt = done
+            n_since, t_last = 0, time.perf_counter()
+            if interrupted:
+                break
+    bar.close()
+    if interrupted:
+        say(f"stopped at step {completed}; checkpoint saved, resume with --resume")
+    if records:
+        save_loss_figure(all_records(), run_dir / LOSS_FIGURE)
+    from flax import nnx
+
+    from .modules import GPT
+    model = GPT(mc, rngs=nnx.Rngs(0))
+    model.load_params(params)
+    return TrainResult(model=model, params=params, opt_state=opt_state, metrics=records,
+                       run_dir=run_dir, step=completed, config=config, tokenizer=tokenizer,
+                       interrupted=interrupted, final_val_loss=last_val)
+
+
+def _read_all(run_dir):
+    from .checkpoint import read_metrics
+    return read_metrics(run_dir)

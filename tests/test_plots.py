@@ -1,0 +1,204 @@
+"""jaxformer.plots, the HTML explorer and `jaxformer attention`: every figure is a real PNG of
+the expected size written without a display; the explorer works in a headless browser."""
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxformer import plots as P
+from jaxformer.explorer import attention_explorer_html, write_attention_explorer
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+
+
+def png_size(path):
+    """(width, height) from a PNG header; also checks the signature and that it is non-empty."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert os.path.getsize(path) > 2000, f"{path} is suspiciously small"
+    return struct.unpack(">II", head[16:24])
+
+
+def expected(fig):
+    w, h = fig.get_size_inches() * P.DPI
+    return int(round(w)), int(round(h))
+
+
+def causal_weights(L=2, H=3, T=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(L, H, T, T)) + np.where(np.tril(np.ones((T, T))), 0, -np.inf)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+LABELS = ["The", "\u2423cat", "\u2423sat", "\u2423on", "\u2423it", "."]
+
+
+def figures(tmp):
+    w = causal_weights()
+    pe = np.sin(np.arange(50)[:, None] / 10000 ** (np.arange(16)[None] / 16))
+    metrics = ([{"step": s, "train_loss": 4 - s / 100} for s in range(0, 200, 10)]
+               + [{"step": s, "val_loss": 4.1 - s / 100} for s in (0, 100, 190)])
+    resid = np.random.default_rng(1).normal(size=(3, 6, 8))
+    lens = np.random.default_rng(2).normal(size=(3, 6, 10))
+    dists = {"T=1": np.full(10, 0.1), "top-k=3": np.r_[np.full(3, 1 / 3), np.zeros(7)]}
+    dec = lambda i: f"t{i}"  # noqa: E731
+    return {
+        "heatmap": lambda p: P.attention_heatmap(w[0, 0], LABELS, path=p),
+        "head_grid": lambda p: P.head_grid(w[1], LABELS, layer=1, path=p),
+        "layer_head_grid": lambda p: P.layer_head_grid(w, LABELS, path=p),
+        "pe_heatmap": lambda p: P.positional_encoding_heatmap(pe, path=p),
+        "pe_curves": lambda p: P.positional_curves(pe, path=p),
+        "loss": lambda p: P.loss_curves(metrics, path=p),
+        "similarity": lambda p: P.layer_similarity(np.corrcoef(resid.reshape(3, -1)), path=p),
+        "norms": lambda p: P.residual_norms(resid, LABELS, path=p),
+        "logit_lens": lambda p: P.logit_lens_heatmap(lens, LABELS, dec, targets=[1, 2, 3, 4, 5], path=p),
+        "sampling": lambda p: P.sampling_comparison(dists, dec, path=p),
+    }
+
+
+@pytest.mark.parametrize("name", list(figures("")))
+def test_each_figure_writes_a_png_of_the_expected_size(name, tmp_path):
+    path = tmp_path / "sub" / f"{name}.png"
+    fig = figures(tmp_path)[name](path)
+    assert png_size(path) == expected(fig)
+    assert fig.axes and all(ax.get_title() or ax.get_ylabel() or not ax.get_visible() or ax.images
+                            or ax.get_label() == "<colorbar>" for ax in fig.axes)
+    assert fig._suptitle is not None or any(ax.get_title() for ax in fig.axes)
+
+
+def test_heatmap_labels_annotations_and_colorbar():
+    w = causal_weights()[0, 0]
+    fig = P.attention_heatmap(w, LABELS, title="layer 0 head 0")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == LABELS
+    assert [t.get_text() for t in ax.get_yticklabels()] == LABELS
+    assert ax.get_xlabel().startswith("key") and ax.get_ylabel().startswith("query")
+    cells = [t.get_text() for t in ax.texts]
+    assert len(cells) == 36 and cells[0] == "1.00" and cells[1] == "0.00"
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "weight"        # the colour bar
+    big = P.attention_heatmap(np.full((20, 20), 0.05), [str(i) for i in range(20)])
+    assert not big.axes[0].texts                                              # no numbers when large
+
+
+def test_loss_curves_from_a_metrics_file(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(json.dumps(m) for m in [{"step": 1, "train_loss": 3.0}, {"step": 2, "train_loss": 2.5,
+                                                                           "val_loss": 2.7}]))
+    fig = P.loss_curves(tmp_path)
+    lines = {ln.get_label(): ln.get_xydata().tolist() for ln in fig.axes[0].lines}
+    assert lines == {"train loss": [[1, 3.0], [2, 2.5]], "val loss": [[2, 2.7]]}
+
+
+def test_plots_never_touch_pyplot():
+    code = ("import sys, numpy as np; from jaxformer import plots; "
+            "plots.attention_heatmap(np.eye(3), list('abc')); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ----------------------------------------------------------------------------- HTML explorer
+def test_explorer_html_is_self_contained(tmp_path):
+    w = causal_weights()
+    labels = LABELS[:-1] + ["</script>"]
+    text = attention_explorer_html(labels, w, title="demo <b>")
+    assert "http://" not in text and "https://" not in text and "src=" not in text
+    assert "demo &lt;b&gt;" in text and text.count("</script>") == 2           # the label is escaped
+    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', text,
+                                re.S).group(1).replace("<\\/", "</"))
+    assert data["tokens"] == labels
+    np.testing.assert_allclose(data["weights"], w, atol=5e-4)
+    path = write_attention_explorer(tmp_path / "x" / "e.html", labels, w)
+    assert os.path.getsize(path) > 1000
+    with pytest.raises(ValueError, match="do not match"):
+        attention_explorer_html(labels[:3], w)
+
+
+def chromium(args, tmp_path, timeout=90):
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_explorer_runs_in_headless_chromium(tmp_path):
+    w = causal_weights(L=2, H=3, T=6)
+    page = write_attention_explorer(tmp_path / "e.html", LABELS, w)
+    dom = chromium(["--dump-dom", f"file://{page}"], tmp_path).stdout
+    assert 'data-ready="true"' in dom, "the script did not run to the end"
+    layer = re.search(r'<select id="layer">(.*?)</select>', dom, re.S).group(1)
+    head = re.search(r'<select id="head">(.*?)</select>', dom, re.S).group(1)
+    assert layer.count("<option") == 2 and head.count("<option") == 3 + 1   # heads + their mean
+    spans = re.findall(r'<span class="tok[^"]*"[^>]*data-w="([0-9.]+)"[^>]*>([^<]*)</span>', dom)
+    assert [s for _, s in spans] == LABELS                                    # the tokenizer's split
+    # the initial query is the last token, layer 0 head 0: the highlight is its attention row
+    np.testing.assert_allclose([float(v) for v, _ in spans], w[0, 0, -1], atol=1e-3)
+    assert 'class="tok query"' in dom and "attends to" in dom
+    shot = tmp_path / "shot.png"
+    chromium([f"--screenshot={shot}", "--window-size=1000,700", f"file://{page}"], tmp_path)
+    assert png_size(shot) == (1000, 700)
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from flax import nnx
+
+    from jaxformer import GPT, ModelConfig
+    from jaxformer.checkpoint import save_checkpoint, save_run_folder
+    from jaxformer.config import Config, DataConfig
+    from jaxformer.data import ByteTokenizer
+
+    d = tmp_path_factory.mktemp("run")
+    cfg = Config(model=ModelConfig(vocab_size=256, d_model=16, n_head=2, n_layer=2, d_ff=32, max_len=32),
+                 data=DataConfig(tokenizer="byte"))
+    save_run_folder(d, cfg, ByteTokenizer())
+    save_checkpoint(d, 7, GPT(cfg.model, rngs=nnx.Rngs(0)).params())
+    return d
+
+
+def test_cli_attention_html_and_png(run_dir, tmp_path, capsys):
+    from jaxformer.cli import main
+
+    assert main(["attention", "--run", str(run_dir), "--text", "to be or", "--out", str(tmp_path / "a.html")]) == 0
+    text = (tmp_path / "a.html").read_text()
+    data = json.loads(re.search(r'id="data">(.*?)</script>', text, re.S).group(1))
+    assert data["tokens"] == ["t", "o", "\u2423", "b", "e", "\u2423", "o", "r"]
+    assert np.asarray(data["weights"]).shape == (2, 2, 8, 8)
+    assert "step 7" in text
+    for extra in ([], ["--layer", "1"], ["--layer", "0", "--head", "1"]):
+        out = tmp_path / f"a{len(extra)}.png"
+        assert main(["attention", "--run", str(run_dir), "--text", "to be", "--out", str(out), *extra]) == 0
+        assert png_size(out)[0] > 300
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "x.txt"], "must end in .html or .png"),
+    (["--out", "x.png", "--layer", "5"], "--layer=5 is out of range"),
+    (["--out", "x.png", "--text", "x" * 40], "max_len=32"),
+])
+def test_cli_attention_errors(run_dir, tmp_path, capsys, args, message):
+    from jaxformer.cli import main
+
+    base = ["attention", "--run", str(run_dir), "--text", "hi"]
+    args = [a if a not in ("x.txt", "x.png") else str(tmp_path / a) for a in args]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_attention_not_a_run_folder(tmp_path, capsys):
+    from jaxformer.cli import main
+
+    assert main(["attention", "--run", str(tmp_path), "--text", "hi", "--out", str(tmp_path / "a.html")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
