@@ -15,3 +15,4 @@ from .inspect import attention_maps, capture  # noqa: F401
 from .interop import load_hf_gpt2, save_hf_gpt2  # noqa: F401
 from .training import evaluate, make_train_step, train  # noqa: F401
 from .checkpoint import load_run, save_checkpoint  # noqa: F401
+from .generation import Generation, generate, generate_stream  # noqa: F401

@@ -78,7 +78,10 @@ def checkpoint_steps(run_dir) -> list[int]:
 
 
 def _to_host(tree):
-    return jax.tree.map(lambda x: np.asarray(x) if hasattr(x, "shape") else x, tree)
+    # jax.Arrays stay as they are, so Orbax writes each shard from the host that holds it
+    # (no host ever gathers a sharded model); anything else becomes a NumPy array.
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) or not hasattr(x, "shape")
+                        else np.asarray(x), tree)
 
 
 def save_checkpoint(run_dir, step: int, params, opt_state=None, extra: Optional[dict] = None,
@@ -102,7 +105,11 @@ def save_checkpoint(run_dir, step: int, params, opt_state=None, extra: Optional[
 
 
 def _abstract(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+    """Shape structs to restore into: a leaf's own sharding when it has one (restore onto a
+    mesh, shard by shard), else the default device (restore onto one device)."""
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        np.shape(x), x.dtype, sharding=getattr(x, "sharding", None) or default), tree)
 
 
 def restore_checkpoint(run_dir, step: Optional[int] = None, *, params_like=None,

@@ -342,6 +342,9 @@ def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS
       ``cache_index`` and attend causally to everything before them.
     - ``key``: PRNG key enabling dropout (training); None = deterministic.
     - ``capture``: also return every intermediate (see below).
+    - ``params["blocks"]`` may also be a list of per-layer trees (unstacked, no ``[L]``
+      axis); ``cache`` is then a list of per-layer ``{"k", "v": [B, G, S, K]}`` and so is
+      ``aux["cache"]`` (the layout the decode loop uses, see ``generation.py``).
 
     Returns ``(logits [B, T, V], aux)``. ``aux["cache"]`` is the updated cache (or None).
     With ``capture=True`` aux also holds ``weights [L, B, H, T, S]``, ``resid [L+1, B, T, D]``
@@ -359,7 +362,8 @@ def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS
 
     x = embed(params, tokens_BT, config, positions_BT)
     x = dropout(x, config.dropout, None if keys is None else keys[-1])
-    S = T if cache is None else cache["k"].shape[-2]
+    per_layer = isinstance(params["blocks"], (list, tuple))
+    S = T if cache is None else (cache[0] if per_layer else cache)["k"].shape[-2]
     mask = causal_mask(T, S, offset=cache_index if cache is not None else 0)[None, None]
     if key_mask_BS is not None:
         mask = mask & key_mask_BS[:, None, None, :]
@@ -381,7 +385,17 @@ def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS
                   if config.remat == "dots" else None)
         layer = jax.checkpoint(layer, policy=policy)
     xs = (params["blocks"], cache, None if keys is None else keys[:-1])
-    if config.scan_layers:
+    if per_layer:
+        # Unstacked layers (a list of per-layer trees, and a list of per-layer caches): no
+        # slicing of stacked weights, which XLA copies on every step of a decode loop.
+        outs = []
+        for i, p in enumerate(params["blocks"]):
+            x, y = layer(x, (p, None if cache is None else cache[i], None if keys is None else keys[i]))
+            outs.append(y)
+        ys = {k: [o[k] for o in outs] if k == "cache" else jnp.stack([o[k] for o in outs])
+              for k in outs[0]}
+        ys["cache"] = None if cache is None else ys["cache"]
+    elif config.scan_layers:
         x, ys = lax.scan(layer, x, xs)
     else:
         outs = []

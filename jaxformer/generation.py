@@ -80,10 +80,13 @@ class Generation:
     - ``top_ids`` / ``top_logprobs``: ``[B, N, top_n]`` the ``top_n`` most likely tokens
       at each step and their log-probabilities.
     - ``logits``: ``[B, N, V]`` the raw logits at each step (``return_logits=True``).
+    - ``steps``: how many tokens per row the loop produced (less than ``max_new_tokens``
+      when every row stopped early).
     """
     tokens: np.ndarray
     sequences: list
     stopped: np.ndarray
+    steps: int = 0
     logprobs: Optional[np.ndarray] = None
     top_ids: Optional[np.ndarray] = None
     top_logprobs: Optional[np.ndarray] = None
@@ -191,6 +194,7 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, spec: S
     positions_BP = jnp.maximum(jnp.arange(P)[None, :] - pad_B[:, None], 0)
     key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
     cache = F.init_cache(config, B, S, dtype=jnp.dtype(config.dtype))
+    cache = [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(config.n_layer)]
     logits_BPV, aux = F.decoder(params, tokens_BP, config, positions_BT=positions_BP,
                                 key_mask_BS=key_mask_BS, cache=cache, cache_index=0)
     seen_BV = None
@@ -209,7 +213,7 @@ def _decode(params, st, n_target, knobs, is_stop_V, *, config, spec: Spec, P: in
     TRACES["decode"] += 1
 
     def step_fn(ms, token_B, step):
-        pad_B, S = ms["pad_B"], ms["cache"]["k"].shape[-2]
+        pad_B, S = ms["pad_B"], ms["cache"][0]["k"].shape[-2]
         slot = P + step - 1
         positions_B1 = (slot - pad_B)[:, None]
         key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
@@ -279,16 +283,39 @@ def _result(st: dict, n: int, stop_tokens) -> Generation:
     stopped = np.asarray(st["done_B"])
     seqs = [[int(t) for t in row if t >= 0] for row in tokens]
     get = lambda k: None if k not in st else np.asarray(st[k])[:, :n]  # noqa: E731
-    return Generation(tokens=tokens, sequences=seqs, stopped=stopped, logprobs=get("logprobs_BN"),
+    return Generation(tokens=tokens, sequences=seqs, stopped=stopped, steps=int(st["step"]),
+                      logprobs=get("logprobs_BN"),
                       top_ids=get("top_ids_BNn"), top_logprobs=get("top_logprobs_BNn"),
                       logits=get("logits_BNV"))
 
 
 # ----------------------------------------------------------------------------- public API
 def _model_parts(model):
-    if isinstance(model, tuple):
-        return model
-    return model.params(), model.config
+    params, config = model if isinstance(model, tuple) else (model.params(), model.config)
+    return unstack_layers(params), config
+
+
+_UNSTACKED: list = []  # one entry: (the stacked leaves, their unstacked tree)
+
+
+def unstack_layers(params: dict) -> dict:
+    """``params`` with ``"blocks"`` as a list of per-layer trees (no ``[L]`` axis).
+
+    The decode loop runs on this layout: slicing a layer out of stacked weights inside
+    the loop would copy every weight matrix on every step. The result for the most
+    recent parameters is kept, so repeated calls on the same model do not copy again.
+    """
+    if isinstance(params["blocks"], (list, tuple)):
+        return params
+    leaves = jax.tree.leaves(params)
+    if _UNSTACKED and len(_UNSTACKED[0][0]) == len(leaves) and all(
+            a is b for a, b in zip(_UNSTACKED[0][0], leaves)):
+        return _UNSTACKED[0][1]
+    L = jax.tree.leaves(params["blocks"])[0].shape[0]
+    blocks = jax.jit(lambda b: [jax.tree.map(lambda a: a[i], b) for i in range(L)])(params["blocks"])
+    out = dict(params, blocks=blocks)
+    _UNSTACKED[:] = [(leaves, out)]
+    return out
 
 
 def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 1.0,

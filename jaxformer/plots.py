@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 __all__ = ["attention_heatmap", "head_grid", "layer_head_grid", "positional_encoding_heatmap",
            "positional_curves", "loss_curves", "read_metrics", "layer_similarity",
-           "residual_norms", "logit_lens_heatmap", "sampling_comparison", "save"]
+           "residual_norms", "logit_lens_heatmap", "sampling_comparison", "matrix_heatmap",
+           "line_plot", "save"]
 
 DPI = 100
 CMAP = "viridis"
@@ -41,6 +42,12 @@ def _label_size(n: int) -> float:
     return float(np.clip(180.0 / max(n, 1), 5.0, 11.0))
 
 
+def _rotation(labels) -> int:
+    """Vertical tick labels unless a few short ones fit side by side."""
+    labels = [str(x) for x in labels]
+    return 0 if sum(len(x) + 1 for x in labels) <= 36 else 90
+
+
 def _draw_matrix(ax, w_TS, labels_q, labels_k, *, annotate: Optional[bool] = None, vmax=None,
                  ticks: bool = True, cmap: str = CMAP):
     """One attention matrix on ``ax``: queries down the rows, keys along the columns."""
@@ -50,7 +57,7 @@ def _draw_matrix(ax, w_TS, labels_q, labels_k, *, annotate: Optional[bool] = Non
                    interpolation="nearest", aspect="equal")
     if ticks and labels_q is not None:
         fs = _label_size(max(T, S))
-        ax.set_xticks(range(S), labels_k, rotation=90, fontsize=fs)
+        ax.set_xticks(range(S), labels_k, rotation=_rotation(labels_k), fontsize=fs)
         ax.set_yticks(range(T), labels_q, fontsize=fs)
     else:
         ax.set_xticks([])
@@ -318,4 +325,53 @@ def sampling_comparison(dists: Dict[str, np.ndarray], decode, *, top: int = 12,
             ax.set_ylabel("probability")
     fig.supxlabel("candidate next token", fontsize=10)
     fig.suptitle(title)
+    return save(fig, path)
+
+
+def matrix_heatmap(m, *, xlabels=None, ylabels=None, title: str = "", xlabel: str = "", ylabel: str = "",
+                   cbar_label: str = "value", cmap: str = CMAP, vmin=None, vmax=None,
+                   annotate: Optional[bool] = None, fmt: str = "{:.2f}", path=None) -> Figure:
+    """Any matrix ``[R, C]`` as a labelled heatmap with a colour bar (values written in the
+    cells when it is small, at most 12 x 12, or ``annotate=True``)."""
+    m = np.asarray(m, np.float64)
+    R, C = m.shape
+    fig = _figure(float(np.clip(0.5 * C + 2.8, 5.0, 12.0)), float(np.clip(0.45 * R + 1.8, 3.2, 10.0)))
+    ax = fig.add_subplot()
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    if xlabels is not None:
+        ax.set_xticks(range(C), xlabels, rotation=_rotation(xlabels), fontsize=_label_size(C))
+    if ylabels is not None:
+        ax.set_yticks(range(R), ylabels, fontsize=_label_size(R))
+    if annotate or (annotate is None and R <= 12 and C <= 12):
+        lo, hi = im.get_clim()
+        for r in range(R):
+            for c in range(C):
+                light = (m[r, c] - lo) / max(hi - lo, 1e-12) > 0.6
+                ax.text(c, r, fmt.format(m[r, c]), ha="center", va="center", fontsize=8,
+                        color="black" if light else "white")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label=cbar_label)
+    return save(fig, path)
+
+
+def line_plot(series: Dict[str, Sequence[float]], *, x=None, xticklabels=None, title: str = "",
+              xlabel: str = "", ylabel: str = "", logy: bool = False, path=None) -> Figure:
+    """A few named curves ``{"name": ys}`` on one axis (markers, grid, legend)."""
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    for name, ys in series.items():
+        xs = range(len(ys)) if x is None else x
+        ax.plot(xs, ys, marker="o", ms=3, lw=1.5, label=name)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)), xticklabels, fontsize=_label_size(len(xticklabels)),
+                      rotation=90 if max(map(len, xticklabels)) > 3 else 0)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
     return save(fig, path)

@@ -128,6 +128,32 @@ def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Opt
     return config, tokenizer, data
 
 
+# Jitted steps are cached per (model, step-relevant train settings), so a resumed run or a
+# second run in the same process (tests, notebooks) does not compile again.
+_STEP_CACHE: dict = {}
+
+
+def _step_key(config: Config):
+    tc = config.train
+    return config.model, dataclasses.replace(
+        tc, decay_steps=tc.decay_steps or tc.max_steps, max_steps=1, eval_interval=1, eval_steps=1,
+        checkpoint_interval=1, keep_checkpoints=1, log_interval=1, sample_tokens=0)
+
+
+def _optimizer(config: Config, params):
+    key = _step_key(config)
+    if key not in _STEP_CACHE:
+        optimizer = make_optimizer(config.train, params)
+        _STEP_CACHE[key] = (optimizer, make_train_step(config, optimizer),
+                            make_eval_step(compute_config(config)))
+    return _STEP_CACHE[key][0]
+
+
+def _compiled_steps(config: Config, optimizer):
+    _, step_fn, eval_step = _STEP_CACHE[_step_key(config)]
+    return step_fn, eval_step
+
+
 def train(config: Config, out_dir, *, resume: bool = False, progress: bool = True,
           data_text: Optional[str] = None, stop_after: Optional[int] = None,
           log: Optional[Callable[[str], None]] = None) -> TrainResult:
@@ -150,7 +176,7 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     from tqdm.auto import tqdm
 
     params = init_params(config)
-    optimizer = make_optimizer(tc, params)
+    optimizer = _optimizer(config, params)
     opt_state = optimizer.init(params)
     start, elapsed0 = 0, 0.0
     if resume and checkpoint_steps(run_dir):
@@ -169,8 +195,7 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     save_run_folder(run_dir, config, tokenizer)
     say = log or (lambda msg: tqdm.write(msg) if progress else None)
 
-    step_fn = make_train_step(config, optimizer)
-    eval_step = make_eval_step(compute_config(config))
+    step_fn, eval_step = _compiled_steps(config, optimizer)
 
     def run_eval(p):
         return evaluate(p, mc, data.val, batch_size=B, steps=tc.eval_steps, seed=tc.seed, eval_step=eval_step)

@@ -5,6 +5,8 @@ Command modules import heavy libraries (jax, torch) inside ``run`` so ``jaxforme
 COMMANDS = {
     "attention": "jaxformer.commands.attention",
     "info": "jaxformer.commands.info",
+    "sample": "jaxformer.commands.sample",
+    "score": "jaxformer.commands.score",
     "train": "jaxformer.commands.train",
     "bench": "jaxformer.commands.bench",
     "convert": "jaxformer.commands.convert",

@@ -1,0 +1,109 @@
+"""Shared plumbing for the experiment scripts: arguments, the output folder, a printed and
+saved summary, the corpus, and a tiny model trained in seconds for the labs that need one."""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+from typing import Callable, Optional
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:           # run from a fresh clone without installing
+    sys.path.insert(0, str(ROOT))
+
+
+def parse(script: str, description: str, argv=None,
+          extra: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> argparse.Namespace:
+    """``--out DIR`` (default ``outputs/<script name>/``) and ``--small`` (tiny sizes, for smoke
+    tests), plus what ``extra`` adds. Creates the output folder; ``args.out`` is a Path."""
+    name = pathlib.Path(script).stem
+    ap = argparse.ArgumentParser(prog=f"{name}.py", description=description)
+    ap.add_argument("--out", default=os.path.join("outputs", name), help="output folder (default %(default)s)")
+    ap.add_argument("--small", action="store_true", help="tiny sizes: a smoke test in seconds")
+    if extra:
+        extra(ap)
+    args = ap.parse_args(argv)
+    args.out = pathlib.Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+class Report:
+    """Print lines and keep them; :meth:`save` writes them to ``summary.txt``."""
+
+    def __init__(self, out: pathlib.Path):
+        self.out, self.lines = out, []
+
+    def __call__(self, *parts) -> None:
+        line = " ".join(str(p) for p in parts)
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def figure(self, fig_path) -> None:
+        self(f"  figure: {fig_path}")
+
+    def save(self) -> pathlib.Path:
+        path = self.out / "summary.txt"
+        path.write_text("\n".join(self.lines) + "\n", encoding="utf-8")
+        print(f"summary: {path}")
+        return path
+
+
+def corpus(path: Optional[str] = None) -> tuple[str, str]:
+    """``(text, name)``: ``path`` if given, else Tiny Shakespeare when a local copy exists
+    (never downloaded here), else the Python documentation shipped with CPython."""
+    from jaxformer.data import load_corpus, shakespeare_text
+    from jaxformer.errors import DataError
+
+    if path:
+        return load_corpus(path), path
+    try:
+        return shakespeare_text(download=False), "shakespeare"
+    except DataError:
+        return load_corpus("pydoc"), "pydoc"
+
+
+def tiny_config(small: bool, *, n_layer: int = 2, n_head: int = 4, steps: int = 600):
+    """A byte-level model that trains in well under a minute on 2 CPU cores (``small``: seconds)."""
+    from jaxformer import load_config
+
+    if small:
+        n_layer, d, T, steps, B = min(n_layer, 2), 32, 32, 30, 8
+    else:
+        d, T, B = 64, 64, 32
+    over = [f"model.vocab_size=256", f"model.d_model={d}", f"model.n_head={n_head}",
+            f"model.n_layer={n_layer}", f"model.d_ff={4 * d}", f"model.max_len={T}",
+            "model.positions=learned", "data.tokenizer=byte", f"train.batch_size={B}",
+            f"train.max_steps={steps}", "train.lr=3e-3", "train.min_lr=3e-4",
+            f"train.warmup_steps={max(steps // 20, 1)}", f"train.eval_interval={max(steps // 6, 1)}",
+            "train.eval_steps=5", f"train.checkpoint_interval={steps}", f"train.log_interval={max(steps // 60, 1)}",
+            "train.sample_tokens=0", "train.weight_decay=0.01"]
+    return load_config(None, over)
+
+
+def trained_model(args, report: Report, *, n_layer: int = 2, n_head: int = 4, steps: int = 600):
+    """``args.run`` loaded with :func:`jaxformer.checkpoint.load_run`, or a tiny model trained
+    now into ``<out>/run``. Returns ``(model, tokenizer, run_dir)``."""
+    from jaxformer.checkpoint import load_run
+    from jaxformer.training import train
+
+    if getattr(args, "run", None):
+        run = load_run(args.run)
+        report(f"model: {args.run} (step {run.step})")
+        return run.model, run.tokenizer, pathlib.Path(args.run)
+    text, name = corpus(getattr(args, "data", None))
+    cfg = tiny_config(args.small, n_layer=n_layer, n_head=n_head, steps=steps)
+    report(f"training a tiny byte-level model on {name} ({len(text):,} characters): "
+           f"{cfg.model.n_layer} layers x {cfg.model.n_head} heads, width {cfg.model.d_model}, "
+           f"{cfg.train.max_steps} steps of {cfg.train.batch_size} x {cfg.model.max_len} tokens")
+    res = train(cfg, args.out / "run", progress=False, data_text=text)
+    vals = [m["val_loss"] for m in res.metrics if m.get("val_loss") is not None]
+    report(f"  val loss {vals[0]:.3f} -> {vals[-1]:.3f} nats/byte")
+    return res.model, res.tokenizer, res.run_dir
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--run", help="use this trained run folder instead of training a tiny model")
+    ap.add_argument("--data", help="text file or folder for the tiny model (default: Tiny Shakespeare "
+                                   "if present locally, else the Python docs)")

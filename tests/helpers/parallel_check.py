@@ -1,0 +1,82 @@
+"""Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag
+must be set before JAX starts). Prints one JSON object with what tests/test_parallel.py asserts."""
+import json
+import os
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformer import load_config, parallel, training
+from jaxformer.config import MeshConfig
+
+assert jax.device_count() == 8, jax.devices()
+STEPS = 3
+cfg = load_config(None, ["model.vocab_size=64", "model.d_model=32", "model.n_head=4",
+                         "model.n_kv_head=2", "model.n_layer=2", "model.d_ff=64", "model.max_len=16",
+                         "model.tie_embeddings=false", "train.batch_size=16", "train.grad_accum=2",
+                         "train.warmup_steps=1", "train.max_steps=10", "train.lr=0.01"])
+rng = np.random.default_rng(0)
+batches = [rng.integers(0, 64, (16, 17), dtype=np.int32) for _ in range(STEPS)]
+
+
+def run(mesh_cfg):
+    params = training.init_params(cfg)
+    optimizer = training.make_optimizer(cfg.train, params)
+    opt_state = optimizer.init(params)
+    if mesh_cfg is None:  # plain single-device reference
+        step = training.make_train_step(cfg, optimizer)
+        put = lambda b: jnp.asarray(b)  # noqa: E731
+    else:
+        mesh = parallel.make_mesh(mesh_cfg)
+        step, p_sh, s_sh, b_sh = parallel.make_sharded_train_step(cfg, optimizer, mesh, params, opt_state)
+        params, opt_state = parallel.shard(params, p_sh), parallel.shard(opt_state, s_sh)
+        put = lambda b: jax.device_put(b, b_sh)  # noqa: E731
+    losses = []
+    for i, b in enumerate(batches):
+        params, opt_state, m = step(params, opt_state, put(training.micro_batches(b, 2)), jnp.int32(i))
+        losses.append(float(m["loss"]))
+    return params, opt_state, losses
+
+
+out = {}
+ref_params, _, ref_losses = run(None)
+ref_flat = jax.tree.leaves(ref_params)
+full_bytes = sum(x.nbytes for x in ref_flat)
+for name, m in {"dp8": MeshConfig(data=8), "fsdp8": MeshConfig(data=1, fsdp=8),
+                "dp2_fsdp4": MeshConfig(data=2, fsdp=4), "dp4_tp2": MeshConfig(data=4, tensor=2)}.items():
+    params, opt_state, losses = run(m)
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(jax.tree.leaves(params), ref_flat))
+    per_dev = parallel.bytes_per_device(params)
+    wq = params["blocks"]["attn"]["wq"]
+    out[name] = {"loss_diff": max(abs(a - b) for a, b in zip(losses, ref_losses)), "param_diff": diff,
+                 "max_param_bytes_per_device": max(per_dev.values()), "full_param_bytes": full_bytes,
+                 "wq_spec": str(wq.sharding.spec), "wq_shard_shape": list(wq.addressable_shards[0].data.shape),
+                 "mu_wq_shard_shape": None}
+    mus = [x for p, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+           if "mu" in jax.tree_util.keystr(p) and jax.tree_util.keystr(p).endswith("['wq']")]
+    if mus:
+        out[name]["mu_wq_shard_shape"] = list(mus[0].addressable_shards[0].data.shape)
+    small = sum(x.nbytes for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+                if all(a is None for a in x.sharding.spec))
+    out[name]["replicated_bytes"] = small
+    if name == "fsdp8":
+        from jaxformer import checkpoint
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint.save_checkpoint(d, 3, params, opt_state)
+            one = checkpoint.restore_checkpoint(d, params_like=ref_params)["params"]
+            out["restore_1dev_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                           for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(params)))
+            mesh24 = parallel.make_mesh(MeshConfig(data=2, fsdp=4))
+            like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                ref_params, parallel.param_shardings(ref_params, mesh24))
+            r = checkpoint.restore_checkpoint(d, params_like=like)["params"]
+            rw = r["blocks"]["attn"]["wq"]
+            out["restore_2x4_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                          for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(params)))
+            out["restore_2x4_wq_spec"] = str(getattr(rw.sharding, "spec", None))
+out["ref_losses"] = ref_losses
+json.dump(out, sys.stdout)

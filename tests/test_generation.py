@@ -1,0 +1,235 @@
+"""KV-cache generation: cached == uncached, padding, stop tokens, log-probs, bucketing, errors."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import randomize
+from flax import nnx
+
+from jaxformer import GPT, ModelConfig
+from jaxformer import functional as F
+from jaxformer import generation as G
+from jaxformer.errors import GenerationError
+
+BASE = dict(vocab_size=37, d_model=32, n_head=4, n_layer=2, d_ff=48, max_len=48)
+PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7], [1, 8, 2, 8, 1]]
+
+
+def random_model(seed=0, **kw):
+    cfg = ModelConfig(**{**BASE, **kw})
+    model = GPT(cfg, rngs=nnx.Rngs(seed))
+    model.load_params(randomize(model.params(), seed=seed))
+    return model
+
+
+def uncached_logits(model, prompt, new_tokens):
+    """Logits for every generated position by full re-computation (no cache): by causality,
+    position t of one forward pass over prompt + new tokens is the prediction after t."""
+    seq = jnp.asarray([list(prompt) + list(new_tokens)], jnp.int32)
+    logits, _ = F.decoder(model.params(), seq, model.config)
+    return np.asarray(logits[0, len(prompt) - 1: len(prompt) - 1 + len(new_tokens)])
+
+
+ARCHS = [
+    dict(norm_position="pre", positions="learned"),
+    dict(norm_position="post", positions="sinusoidal"),
+    dict(norm_position="none", positions="rope"),
+    dict(norm_position="pre", positions="rope", n_kv_head=2, norm="rmsnorm", activation="swiglu"),
+    dict(norm_position="post", positions="learned", n_kv_head=1, bias=False, tie_embeddings=False),
+    dict(norm_position="pre", positions="none", n_kv_head=2, scan_layers=False),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: "-".join(f"{v}" for v in a.values()))
+def test_cached_equals_uncached_greedy(arch):
+    model = random_model(**arch)
+    n = 12
+    out = G.generate(model, PROMPTS, max_new_tokens=n, temperature=0, return_logits=True)
+    assert out.tokens.shape == (3, n) and out.steps == n
+    for b, prompt in enumerate(PROMPTS):
+        ref = uncached_logits(model, prompt, out.tokens[b])
+        np.testing.assert_allclose(out.logits[b], ref, atol=1e-5, rtol=0)
+        # greedy: every chosen token is the arg-max of the uncached logits
+        np.testing.assert_array_equal(out.tokens[b], ref.argmax(-1))
+
+
+def test_padded_batch_equals_each_prompt_alone():
+    model = random_model(seed=1, positions="rope", n_kv_head=2)
+    batch = G.generate(model, PROMPTS, max_new_tokens=10, temperature=0, return_logits=True)
+    for b, prompt in enumerate(PROMPTS):
+        alone = G.generate(model, [prompt], max_new_tokens=10, temperature=0, return_logits=True)
+        np.testing.assert_array_equal(batch.tokens[b], alone.tokens[0])
+        np.testing.assert_allclose(batch.logits[b], alone.logits[0], atol=1e-5, rtol=0)
+
+
+def test_sampling_through_generate_reproducible_and_tiny_temperature_is_greedy():
+    model = random_model(seed=2)
+    kw = dict(max_new_tokens=10, top_k=10, top_p=0.9)
+    a = G.generate(model, PROMPTS, temperature=1.0, key=jax.random.key(5), **kw)
+    b = G.generate(model, PROMPTS, temperature=1.0, key=jax.random.key(5), **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    c = G.generate(model, PROMPTS, temperature=1.0, key=jax.random.key(6), **kw)
+    assert not np.array_equal(a.tokens, c.tokens)
+    greedy = G.generate(model, PROMPTS, max_new_tokens=10, temperature=0)
+    cold = G.generate(model, PROMPTS, max_new_tokens=10, temperature=1e-5, key=jax.random.key(0))
+    np.testing.assert_array_equal(greedy.tokens, cold.tokens)
+    # top_k=1 is greedy whatever the temperature
+    k1 = G.generate(model, PROMPTS, max_new_tokens=10, temperature=3.0, top_k=1, key=jax.random.key(1))
+    np.testing.assert_array_equal(greedy.tokens, k1.tokens)
+
+
+def test_logprobs_and_top_alternatives_match_the_model():
+    model = random_model(seed=3, positions="sinusoidal")
+    out = G.generate(model, PROMPTS, max_new_tokens=6, temperature=1.0, key=jax.random.key(0),
+                     return_logprobs=True, top_n=3)
+    for b, prompt in enumerate(PROMPTS):
+        ref = uncached_logits(model, prompt, out.tokens[b]).astype(np.float64)
+        logp = ref - np.log(np.exp(ref - ref.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - ref.max(-1, keepdims=True)
+        np.testing.assert_allclose(out.logprobs[b], logp[np.arange(6), out.tokens[b]], atol=1e-5)
+        np.testing.assert_array_equal(out.top_ids[b], np.argsort(-logp, axis=-1)[:, :3])
+        np.testing.assert_allclose(out.top_logprobs[b], -np.sort(-logp, axis=-1)[:, :3], atol=1e-5)
+
+
+def plus_one_step(V):
+    """A fake model whose answer is known: always predict ``token + 1`` (mod V)."""
+    def step_fn(state, token_B, step):
+        return 10.0 * jax.nn.one_hot((token_B + 1) % V, V), state
+    return step_fn
+
+
+def test_fake_model_plus_one_and_stop_tokens():
+    V = 20
+    first = 10.0 * jax.nn.one_hot(jnp.asarray([3, 9]), V)  # rows continue from 2 and 8
+    out = G.decode(plus_one_step(V), None, first, max_new_tokens=8, temperature=0)
+    np.testing.assert_array_equal(out.tokens, [[3, 4, 5, 6, 7, 8, 9, 10], [9, 10, 11, 12, 13, 14, 15, 16]])
+    out = G.decode(plus_one_step(V), None, first, max_new_tokens=8, temperature=0, stop_tokens=(6, 12))
+    np.testing.assert_array_equal(out.tokens, [[3, 4, 5, 6, -1, -1, -1, -1],
+                                               [9, 10, 11, 12, -1, -1, -1, -1]])
+    assert out.sequences == [[3, 4, 5, 6], [9, 10, 11, 12]] and out.stopped.tolist() == [True, True]
+    assert out.steps == 4  # the loop ended as soon as every row had stopped
+    out = G.decode(plus_one_step(V), None, first, max_new_tokens=8, temperature=0, stop_tokens=[5])
+    assert out.sequences == [[3, 4, 5], [9, 10, 11, 12, 13, 14, 15, 16]] and out.steps == 8
+    assert out.stopped.tolist() == [True, False]
+    # sampling from a near-deterministic fake model gives the same answer
+    out = G.decode(plus_one_step(V), None, first, max_new_tokens=5, temperature=1.0, top_p=0.5,
+                   key=jax.random.key(0))
+    np.testing.assert_array_equal(out.tokens, [[3, 4, 5, 6, 7], [9, 10, 11, 12, 13]])
+
+
+def test_repetition_penalty_with_a_fake_model():
+    V = 5
+    logits = jnp.asarray([[5.0, 4.0, 0.0, 0.0, 0.0]])
+    step = lambda state, tok, i: (logits, state)  # noqa: E731
+    plain = G.decode(step, None, logits, max_new_tokens=3, temperature=0)
+    assert plain.sequences == [[0, 0, 0]]
+    pen = G.decode(step, None, logits, max_new_tokens=3, temperature=0, repetition_penalty=10.0)
+    assert pen.sequences == [[0, 1, 0]]  # 0 -> 0.5 after it is seen, 1 -> 0.4 after it is seen
+    assert V == logits.shape[-1]
+
+
+def test_stop_tokens_with_the_real_model():
+    model = random_model(seed=4)
+    free = G.generate(model, PROMPTS, max_new_tokens=10, temperature=0)
+    stop = int(free.tokens[1, 3])
+    out = G.generate(model, PROMPTS, max_new_tokens=10, temperature=0, stop_tokens=[stop])
+    for b in range(3):
+        row = free.tokens[b].tolist()
+        cut = row.index(stop) + 1 if stop in row else len(row)
+        assert out.sequences[b] == row[:cut]
+        assert out.stopped[b] == (stop in row)
+
+
+def test_bucketing_compiles_once_per_bucket():
+    model = random_model(seed=5)
+    assert G.bucket_length(1) == 8 and G.bucket_length(8) == 8 and G.bucket_length(9) == 16
+    G.generate(model, [[1, 2, 3, 4, 5]], max_new_tokens=10, temperature=0)
+    before = dict(G.TRACES)
+    # another prompt length (<= 8) and another max_new_tokens (<= 16): same buckets
+    G.generate(model, [[7, 6, 5, 4, 3, 2, 1]], max_new_tokens=13, temperature=0)
+    G.generate(model, [[9]], max_new_tokens=16, temperature=0)
+    assert dict(G.TRACES) == before
+    # temperature / top_p are runtime values: one compile for the sampling mode, then none
+    G.generate(model, [[1, 2]], max_new_tokens=10, temperature=0.8, top_p=0.9, key=jax.random.key(0))
+    mid = dict(G.TRACES)
+    G.generate(model, [[1, 2, 3]], max_new_tokens=11, temperature=1.3, top_p=0.5, key=jax.random.key(1))
+    assert dict(G.TRACES) == mid
+    # a prompt crossing the bucket boundary compiles a new prefill
+    G.generate(model, [list(range(1, 10))], max_new_tokens=10, temperature=0)
+    assert G.TRACES["prefill"] == before["prefill"] + 2
+
+
+def test_stream_yields_chunks_that_add_up():
+    model = random_model(seed=6)
+    full = G.generate(model, PROMPTS, max_new_tokens=11, temperature=0)
+    it = G.generate_stream(model, PROMPTS, max_new_tokens=11, temperature=0, chunk_size=4)
+    chunks = []
+    while True:
+        try:
+            chunks.append(next(it))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert [c[0] for c in chunks] == [0, 4, 8]
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks], axis=1), full.tokens)
+    np.testing.assert_array_equal(result.tokens, full.tokens)
+
+
+def test_params_tuple_and_single_prompt_forms():
+    model = random_model(seed=7)
+    a = G.generate(model, [1, 2, 3], max_new_tokens=5, temperature=0)
+    b = G.generate((model.params(), model.config), np.asarray([[1, 2, 3]]), max_new_tokens=5,
+                   temperature=0)
+    assert a.tokens.shape == (1, 5)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_score_matches_the_forward_pass():
+    model = random_model(seed=8)
+    ids = [1, 5, 2, 7, 3, 3, 9]
+    lp = G.score(model, ids)
+    logits = np.asarray(model(jnp.asarray([ids])), np.float64)[0]
+    ref = logits - logits.max(-1, keepdims=True)
+    ref = ref - np.log(np.exp(ref).sum(-1, keepdims=True))
+    np.testing.assert_allclose(lp, ref[np.arange(6), ids[1:]], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompt_tokens=[list(range(40))], max_new_tokens=9), r"exceeds the model's context max_len=48"),
+    (dict(prompt_tokens=[list(range(49))], max_new_tokens=1), r"prompt of 49 tokens"),
+    (dict(prompt_tokens=[[1, 2], []], max_new_tokens=4), r"prompt 1 is empty"),
+    (dict(prompt_tokens=[[1, 37]], max_new_tokens=4), r"token id 37; ids must be integers in \[0, 37\)"),
+    (dict(prompt_tokens=[[1, -1]], max_new_tokens=4), r"token id -1"),
+    (dict(prompt_tokens=[[1]], max_new_tokens=0), r"^max_new_tokens=0"),
+    (dict(prompt_tokens=[[1]], max_new_tokens=4, temperature=-0.5), r"^temperature=-0.5"),
+    (dict(prompt_tokens=[[1]], max_new_tokens=4, top_k=0, key=jax.random.key(0)), r"^top_k=0"),
+    (dict(prompt_tokens=[[1]], max_new_tokens=4, top_p=2.0, key=jax.random.key(0)), r"^top_p=2.0"),
+    (dict(prompt_tokens=[[1]], max_new_tokens=4, temperature=1.0), r"^key=None"),
+    (dict(prompt_tokens=[[1]], max_new_tokens=4, temperature=0, stop_tokens=[99]), r"stop token 99"),
+])
+def test_bad_input_raises_generation_error(kwargs, match):
+    model = random_model(seed=9)
+    with pytest.raises(GenerationError, match=match):
+        G.generate(model, **kwargs)
+
+
+def test_prompt_exactly_filling_the_context_is_allowed():
+    model = random_model(seed=10, positions="learned")
+    out = G.generate(model, [list(range(1, 37)) + [1] * 10], max_new_tokens=2, temperature=0,
+                     return_logits=True)
+    ref = uncached_logits(model, list(range(1, 37)) + [1] * 10, out.tokens[0])
+    np.testing.assert_allclose(out.logits[0], ref, atol=1e-5, rtol=0)
+
+
+def test_unstacked_decoder_equals_stacked():
+    """The per-layer parameter layout the decode loop uses computes the same thing."""
+    model = random_model(seed=11, positions="rope", n_kv_head=2)
+    tokens = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+    stacked, aux_s = F.decoder(model.params(), tokens, model.config, capture=True)
+    unstacked, aux_u = F.decoder(G.unstack_layers(model.params()), tokens, model.config, capture=True)
+    np.testing.assert_allclose(unstacked, stacked, atol=1e-6)
+    np.testing.assert_allclose(aux_u["weights"], aux_s["weights"], atol=1e-6)
+    cfg_ns = dataclasses.replace(model.config, scan_layers=False)
+    np.testing.assert_allclose(F.decoder(model.params(), tokens, cfg_ns)[0], stacked, atol=1e-6)

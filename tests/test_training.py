@@ -1,0 +1,196 @@
+"""Training: optimizer pieces, gradient accumulation, the loop (loss goes down, determinism,
+exact resume, non-finite losses), the `jaxformer train` command and the PyTorch reference."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxformer import functional as F
+from jaxformer import load_config
+from jaxformer import train_loop
+from jaxformer.checkpoint import checkpoint_steps, load_run, read_metrics
+from jaxformer.cli import main
+from jaxformer.data import CharTokenizer, encode_corpus, get_batch, pydoc_text
+from jaxformer.training import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,
+                                loss_fn, lr_schedule, make_optimizer, make_train_step,
+                                micro_batches, train, weight_decay_mask)
+
+TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",
+        "model.bias=true", "data.tokenizer=char", "train.batch_size=8", "train.lr=3e-3",
+        "train.min_lr=3e-4", "train.warmup_steps=5", "train.log_interval=5", "train.eval_interval=10",
+        "train.eval_steps=2", "train.checkpoint_interval=5", "train.keep_checkpoints=2"]
+TEXT = pydoc_text()[:40_000]
+
+
+def tiny(*more):
+    return load_config(None, TINY + list(more))
+
+
+def _exactly_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_weight_decay_mask_excludes_norms_biases_and_embeddings():
+    cfg = tiny("model.tie_embeddings=false")
+    mask = weight_decay_mask(init_params(cfg))
+    decayed = {jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(mask) if m}
+    assert decayed == {"['blocks']['attn']['wq']", "['blocks']['attn']['wk']", "['blocks']['attn']['wv']",
+                       "['blocks']['attn']['wo']", "['blocks']['mlp']['w_in']", "['blocks']['mlp']['w_out']",
+                       "['lm_head']"}
+    with_emb = weight_decay_mask(init_params(cfg), decay_embeddings=True)
+    assert with_emb["tok_emb"] and with_emb["pos_emb"] and not with_emb["blocks"]["ln1"]["bias"]
+
+
+def test_weight_decay_applies_only_to_masked_leaves():
+    cfg = tiny("train.weight_decay=0.5", "train.warmup_steps=0", "train.grad_clip=0")
+    params = init_params(cfg)
+    opt = make_optimizer(cfg.train, params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)   # Adam part is 0 for zero gradients
+    mask = weight_decay_mask(params)
+    lr = float(lr_schedule(cfg.train)(0))
+    for (path, u), m, p in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(mask),
+                               jax.tree.leaves(params)):
+        expected = -lr * 0.5 * np.asarray(p) if m else np.zeros_like(p)
+        np.testing.assert_allclose(u, expected, rtol=1e-6, atol=1e-12, err_msg=jax.tree_util.keystr(path))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    tc = load_config(None, ["train.lr=1e-3", "train.min_lr=1e-4", "train.warmup_steps=100",
+                            "train.max_steps=2000"]).train
+    s = lr_schedule(tc)
+    assert float(s(0)) == pytest.approx(1e-5, rel=1e-4) and float(s(99)) == pytest.approx(1e-3, rel=1e-5)
+    mid = 100 + (2000 - 100) / 2
+    assert float(s(mid - 1)) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4), rel=1e-3)
+    assert float(s(1999)) == pytest.approx(1e-4, rel=1e-4) and float(s(5000)) == pytest.approx(1e-4, rel=1e-5)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    cfg = tiny()
+    params = init_params(cfg)
+    ids = np.asarray(CharTokenizer.from_text(TEXT).encode(TEXT), np.uint16)
+    batch = get_batch(ids, 8, 32, seed=0, step=0)
+    loss1, g1 = jax.jit(accumulate_gradients, static_argnums=2)(params, micro_batches(batch, 1), cfg.model)
+    loss4, g4 = jax.jit(accumulate_gradients, static_argnums=2)(params, micro_batches(batch, 4), cfg.model)
+    np.testing.assert_allclose(loss4, loss1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g4), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
+
+
+def test_untrained_eval_loss_is_near_ln_vocab():
+    tok = CharTokenizer.from_text(TEXT)
+    cfg = tiny(f"model.vocab_size={tok.vocab_size}")
+    data = encode_corpus(TEXT, tok)
+    loss = evaluate(init_params(cfg), cfg.model, data.val, batch_size=8, steps=4)
+    assert abs(loss - math.log(tok.vocab_size)) < 0.05
+
+
+def test_bf16_compute_keeps_float32_params():
+    cfg = tiny("train.dtype=bfloat16")
+    params = init_params(cfg)
+    opt = make_optimizer(cfg.train, params)
+    batch = micro_batches(get_batch(np.arange(500) % 50, 8, 32, seed=0, step=0), 1)
+    p, _, m = make_train_step(cfg, opt)(params, opt.init(params), batch, np.int32(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(p))
+    assert abs(float(m["loss"]) - math.log(256)) < 0.1
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted 20-step run (shared by the determinism and resume tests)."""
+    out = tmp_path_factory.mktemp("full")
+    return train(tiny("train.max_steps=20"), out, progress=False, data_text=TEXT)
+
+
+def test_loss_decreases_and_run_folder_is_complete(full_run):
+    records = full_run.metrics
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert [r["step"] for r in records] == [0, 5, 10, 15, 20]
+    assert losses[-1] < losses[0] - 0.5
+    assert records[0]["val_loss"] > records[-1]["val_loss"] + 0.5
+    for key in ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"):
+        assert key in records[-1]
+    d = full_run.run_dir
+    assert {p.name for p in d.iterdir()} >= {"config.yaml", "tokenizer.json", "metrics.jsonl",
+                                             "checkpoints", "loss.png"}
+    assert checkpoint_steps(d) == [15, 20]
+    assert read_metrics(d) == records
+    run = load_run(d)
+    assert run.step == 20 and _exactly_equal(run.model.params(), full_run.params)
+    assert run.config.model.vocab_size == run.tokenizer.vocab_size == len(set(TEXT))
+
+
+def test_same_config_and_seed_give_same_losses(full_run, tmp_path):
+    again = train(tiny("train.max_steps=20"), tmp_path, progress=False, data_text=TEXT)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")} for r in rs]  # noqa
+    assert strip(again.metrics) == strip(full_run.metrics)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(full_run, tmp_path):
+    first = train(tiny("train.max_steps=20"), tmp_path, progress=False, data_text=TEXT, stop_after=7)
+    assert first.interrupted and first.step == 7 and checkpoint_steps(tmp_path) == [5, 7]
+    with pytest.raises(Exception, match="pass --resume"):
+        train(tiny("train.max_steps=20"), tmp_path, progress=False, data_text=TEXT)
+    second = train(tiny("train.max_steps=20"), tmp_path, resume=True, progress=False, data_text=TEXT)
+    assert second.step == 20 and not second.interrupted
+    assert _exactly_equal(second.params, full_run.params)
+    assert _exactly_equal(second.opt_state, full_run.opt_state)
+    # the resumed metrics log continues the first one without duplicates
+    steps = [r["step"] for r in read_metrics(tmp_path)]
+    assert steps == [0, 5, 7, 10, 15, 20]
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
+    real = train_loop.get_batch
+
+    def poisoned(ids, B, T, *, seed, step, split="train"):
+        b = real(ids, B, T, seed=seed, step=step, split=split)
+        if step == 7:
+            b[0, 0] = 10_000            # out-of-range id: the embedding lookup gives NaN
+        return b
+    monkeypatch.setattr(train_loop, "get_batch", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"at step 7; .*last good checkpoint is step 5"):
+        train(tiny("train.max_steps=20"), tmp_path, progress=False, data_text=TEXT)
+    assert checkpoint_steps(tmp_path) == [5]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(load_run(tmp_path).model.params()))
+
+
+def test_train_command_and_resume(tmp_path, capsys):
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--no-progress"] + \
+        [x for o in TINY + ["train.max_steps=10", "train.decay_steps=20", "train.sample_tokens=20"]
+         for x in ("--set", o)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "--- sample ---" in text and "val loss" in text
+    assert main(["train", "--out", str(out), "--resume", "--no-progress", "--set", "train.max_steps=15",
+                 "--set", "train.sample_tokens=0"]) == 0
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()][-1] == 15
+    assert main(["train", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "data.path=" in capsys.readouterr().err
+
+
+def test_torch_reference_matches_functional_decoder():
+    torch = pytest.importorskip("torch")
+    from jaxformer.torch_reference import build_torch_gpt, load_jax_params
+    from conftest import randomize
+    for extra in ([], ["model.activation=relu", "model.tie_embeddings=false", "model.bias=false"]):
+        cfg = tiny("model.vocab_size=40", *extra)
+        params = randomize(init_params(cfg), scale=0.1)
+        model = build_torch_gpt(cfg.model)
+        load_jax_params(model, params)
+        model.eval()
+        tokens = np.random.default_rng(0).integers(0, 40, (2, 32))
+        ref = np.asarray(F.decoder(params, jnp.asarray(tokens), cfg.model)[0])
+        got = model(torch.from_numpy(tokens)).detach().numpy()
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+        # and the losses agree
+        np.testing.assert_allclose(
+            float(torch.nn.functional.cross_entropy(torch.from_numpy(got[:, :-1]).reshape(-1, 40),
+                                                    torch.from_numpy(tokens[:, 1:]).reshape(-1))),
+            float(loss_fn(params, jnp.asarray(tokens), cfg.model)), rtol=1e-5)
