@@ -214,6 +214,11 @@ class Config:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
 
 
+def _name(key: Any) -> str:
+    """A key as it can be printed on one line: plain if an identifier, else its repr."""
+    return key if isinstance(key, str) and key.isidentifier() else repr(key)
+
+
 def _suggest(name: str, valid: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(valid))})"
@@ -253,7 +258,7 @@ def config_from_dict(raw: Any) -> Config:
     sections = {}
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section {section!r}{_suggest(str(section), SECTIONS)}")
+            raise ConfigError(f"unknown config section {_name(section)}{_suggest(str(section), SECTIONS)}")
         if values is None:
             values = {}
         if not isinstance(values, dict):
@@ -263,7 +268,7 @@ def config_from_dict(raw: Any) -> Config:
         kwargs = {}
         for key, value in values.items():
             if key not in names:
-                raise ConfigError(f"unknown config key {section}.{key}{_suggest(str(key), names)}")
+                raise ConfigError(f"unknown config key {section}.{_name(key)}{_suggest(str(key), names)}")
             kwargs[key] = _coerce(section, cls, key, value)
         sections[section] = cls(**kwargs)
     return Config(**sections)
