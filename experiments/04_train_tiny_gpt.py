@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 
-from common import Report, corpus, parse, tiny_config
+from common import Report, corpus, fresh, parse, tiny_config
 
 
 def extra(ap):
-    ap.add_argument("--steps", type=int, default=800, help="training steps (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=500, help="training steps (default %(default)s)")
     ap.add_argument("--data", help="text file or folder (default: Tiny Shakespeare if present locally, "
                                    "else the Python docs)")
 
@@ -25,17 +25,16 @@ def main(argv=None) -> dict:
     import jax
 
     from jaxformer import generate, plots
-    from jaxformer.inspect import token_labels  # noqa: F401  (kept for readers: see lab 06)
     from jaxformer.training import train
 
     report = Report(args.out)
     text, name = corpus(args.data)
-    cfg = tiny_config(args.small, n_layer=2 if args.small else 4, steps=args.steps)
+    cfg = tiny_config(args.small, n_layer=2 if args.small else 3, steps=args.steps)
     m, t = cfg.model, cfg.train
     report(f"data: {name} ({len(text):,} characters), byte tokenizer (256 ids)")
     report(f"model: {m.n_layer} layers, width {m.d_model}, {m.n_head} heads, context {m.max_len}; "
            f"{t.max_steps} steps of {t.batch_size} x {m.max_len} tokens, AdamW lr {t.lr} (cosine to {t.min_lr})")
-    res = train(cfg, args.out / "run", progress=False, data_text=text)
+    res = train(cfg, fresh(args.out / "run"), progress=False, data_text=text)
     report(f"parameters: {res.model.num_params():,}")
     train_losses = [r["train_loss"] for r in res.metrics if r.get("train_loss") is not None]
     vals = [(r["step"], r["val_loss"]) for r in res.metrics if r.get("val_loss") is not None]
@@ -53,7 +52,7 @@ def main(argv=None) -> dict:
     ids = res.tokenizer.encode(prompt)
     n_new = min(m.max_len - len(ids), 200)
     g = generate(res.model, ids, max_new_tokens=n_new, temperature=0.8, top_k=20, key=jax.random.key(0))
-    report(f"sample (temperature 0.8, top-k 20):\n{prompt}{res.tokenizer.decode(g.sequences[0][len(ids):])}")
+    report(f"sample (temperature 0.8, top-k 20):\n{prompt}{res.tokenizer.decode(g.sequences[0])}")
     report(f"run folder: {res.run_dir}")
     report.save()
     return {"val_loss": vals[-1][1], "run_dir": str(res.run_dir)}

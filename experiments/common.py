@@ -71,7 +71,7 @@ def tiny_config(small: bool, *, n_layer: int = 2, n_head: int = 4, steps: int = 
     if small:
         n_layer, d, T, steps, B = min(n_layer, 2), 32, 32, 30, 8
     else:
-        d, T, B = 64, 64, 32
+        d, T, B = 64, 64, 16
     over = [f"model.vocab_size=256", f"model.d_model={d}", f"model.n_head={n_head}",
             f"model.n_layer={n_layer}", f"model.d_ff={4 * d}", f"model.max_len={T}",
             "model.positions=learned", "data.tokenizer=byte", f"train.batch_size={B}",
@@ -97,10 +97,19 @@ def trained_model(args, report: Report, *, n_layer: int = 2, n_head: int = 4, st
     report(f"training a tiny byte-level model on {name} ({len(text):,} characters): "
            f"{cfg.model.n_layer} layers x {cfg.model.n_head} heads, width {cfg.model.d_model}, "
            f"{cfg.train.max_steps} steps of {cfg.train.batch_size} x {cfg.model.max_len} tokens")
-    res = train(cfg, args.out / "run", progress=False, data_text=text)
+    res = train(cfg, fresh(args.out / "run"), progress=False, data_text=text)
     vals = [m["val_loss"] for m in res.metrics if m.get("val_loss") is not None]
     report(f"  val loss {vals[0]:.3f} -> {vals[-1]:.3f} nats/byte")
     return res.model, res.tokenizer, res.run_dir
+
+
+def fresh(run_dir: pathlib.Path) -> pathlib.Path:
+    """Remove a run folder this script wrote before, so that re-running starts over."""
+    import shutil
+
+    if (run_dir / "config.yaml").is_file():
+        shutil.rmtree(run_dir)
+    return run_dir
 
 
 def add_run_args(ap: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 __all__ = ["attention_heatmap", "head_grid", "layer_head_grid", "positional_encoding_heatmap",
            "positional_curves", "loss_curves", "read_metrics", "layer_similarity",
            "residual_norms", "logit_lens_heatmap", "sampling_comparison", "matrix_heatmap",
-           "line_plot", "save"]
+           "line_plot", "bar_chart", "save"]
 
 DPI = 100
 CMAP = "viridis"
@@ -103,7 +103,7 @@ def head_grid(weights_HTT, labels: Sequence[str], *, layer: Optional[int] = None
     cell = float(np.clip(0.22 * T + 1.6, 2.6, 5.0))
     fig = _figure(cols * cell + 1.0, rows * cell + 0.6)
     axes = fig.subplots(rows, cols, squeeze=False)
-    show_ticks = T <= 40
+    show_ticks = T <= 64
     im = None
     for h in range(rows * cols):
         ax = axes[h // cols, h % cols]
@@ -366,7 +366,7 @@ def line_plot(series: Dict[str, Sequence[float]], *, x=None, xticklabels=None, t
         ax.plot(xs, ys, marker="o", ms=3, lw=1.5, label=name)
     if xticklabels is not None:
         ax.set_xticks(range(len(xticklabels)), xticklabels, fontsize=_label_size(len(xticklabels)),
-                      rotation=90 if max(map(len, xticklabels)) > 3 else 0)
+                      rotation=_rotation(xticklabels))
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -374,4 +374,24 @@ def line_plot(series: Dict[str, Sequence[float]], *, x=None, xticklabels=None, t
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
+    return save(fig, path)
+
+
+def bar_chart(values: Dict[str, float], *, title: str = "", xlabel: str = "", logx: bool = False,
+              path=None) -> Figure:
+    """Named values as horizontal bars (first at the top), each bar labelled with its value."""
+    names = list(values)
+    v = np.asarray([values[k] for k in names], np.float64)
+    fig = _figure(9.0, 0.45 * len(names) + 1.6)
+    ax = fig.add_subplot()
+    ax.barh(range(len(names)), v, color="tab:green")
+    ax.set_yticks(range(len(names)), names, fontsize=9)
+    ax.invert_yaxis()
+    if logx:
+        ax.set_xscale("log")
+    for i, x in enumerate(v):
+        ax.text(x, i, f" {x:.1e}", va="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
     return save(fig, path)

@@ -130,7 +130,7 @@ def test_greedy_50_tokens_match_transformers_generate(small_hf):
     from jaxformer import generation
     hf, folder = small_hf
     model, _, _ = load_hf_gpt2(folder)
-    for prompt in ([5, 17, 250, 3], [42]):
+    for prompt in ([5, 17, 250, 3],):
         with torch.no_grad():
             ref = hf.generate(torch.tensor([prompt]), max_new_tokens=50, do_sample=False,
                               attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
@@ -303,6 +303,9 @@ def test_convert_cli_writes_a_run_folder_with_the_same_logits(small_hf, bpe, tmp
     assert run.tokenizer.encode("speak") == bpe.encode("speak").ids
     tokens = np.random.default_rng(2).integers(0, 300, (2, 64))
     assert np.abs(logits_of(run.model, tokens) - hf_logits(hf, tokens)).max() <= 1e-4
+    # the run folder is accepted by `jaxformer attention`
+    assert main(["attention", "--run", str(out), "--text", "speak, speak", "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 0
     # and back: run folder -> Hugging Face folder
     assert main(["convert", "--from-run", str(out), "--out", str(tmp_path / "hf")]) == 0
     again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
