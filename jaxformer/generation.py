@@ -347,6 +347,11 @@ def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: f
     st = _prefill(params, jnp.asarray(tokens_BP), jnp.asarray(pad_B), key, knobs, is_stop_V,
                   config=config, spec=spec, S=P + N, N=N)
     chunk = max_new_tokens if chunk_size is None else max(1, int(chunk_size))
+    # Everything above runs (and raises) on the call; the loop below runs on iteration.
+    return _stream(params, st, knobs, is_stop_V, config, spec, P, max_new_tokens, chunk, stop_tokens)
+
+
+def _stream(params, st, knobs, is_stop_V, config, spec, P, max_new_tokens, chunk, stop_tokens):
     done = 0
     while True:
         target = min(done + chunk, max_new_tokens)

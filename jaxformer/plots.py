@@ -49,14 +49,14 @@ def _rotation(labels) -> int:
 
 
 def _draw_matrix(ax, w_TS, labels_q, labels_k, *, annotate: Optional[bool] = None, vmax=None,
-                 ticks: bool = True, cmap: str = CMAP):
+                 ticks: bool = True, cmap: str = CMAP, fontsize: Optional[float] = None):
     """One attention matrix on ``ax``: queries down the rows, keys along the columns."""
     w = np.asarray(w_TS, np.float64)
     T, S = w.shape
     im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=1.0 if vmax is None else vmax,
                    interpolation="nearest", aspect="equal")
     if ticks and labels_q is not None:
-        fs = _label_size(max(T, S))
+        fs = fontsize or _label_size(max(T, S))
         ax.set_xticks(range(S), labels_k, rotation=_rotation(labels_k), fontsize=fs)
         ax.set_yticks(range(T), labels_q, fontsize=fs)
     else:
@@ -98,9 +98,10 @@ def head_grid(weights_HTT, labels: Sequence[str], *, layer: Optional[int] = None
     """All heads of one layer side by side (up to 4 per row), token labels on the outer axes."""
     w = np.asarray(weights_HTT)
     H, T, _ = w.shape
-    cols = min(H, 4)
+    cols = min(H, 4 if T <= 24 else 2)
     rows = math.ceil(H / cols)
-    cell = float(np.clip(0.22 * T + 1.6, 2.6, 5.0))
+    cell = float(np.clip(0.17 * T + 1.6, 2.6, 7.0))
+    fs = float(np.clip(0.6 * cell * 72 / T, 5.0, 10.0))
     fig = _figure(cols * cell + 1.0, rows * cell + 0.6)
     axes = fig.subplots(rows, cols, squeeze=False)
     show_ticks = T <= 64
@@ -110,7 +111,7 @@ def head_grid(weights_HTT, labels: Sequence[str], *, layer: Optional[int] = None
         if h >= H:
             ax.axis("off")
             continue
-        im = _draw_matrix(ax, w[h], labels, labels, annotate=False, ticks=show_ticks)
+        im = _draw_matrix(ax, w[h], labels, labels, annotate=False, ticks=show_ticks, fontsize=fs)
         if show_ticks and h % cols:
             ax.set_yticklabels([])
         if show_ticks and h // cols < rows - 1 and h + cols < H:
@@ -298,11 +299,11 @@ def sampling_comparison(dists: Dict[str, np.ndarray], decode, *, top: int = 12,
                         title: str = "next-token distribution under each sampling setting",
                         path=None) -> Figure:
     """Bar charts of next-token distributions, one panel per setting (``{"T=0.7": probs_V}``),
-    over the ``top`` tokens most likely under the first setting (same order in every panel).
+    over the ``top`` tokens most likely across the settings (same order in every panel).
     Each panel's title counts the tokens with non-zero probability."""
     names = list(dists)
-    base = np.asarray(dists[names[0]])
-    order = np.argsort(-base)[:top]
+    base = np.sum([np.asarray(dists[k], np.float64) for k in names], axis=0)   # robust to one-hot
+    order = np.argsort(-base, kind="stable")[:top]
     ticks = [decode(int(i)) for i in order]
     cols = min(len(names), 3)
     rows = math.ceil(len(names) / cols)

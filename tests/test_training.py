@@ -12,8 +12,8 @@ from jaxformer import functional as F
 from jaxformer import load_config
 from jaxformer import train_loop
 from jaxformer.checkpoint import checkpoint_steps, load_run, read_metrics
-from jaxformer.cli import main
 from jaxformer.data import CharTokenizer, encode_corpus, get_batch, pydoc_text
+from jaxformer.errors import DataError
 from jaxformer.training import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,
                                 loss_fn, lr_schedule, make_optimizer, make_train_step,
                                 micro_batches, train, weight_decay_mask)
@@ -158,21 +158,32 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(load_run(tmp_path).model.params()))
 
 
+def _train_command(argv):
+    # the command module directly (the `jaxformer` parser imports every registered command)
+    import argparse
+
+    from jaxformer.commands import train as command
+    p = argparse.ArgumentParser()
+    command.add_arguments(p)
+    return command.run(p.parse_args(argv))
+
+
 def test_train_command_and_resume(tmp_path, capsys):
     data = tmp_path / "corpus.txt"
     data.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "run"
-    args = ["train", "--data", str(data), "--out", str(out), "--no-progress"] + \
+    args = ["--data", str(data), "--out", str(out), "--no-progress"] + \
         [x for o in TINY + ["train.max_steps=10", "train.decay_steps=20", "train.sample_tokens=20"]
          for x in ("--set", o)]
-    assert main(args) == 0
+    assert _train_command(args) == 0
     text = capsys.readouterr().out
     assert "--- sample ---" in text and "val loss" in text
-    assert main(["train", "--out", str(out), "--resume", "--no-progress", "--set", "train.max_steps=15",
-                 "--set", "train.sample_tokens=0"]) == 0
+    # --resume reads the run's own config.yaml; only the overrides change
+    assert _train_command(["--out", str(out), "--resume", "--no-progress", "--set", "train.max_steps=15",
+                           "--set", "train.sample_tokens=0"]) == 0
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()][-1] == 15
-    assert main(["train", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")]) == 2
-    assert "data.path=" in capsys.readouterr().err
+    with pytest.raises(DataError, match="data.path='.*nope.txt' is not a file"):
+        _train_command(["--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")])
 
 
 def test_torch_reference_matches_functional_decoder():

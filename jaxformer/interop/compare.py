@@ -25,6 +25,7 @@ from .hf_files import load_hf_gpt2, resolve_hf_path
 def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, prompt=None,
             seed: int = 0, out=print) -> dict:
     """Run the comparison on a local GPT-2 folder; returns the figures it prints."""
+    import jax
     import jax.numpy as jnp
     import torch
     import transformers
@@ -46,7 +47,8 @@ def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, pr
     seq = min(seq, cfg.max_len)
     tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
     t0 = time.perf_counter()
-    ours = np.asarray(nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tokens)))
+    with jax.default_matmul_precision("highest"):   # full float32 matmuls (no TF32 on GPUs)
+        ours = np.asarray(nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tokens)))
     ours_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -64,7 +66,8 @@ def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, pr
     else:
         ids = tok.encode(prompt) if tok is not None else [int(t) for t in prompt.split(",")]
     new_tokens = min(new_tokens, cfg.max_len - len(ids))
-    ours_ids = generate(model, ids, max_new_tokens=new_tokens, temperature=0.0).tokens[0]
+    with jax.default_matmul_precision("highest"):
+        ours_ids = generate(model, ids, max_new_tokens=new_tokens, temperature=0.0).tokens[0]
     with torch.no_grad():
         ref_ids = hf.generate(torch.tensor([ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                               do_sample=False, attention_mask=torch.ones(1, len(ids), dtype=torch.long),

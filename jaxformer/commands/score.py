@@ -1,0 +1,39 @@
+"""``jaxformer score``: the log-probability of every token of a text under a trained model."""
+import argparse
+
+HELP = "print per-token log-probabilities, the total and the perplexity of a text under a run's model"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `jaxformer train`")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--text", required=True, help="the text to score (at least two tokens, at most "
+                   "the model's context)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    import json
+    import math
+
+    from jaxformer.checkpoint import load_run
+    from jaxformer.generation import score
+
+    r = load_run(args.run, args.step)
+    ids = r.tokenizer.encode(args.text)
+    logp = [float(x) for x in score(r.model, ids)]
+    total = sum(logp)
+    nll = -total / len(logp)
+    pieces = [r.tokenizer.decode([i]) for i in ids]
+    if args.json:
+        print(json.dumps({"run": str(r.path), "step": r.step, "text": args.text, "token_ids": ids,
+                          "tokens": pieces, "logprobs": logp, "total_logprob": total,
+                          "mean_nll": nll, "perplexity": math.exp(nll)}, ensure_ascii=False))
+        return 0
+    print(f"{'pos':>5}  {'id':>6}  {'token':<16} {'logprob':>9}")
+    print(f"{0:>5}  {ids[0]:>6}  {pieces[0]!r:<16} {'(first)':>9}")
+    for t, (i, lp) in enumerate(zip(ids[1:], logp), start=1):
+        print(f"{t:>5}  {i:>6}  {pieces[t]!r:<16} {lp:>9.4f}")
+    print(f"total log-prob {total:.4f} over {len(logp)} predicted tokens; mean NLL {nll:.4f} nats; "
+          f"perplexity {math.exp(nll):.3f}")
+    return 0
