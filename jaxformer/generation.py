@@ -173,7 +173,7 @@ def decode(step_fn: Callable, model_state: Any, logits_BV, *, max_new_tokens: in
     B, V = logits_BV.shape
     spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
                                  top_n, False, max_new_tokens, key, V)
-    is_stop_V = _stop_mask(stop_tokens, V)
+    is_stop_V = S_.stop_mask(stop_tokens, V)
 
     @jax.jit
     def run(model_state, logits_BV, key, knobs, is_stop_V):
@@ -247,37 +247,6 @@ def _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs, to
     return spec, knobs, key
 
 
-def _stop_mask(stop_tokens, V: int):
-    stop_tokens = [stop_tokens] if isinstance(stop_tokens, (int, np.integer)) else list(stop_tokens)
-    for t in stop_tokens:
-        if not (isinstance(t, (int, np.integer)) and 0 <= int(t) < V):
-            raise GenerationError(f"stop token {t!r} is not a token id in [0, {V})")
-    return jnp.zeros((V,), bool).at[jnp.asarray(stop_tokens, jnp.int32)].set(True) if stop_tokens \
-        else jnp.zeros((V,), bool)
-
-
-def _prompts(prompt_tokens, V: int) -> list:
-    """Normalise prompts to a list of lists of ints, checking ids. A flat list is one prompt."""
-    if isinstance(prompt_tokens, (np.ndarray, jax.Array)):
-        arr = np.asarray(prompt_tokens)
-        if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
-            raise GenerationError(f"prompt_tokens must be integer token ids of shape [T] or [B, T], "
-                                  f"got {arr.dtype} {arr.shape}")
-        prompts = [arr.tolist()] if arr.ndim == 1 else arr.tolist()
-    else:
-        prompts = list(prompt_tokens)
-        if not prompts or all(isinstance(t, (int, np.integer)) for t in prompts):
-            prompts = [prompts]
-        prompts = [list(p) for p in prompts]
-    for b, p in enumerate(prompts):
-        if not p:
-            raise GenerationError(f"prompt {b} is empty: a prompt needs at least one token")
-        for t in p:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < V:
-                raise GenerationError(f"prompt {b} has token id {t!r}; ids must be integers in [0, {V})")
-    return [[int(t) for t in p] for p in prompts]
-
-
 def _result(st: dict, n: int, stop_tokens) -> Generation:
     tokens = np.asarray(st["tokens_BN"])[:, :n]
     stopped = np.asarray(st["done_B"])
@@ -332,13 +301,13 @@ def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: f
     V = config.vocab_size
     spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
                                  top_n, return_logits, max_new_tokens, key, V)
-    prompts = _prompts(prompt_tokens, V)
+    prompts = S_.check_prompts(prompt_tokens, V)
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > config.max_len:
         raise GenerationError(
             f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
             f"context max_len={config.max_len}; shorten the prompt or lower max_new_tokens")
-    is_stop_V = _stop_mask(stop_tokens, V)
+    is_stop_V = S_.stop_mask(stop_tokens, V)
     P, N = bucket_length(longest), bucket_length(max_new_tokens)
     tokens_BP = np.zeros((len(prompts), P), np.int32)
     for b, p in enumerate(prompts):
@@ -402,7 +371,7 @@ def score(model, tokens) -> np.ndarray:
     (float32; entry ``t`` is ``log p(tokens[t+1] | tokens[:t+1])``). One full forward pass;
     the text must fit the context (``T <= max_len``)."""
     params, config = _model_parts(model)
-    ids = _prompts(tokens, config.vocab_size)
+    ids = S_.check_prompts(tokens, config.vocab_size)
     if len(ids) != 1:
         raise GenerationError("score takes one sequence of token ids")
     ids = ids[0]

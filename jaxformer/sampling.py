@@ -26,10 +26,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import numpy as np
+
 from .errors import GenerationError
 
 __all__ = ["greedy", "apply_temperature", "top_k_filter", "top_p_filter",
-           "apply_repetition_penalty", "sample", "make_sampler", "check_sampling"]
+           "apply_repetition_penalty", "sample", "make_sampler", "check_sampling", "check_prompts",
+           "stop_mask"]
 
 Sampler = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -142,3 +145,35 @@ def check_sampling(*, temperature=1.0, top_k=None, top_p=None, repetition_penalt
         raise GenerationError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
     if top_n is not None and not (isinstance(top_n, int) and not isinstance(top_n, bool) and top_n >= 0):
         raise GenerationError(f"top_n={top_n!r} must be an integer >= 0")
+
+
+def stop_mask(stop_tokens, V: int):
+    """Boolean ``[V]``: True for the stop tokens (checked to be ids in ``[0, V)``)."""
+    stop_tokens = [stop_tokens] if isinstance(stop_tokens, (int, np.integer)) else list(stop_tokens)
+    for t in stop_tokens:
+        if not (isinstance(t, (int, np.integer)) and 0 <= int(t) < V):
+            raise GenerationError(f"stop token {t!r} is not a token id in [0, {V})")
+    return jnp.zeros((V,), bool).at[jnp.asarray(stop_tokens, jnp.int32)].set(True) if stop_tokens \
+        else jnp.zeros((V,), bool)
+
+
+def check_prompts(prompt_tokens, V: int) -> list:
+    """Normalise prompts to a list of lists of ints, checking ids. A flat list is one prompt."""
+    if isinstance(prompt_tokens, (np.ndarray, jax.Array)):
+        arr = np.asarray(prompt_tokens)
+        if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
+            raise GenerationError(f"prompt_tokens must be integer token ids of shape [T] or [B, T], "
+                                  f"got {arr.dtype} {arr.shape}")
+        prompts = [arr.tolist()] if arr.ndim == 1 else arr.tolist()
+    else:
+        prompts = list(prompt_tokens)
+        if not prompts or all(isinstance(t, (int, np.integer)) for t in prompts):
+            prompts = [prompts]
+        prompts = [list(p) for p in prompts]
+    for b, p in enumerate(prompts):
+        if not p:
+            raise GenerationError(f"prompt {b} is empty: a prompt needs at least one token")
+        for t in p:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < V:
+                raise GenerationError(f"prompt {b} has token id {t!r}; ids must be integers in [0, {V})")
+    return [[int(t) for t in p] for p in prompts]

@@ -231,3 +231,75 @@ def test_unstacked_decoder_equals_stacked(model):
     np.testing.assert_allclose(aux_u["weights"], aux_s["weights"], atol=1e-6)
     cfg_ns = dataclasses.replace(model.config, scan_layers=False)
     np.testing.assert_allclose(F.decoder(model.params(), tokens, cfg_ns)[0], stacked, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder holding a small random byte-level model (written the way `train` writes it)."""
+    from jaxformer.checkpoint import save_checkpoint, save_run_folder
+    from jaxformer.config import Config
+    from jaxformer.data import ByteTokenizer
+
+    cfg = Config(model=ModelConfig(vocab_size=256, d_model=32, n_head=4, n_layer=2, d_ff=64,
+                                   max_len=64, n_kv_head=2, positions="rope"))
+    model = GPT(cfg.model, rngs=nnx.Rngs(0))
+    model.load_params(randomize(model.params(), seed=3, scale=0.1))
+    path = tmp_path_factory.mktemp("run")
+    save_run_folder(path, cfg, ByteTokenizer())
+    save_checkpoint(path, 7, model.params())
+    return path
+
+
+def test_cli_sample_json_equals_generate(run_dir, capsys):
+    import json
+
+    from jaxformer.checkpoint import load_run
+    from jaxformer.cli import main
+
+    assert main(["sample", "--run", str(run_dir), "--prompt", "Hello", "--max-new-tokens", "12",
+                 "--temperature", "0", "--json", "--logprobs", "--top-n", "2"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    r = load_run(run_dir)
+    ref = G.generate(r.model, list(b"Hello"), max_new_tokens=12, temperature=0, return_logprobs=True)
+    s = obj["samples"][0]
+    assert obj["step"] == 7 and obj["prompt_ids"] == list(b"Hello")
+    assert s["token_ids"] == ref.sequences[0]
+    assert s["text"] == bytes(ref.sequences[0]).decode("utf-8", errors="replace")
+    np.testing.assert_allclose(s["logprobs"], ref.logprobs[0], atol=1e-6)
+    assert len(s["top"]) == 12 and s["top"][0][0]["id"] == s["token_ids"][0]  # greedy = top-1
+
+
+@pytest.mark.slow
+def test_cli_sample_streams_the_same_text(run_dir, capsys):
+    from jaxformer.cli import main
+
+    args = ["sample", "--run", str(run_dir), "--prompt", "Hi", "--max-new-tokens", "10",
+            "--top-k", "5", "--seed", "3", "--chunk", "3"]
+    assert main(args + ["--json"]) == 0
+    import json
+    text = json.loads(capsys.readouterr().out)["samples"][0]["text"]
+    assert main(args) == 0
+    assert capsys.readouterr().out == "Hi" + text + "\n"
+    assert main(args + ["--num-samples", "2"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
+
+
+def test_cli_score_and_errors(run_dir, capsys):
+    import json
+
+    from jaxformer.checkpoint import load_run
+    from jaxformer.cli import main
+
+    assert main(["score", "--run", str(run_dir), "--text", "abcab", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    ref = G.score(load_run(run_dir).model, list(b"abcab"))
+    np.testing.assert_allclose(obj["logprobs"], ref, atol=1e-6)
+    np.testing.assert_allclose(obj["perplexity"], np.exp(-ref.mean()), rtol=1e-5)
+    assert main(["score", "--run", str(run_dir), "--text", "abcab"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["sample", "--run", str(run_dir), "--prompt", "x" * 60, "--max-new-tokens", "10"]) == 2
+    assert main(["sample", "--run", str(run_dir), "--top-p", "0"]) == 2
+    assert main(["sample", "--run", str(run_dir.parent), "--prompt", "a"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "max_len=64" in err[0] and "top_p=0.0" in err[1] and "not a run folder" in err[2]

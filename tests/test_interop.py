@@ -289,28 +289,44 @@ def test_gpt2_tokenizer_files_are_wrapped(small_hf, bpe, tmp_path, files):
 
 
 # ----------------------------------------------------------------------------- CLI
-def test_convert_cli_writes_a_run_folder_with_the_same_logits(small_hf, bpe, tmp_path):
+@pytest.fixture(scope="module")
+def converted_run(small_hf, bpe, tmp_path_factory):
+    """`jaxformer convert --from-hf` of the small model (with a --tokenizer folder) -> run folder."""
+    from jaxformer.cli import main
+    _, folder = small_hf
+    tmp = tmp_path_factory.mktemp("convert")
+    bpe.save(str(tmp / "tokenizer.json"))
+    out = tmp / "run"
+    assert main(["convert", "--from-hf", str(folder), "--out", str(out), "--tokenizer", str(tmp)]) == 0
+    return out
+
+
+def test_convert_cli_writes_a_run_folder_with_the_same_logits(small_hf, bpe, converted_run, tmp_path):
     from jaxformer.checkpoint import load_run
     from jaxformer.cli import main
-    hf, folder = small_hf
-    tok_dir = tmp_path / "tok"
-    tok_dir.mkdir()
-    bpe.save(str(tok_dir / "tokenizer.json"))
-    out = tmp_path / "run"
-    assert main(["convert", "--from-hf", str(folder), "--out", str(out), "--tokenizer", str(tok_dir)]) == 0
-    run = load_run(out)
+    hf, _ = small_hf
+    run = load_run(converted_run)
     assert run.step == 0 and run.config.model.n_layer == 3
     assert run.tokenizer.encode("speak") == bpe.encode("speak").ids
     tokens = np.random.default_rng(2).integers(0, 300, (2, 64))
     assert np.abs(logits_of(run.model, tokens) - hf_logits(hf, tokens)).max() <= 1e-4
-    # the run folder is accepted by `jaxformer attention`
-    assert main(["attention", "--run", str(out), "--text", "speak, speak", "--out", str(tmp_path / "a.png")]) == 0
-    assert (tmp_path / "a.png").stat().st_size > 0
     # and back: run folder -> Hugging Face folder
-    assert main(["convert", "--from-run", str(out), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["convert", "--from-run", str(converted_run), "--out", str(tmp_path / "hf")]) == 0
     again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     np.testing.assert_array_equal(hf_logits(again, tokens), hf_logits(hf, tokens))
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["n_inner"] == 80
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("speak")["input_ids"] == bpe.encode("speak").ids
+
+
+@pytest.mark.slow
+def test_converted_run_works_with_sample_and_attention(bpe, converted_run, tmp_path):
+    from jaxformer.cli import main
+    assert bpe.get_vocab_size() == 300
+    assert main(["sample", "--run", str(converted_run), "--prompt", "speak", "--max-new-tokens", "8",
+                 "--temperature", "0", "--json"]) == 0
+    assert main(["attention", "--run", str(converted_run), "--text", "speak, speak",
+                 "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 0
 
 
 def test_convert_cli_errors_are_one_line(tmp_path, capsys, small_hf):

@@ -66,6 +66,9 @@ def _from_hf(args) -> int:
     if tok.vocab_size > mcfg.vocab_size:
         raise CheckpointError(f"tokenizer vocab_size={tok.vocab_size} exceeds the model's "
                               f"vocab_size={mcfg.vocab_size}")
+    if tok.vocab_size < mcfg.vocab_size:
+        print(f"note: the tokenizer has {tok.vocab_size} tokens, the model {mcfg.vocab_size}; "
+              "ids the tokenizer lacks cannot be decoded")
     kind = tok.to_dict()["type"]
     data = DataConfig(tokenizer=kind, vocab_size=max(mcfg.vocab_size, 258))
     config = Config(model=mcfg, data=data)

@@ -51,6 +51,11 @@ def run(args) -> int:
     from jaxformer.errors import GenerationError
     from jaxformer.generation import generate, generate_stream
 
+    from jaxformer.sampling import check_sampling
+
+    check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                   top_n=args.top_n)
     if args.num_samples < 1:
         raise GenerationError(f"--num-samples={args.num_samples} must be >= 1")
     if args.chunk < 1:
