@@ -89,5 +89,5 @@ def test_restore_into_wrong_shape_is_a_checkpoint_error(tmp_path, state):
     cfg, params, _, _ = state
     save_checkpoint(tmp_path, 1, params)
     other = GPT(load_config(None, OVERRIDES + ["model.d_model=64"]).model, rngs=nnx.Rngs(0)).params()
-    with pytest.raises(CheckpointError, match=r"params\[.*\] has shape \(.*\), expected"):
+    with pytest.raises(CheckpointError, match=r"checkpoint step 1 .*(has shape|does not match)"):
         restore_checkpoint(tmp_path, params_like=other)
