@@ -140,12 +140,14 @@ def _get(tree, path):
 
 
 def make_torch_optimizer(model, tc):
-    """AdamW as the JAX side: weight decay on matrices only (not norms, biases, embeddings)."""
+    """AdamW as the JAX side: weight decay on matrices only (not norms or biases; embeddings
+    only with ``tc.decay_embeddings``)."""
     import torch
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and not name.startswith(("wte", "wpe")) else no_decay).append(p)
+        emb = name.startswith(("wte", "wpe"))
+        (decay if p.ndim >= 2 and (tc.decay_embeddings or not emb) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": tc.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8)
