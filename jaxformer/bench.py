@@ -162,9 +162,9 @@ def run_benchmark(config, *, steps: int = 10, decode: bool = True, torch: bool =
     result["peak_memory_mb"] = peak_memory_mb()
     result["decode_tokens_per_s"] = bench_decode(config) if decode else None
     if torch:
-        from .torch_reference import bench_torch_train_step
-        t = bench_torch_train_step(config, steps=steps)
-        result["torch_step_ms"] = t["step_ms"]
+        from .torch_reference import time_train_step
+        t = time_train_step(config.model, config.train, steps=steps)
+        result["torch_step_ms"] = t["ms_per_step"]
         result["torch_tokens_per_s"] = t["tokens_per_s"]
         result["jax_over_torch"] = result["tokens_per_s"] / t["tokens_per_s"]
     result["config"] = config.to_dict()

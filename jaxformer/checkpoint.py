@@ -28,6 +28,9 @@ import numpy as np
 from .config import Config, load_config, save_config
 from .errors import CheckpointError, ConfigError, DataError
 
+#: Checkpoint layout version: bump when the parameter tree or the saved items change.
+FORMAT_VERSION = 1
+
 CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, CHECKPOINT_DIR = (
     "config.yaml", "tokenizer.json", "metrics.jsonl", "checkpoints")
 
@@ -73,6 +76,10 @@ def checkpoint_steps(run_dir) -> list[int]:
     path = pathlib.Path(run_dir) / CHECKPOINT_DIR
     if not path.is_dir():
         return []
+    partial = sorted(p.name for p in path.iterdir() if "tmp" in p.name)
+    if partial:
+        logging.getLogger(__name__).warning(
+            "ignoring incomplete checkpoint(s) in %s (a save was interrupted): %s", path, ", ".join(partial))
     with _manager(run_dir, create=False) as mngr:
         return sorted(int(s) for s in mngr.all_steps())
 
@@ -94,7 +101,9 @@ def save_checkpoint(run_dir, step: int, params, opt_state=None, extra: Optional[
     items = {"params": ocp.args.StandardSave(_to_host(params))}
     if opt_state is not None:
         items["opt_state"] = ocp.args.StandardSave(_to_host(opt_state))
-    meta = {"step": int(step), **(extra or {})}
+    from . import __version__
+    meta = {"step": int(step), "format_version": FORMAT_VERSION, "jaxformer_version": __version__,
+            **(extra or {})}
     items["meta"] = ocp.args.JsonSave(meta)
     with _manager(run_dir, keep=keep) as mngr:
         if int(step) in mngr.all_steps():
@@ -143,6 +152,13 @@ def restore_checkpoint(run_dir, step: Optional[int] = None, *, params_like=None,
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"checkpoint step {step} of {str(run_dir)!r} does not match the "
                               f"expected structure: {first}") from None
+    meta = out["meta"] if "meta" in items else None
+    found = (meta or {}).get("format_version", FORMAT_VERSION)
+    if found != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint step {step} of {str(run_dir)!r} has format_version={found!r} (written by "
+            f"jaxformer {(meta or {}).get('jaxformer_version', '?')}); this jaxformer reads "
+            f"format_version={FORMAT_VERSION}")
     for name, like in (("params", params_like), ("opt_state", opt_state_like)):
         if like is not None and name in items:
             _check_shapes(out[name], like, f"checkpoint step {step} of {str(run_dir)!r}: {name}")

@@ -149,7 +149,7 @@ def attention_projections(params: Params, x_BTD):
 
 def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=None,
                          cache_index=None, dropout_rate: float = 0.0, key=None,
-                         need_weights: bool = True):
+                         need_weights: bool = True, force_fused: bool = False):
     """Multi-head (optionally grouped-query) self-attention.
 
     ``x [B, T, D]``; ``mask`` boolean broadcastable to ``[B, 1, T, S]`` (True = may
@@ -159,9 +159,10 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     ``cache_index`` and queries attend over all S cache slots (``mask`` must then be
     ``[.., T, S]``). Dropout on the weights when ``key`` is given.
 
-    ``need_weights=False`` (and no attention dropout) takes the fused path,
+    ``need_weights=False`` (and no attention dropout) on a GPU/TPU takes the fused path,
     ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU), and returns
-    ``weights=None``; both paths compute the same function (tested).
+    ``weights=None``; both paths compute the same function (tested). ``force_fused``
+    takes it on any backend (tests, benchmarks).
 
     Returns ``(out [B, T, D], weights [B, H, T, S] or None, new_cache or None)``.
     """
@@ -178,7 +179,10 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
         k_BGSK, v_BGSK = k_BGSK.astype(q.dtype), v_BGSK.astype(q.dtype)
     B, T, H, K = q.shape
     G = k_BGSK.shape[1]
-    if not need_weights and (key is None or dropout_rate == 0.0):
+    # The fused kernel pays off on accelerators (cuDNN flash attention); on XLA:CPU its
+    # backward pass is slower than the explicit one, so CPU keeps the explicit path.
+    if not need_weights and (key is None or dropout_rate == 0.0) and (
+            force_fused or jax.default_backend() != "cpu"):
         if mask is not None:
             mask = jnp.broadcast_to(mask, (B, 1, T, k_BGSK.shape[2]))
         out_BTHK = jax.nn.dot_product_attention(

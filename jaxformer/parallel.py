@@ -167,6 +167,15 @@ def global_batch(local_rows: np.ndarray, sharding: NamedSharding, global_shape) 
     return jax.make_array_from_process_local_data(sharding, local_rows, global_shape)
 
 
+def put_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Place a ``[K, B, T+1]`` batch on the mesh. With several hosts, each one passes only
+    its own rows (see :func:`local_rows`) and the global array is assembled from them."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    rows = local_rows(batch.shape[1])
+    return global_batch(batch[:, rows], sharding, batch.shape)
+
+
 def local_rows(batch_rows: int) -> slice:
     """The slice of a global batch's rows this process loads (all rows on one host)."""
     n, i = jax.process_count(), jax.process_index()

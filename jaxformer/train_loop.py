@@ -154,6 +154,16 @@ def _compiled_steps(config: Config, optimizer):
     return step_fn, eval_step
 
 
+def _mesh(config: Config):
+    """The device mesh of ``config.mesh``, or None for a single device (one device present,
+    or every mesh axis set to 1)."""
+    m = config.mesh
+    if jax.device_count() == 1 or (m.data, m.fsdp, m.tensor) == (1, 1, 1):
+        return None
+    from .parallel import make_mesh
+    return make_mesh(m)
+
+
 def train(config: Config, out_dir, *, resume: bool = False, progress: bool = True,
           data_text: Optional[str] = None, stop_after: Optional[int] = None,
           log: Optional[Callable[[str], None]] = None) -> TrainResult:
@@ -178,14 +188,22 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     params = init_params(config)
     optimizer = _optimizer(config, params)
     opt_state = optimizer.init(params)
+    step_fn, eval_step = _compiled_steps(config, optimizer)
+    put = jnp.asarray
+    mesh = _mesh(config)
+    if mesh is not None:  # several devices: shard params, optimizer state and batches
+        from . import parallel
+        step_fn, p_sh, s_sh, b_sh = parallel.make_sharded_train_step(config, optimizer, mesh,
+                                                                      params, opt_state)
+        params, opt_state = parallel.shard(params, p_sh), parallel.shard(opt_state, s_sh)
+        put = lambda b: parallel.put_batch(b, b_sh)  # noqa: E731
     start, elapsed0 = 0, 0.0
     if resume and checkpoint_steps(run_dir):
         ck = restore_checkpoint(run_dir, params_like=params, opt_state_like=opt_state)
         if ck["opt_state"] is None:
             raise CheckpointError(f"checkpoint step {ck['step']} of {str(run_dir)!r} has no optimizer "
                                   "state (parameters only): it cannot be resumed")
-        params = jax.tree.map(jnp.asarray, ck["params"])
-        opt_state = jax.tree.map(jnp.asarray, ck["opt_state"])
+        params, opt_state = ck["params"], ck["opt_state"]  # restored shard-wise onto the mesh
         start = ck["step"]
         elapsed0 = float((ck["meta"] or {}).get("elapsed_s", 0.0))
         truncate_metrics(run_dir, start)
@@ -194,8 +212,6 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
     save_run_folder(run_dir, config, tokenizer)
     say = log or (lambda msg: tqdm.write(msg) if progress else None)
-
-    step_fn, eval_step = _compiled_steps(config, optimizer)
 
     def run_eval(p):
         return evaluate(p, mc, data.val, batch_size=B, steps=tc.eval_steps, seed=tc.seed, eval_step=eval_step)
@@ -220,7 +236,7 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     with _StopFlag() as stop:
         for s in range(start, tc.max_steps):
             batch = micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s), K)
-            params, opt_state, m = step_fn(params, opt_state, batch, np.int32(s))
+            params, opt_state, m = step_fn(params, opt_state, put(batch), np.int32(s))
             pending.append(m)
             n_since += 1
             done = completed = s + 1

@@ -58,7 +58,14 @@ def test_params_only_checkpoint_loads(tmp_path, state):
     save_checkpoint(tmp_path, 0, params)
     run = load_run(tmp_path, step=0)
     assert _equal(run.model.params(), params)
-    assert run.meta == {"step": 0}
+    assert run.meta["step"] == 0 and run.meta["format_version"] == 1
+
+
+def test_incompatible_format_version_is_refused(tmp_path, state):
+    cfg, params, _, _ = state
+    save_checkpoint(tmp_path, 3, params, extra={"format_version": 99})
+    with pytest.raises(CheckpointError, match=r"format_version=99 .*reads format_version=1"):
+        restore_checkpoint(tmp_path, params_like=params)
 
 
 def test_keep_last_k_and_incomplete_ignored(tmp_path, state):

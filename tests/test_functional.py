@@ -223,6 +223,6 @@ def test_fused_attention_path_equals_explicit(H, G):
     rope = F.rope_frequencies(jnp.broadcast_to(jnp.arange(T), (B, T)), K)
     for m in (mask, F.causal_mask(T)):
         explicit, w, _ = F.multi_head_attention(p, x, mask=m, rope=rope, need_weights=True)
-        fused, none, _ = F.multi_head_attention(p, x, mask=m, rope=rope, need_weights=False)
+        fused, none, _ = F.multi_head_attention(p, x, mask=m, rope=rope, need_weights=False, force_fused=True)
         assert none is None and w is not None
         np.testing.assert_allclose(np.asarray(fused), np.asarray(explicit), atol=1e-5, rtol=1e-5)

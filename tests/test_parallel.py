@@ -55,6 +55,13 @@ def test_checkpoint_moves_between_meshes(eight_devices):
     assert eight_devices["restore_2x4_wq_spec"] == "P(None, 'fsdp', None, None)"
 
 
+def test_training_loop_on_a_mesh_matches_one_device(eight_devices):
+    """The same config, only the mesh section changed: 1 device vs a 2x4 (data x fsdp) mesh."""
+    assert eight_devices["train_loop_wq_spec"] == "P(None, 'fsdp', None, None)"
+    assert eight_devices["train_loop_loss_diff"] < 1e-5
+    assert eight_devices["train_loop_param_diff"] < 1e-4
+
+
 def test_mesh_shape_resolution_and_errors():
     assert mesh_shape(MeshConfig(), 8) == (8, 1, 1)
     assert mesh_shape(MeshConfig(data=2, fsdp=-1), 8) == (2, 4, 1)

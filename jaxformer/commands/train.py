@@ -63,7 +63,10 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
 
 def run(args) -> int:
     from jaxformer.modules import count_params
+    from jaxformer.parallel import maybe_initialize_distributed
     from jaxformer.training import train
+
+    maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
 
     config, path = _config(args)
     if args.resume and not args.out:

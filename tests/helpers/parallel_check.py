@@ -78,5 +78,23 @@ for name, m in {"dp8": MeshConfig(data=8), "fsdp8": MeshConfig(data=1, fsdp=8),
             out["restore_2x4_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                                           for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(params)))
             out["restore_2x4_wq_spec"] = str(getattr(rw.sharding, "spec", None))
+# the training loop itself: the same config on one device and on a 2x4 mesh (mesh section only)
+from jaxformer.training import train  # noqa: E402
+
+text = " ".join(["the cat sleeps on the warm mat while the dogs bark"] * 60)
+runs = {}
+for name, overrides in {"one": ["mesh.data=1", "mesh.fsdp=1"], "mesh": ["mesh.data=2", "mesh.fsdp=4"]}.items():
+    c = load_config(None, ["model.vocab_size=256", "model.d_model=32", "model.n_head=4", "model.n_layer=2",
+                           "model.d_ff=64", "model.max_len=16", "data.tokenizer=byte", "train.batch_size=8",
+                           "train.max_steps=6", "train.log_interval=2", "train.eval_interval=3",
+                           "train.eval_steps=2", "train.checkpoint_interval=3", "train.sample_tokens=0"] + overrides)
+    with tempfile.TemporaryDirectory() as d:
+        r = train(c, d, progress=False, data_text=text)
+        runs[name] = r
+out["train_loop_loss_diff"] = max(abs(a["train_loss"] - b["train_loss"]) for a, b in
+                                  zip(runs["one"].metrics[1:], runs["mesh"].metrics[1:]))
+out["train_loop_param_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                                   zip(jax.tree.leaves(runs["one"].params), jax.tree.leaves(runs["mesh"].params)))
+out["train_loop_wq_spec"] = str(runs["mesh"].params["blocks"]["attn"]["wq"].sharding.spec)
 out["ref_losses"] = ref_losses
 json.dump(out, sys.stdout)
