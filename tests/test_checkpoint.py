@@ -1,5 +1,6 @@
 """Run folders and Orbax checkpoints: exact save/restore, params-only checkpoints, keep-last-K,
 incomplete checkpoints ignored, clear errors for folders that are not runs."""
+import jaxformer
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +45,8 @@ def test_save_restore_identical_params_and_optimizer_state(tmp_path, state):
     save_checkpoint(tmp_path, 3, params, opt_state, extra={"seed": 0})
     like_p = GPT(cfg.model, rngs=nnx.Rngs(1)).params()
     ck = restore_checkpoint(tmp_path, params_like=like_p, opt_state_like=opt.init(like_p))
-    assert ck["step"] == 3 and ck["meta"] == {"step": 3, "seed": 0}
+    assert ck["step"] == 3 and ck["meta"] == {"step": 3, "seed": 0, "format_version": 1,
+                                              "jaxformer_version": jaxformer.__version__}
     assert _equal(ck["params"], params)
     assert _equal(ck["opt_state"], opt_state)
     run = load_run(tmp_path)
