@@ -105,11 +105,20 @@ def save_checkpoint(run_dir, step: int, params, opt_state=None, extra: Optional[
     meta = {"step": int(step), "format_version": FORMAT_VERSION, "jaxformer_version": __version__,
             **(extra or {})}
     items["meta"] = ocp.args.JsonSave(meta)
-    with _manager(run_dir, keep=keep) as mngr:
-        if int(step) in mngr.all_steps():
-            mngr.delete(int(step))     # re-saving a step (e.g. after a resume) replaces it
-        mngr.save(int(step), args=ocp.args.Composite(**items))
-        mngr.wait_until_finished()
+    try:
+        with _manager(run_dir, keep=keep) as mngr:
+            if int(step) in mngr.all_steps():
+                mngr.delete(int(step))     # re-saving a step (e.g. after a resume) replaces it
+            mngr.save(int(step), args=ocp.args.Composite(**items))
+            mngr.wait_until_finished()
+    except Exception as e:  # disk full, permissions, I/O errors (Orbax may wrap the OSError)
+        cause = e
+        while cause.__cause__ is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause).splitlines()[0]
+        raise CheckpointError(
+            f"could not save checkpoint step {step} in {str(pathlib.Path(run_dir) / CHECKPOINT_DIR)!r}: "
+            f"{reason}; earlier checkpoints are untouched") from e
     return pathlib.Path(run_dir) / CHECKPOINT_DIR / str(int(step))
 
 

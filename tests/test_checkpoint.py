@@ -100,3 +100,25 @@ def test_restore_into_wrong_shape_is_a_checkpoint_error(tmp_path, state):
     other = GPT(load_config(None, OVERRIDES + ["model.d_model=64"]).model, rngs=nnx.Rngs(0)).params()
     with pytest.raises(CheckpointError, match=r"checkpoint step 1 .*(has shape|does not match)"):
         restore_checkpoint(tmp_path, params_like=other)
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, state):
+    """A real tiny filesystem (tmpfs, needs root): the failing save is reported as a
+    CheckpointError and the previous checkpoint still restores exactly."""
+    import subprocess
+    cfg, params, _, _ = state
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        save_checkpoint(mnt, 1, params)
+        free = __import__("shutil").disk_usage(mnt).free
+        (mnt / "filler").write_bytes(b"\0" * max(free - 4096, 0))
+        with pytest.raises(CheckpointError, match="could not save checkpoint step 2 .*untouched"):
+            save_checkpoint(mnt, 2, params)
+        assert checkpoint_steps(mnt) == [1]
+        assert _equal(restore_checkpoint(mnt, params_like=params)["params"], params)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
