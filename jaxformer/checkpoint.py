@@ -210,8 +210,7 @@ def load_run(run_dir, step: Optional[int] = None) -> Run:
     state = nnx.state(model, nnx.Param).to_pure_dict()
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     ck = restore_checkpoint(run_dir, step, params_like=like)
-    model = GPT(config.model, rngs=nnx.Rngs(0))
-    model.load_params(ck["params"])
+    model = GPT.from_params(config.model, ck["params"])
     return Run(model=model, config=config, tokenizer=tokenizer, step=ck["step"], path=run_dir,
                meta=ck["meta"])
 

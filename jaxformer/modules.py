@@ -159,6 +159,13 @@ class GPT(ParamsMixin, nnx.Module):
         logits, _ = F.decoder(self.params(), tokens_BT, self.config, key=key)
         return logits
 
+    @classmethod
+    def from_params(cls, config: ModelConfig, params: dict) -> "GPT":
+        """A model holding ``params`` (a functional pytree), built without a random init."""
+        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+        model.load_params(params)
+        return model
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (``non_embedding``: without token/position tables)."""
         return count_params(self.params(), non_embedding=non_embedding)

@@ -291,11 +291,8 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
         say(f"stopped at step {completed}; checkpoint saved, resume with --resume")
     if records:
         save_loss_figure(all_records(), run_dir / LOSS_FIGURE)
-    from flax import nnx
-
     from .modules import GPT
-    model = GPT(mc, rngs=nnx.Rngs(0))
-    model.load_params(params)
+    model = GPT.from_params(mc, params)
     return TrainResult(model=model, params=params, opt_state=opt_state, metrics=records,
                        run_dir=run_dir, step=completed, config=config, tokenizer=tokenizer,
                        interrupted=interrupted, final_val_loss=last_val)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -155,11 +155,6 @@ def init_params(config: Config):
 
     from .modules import GPT
     return GPT(config.model, rngs=nnx.Rngs(config.train.seed)).params()
-
-
-def flops_per_token(mc: ModelConfig, n_params: int) -> float:
-    """Training FLOPs per token, PaLM formula: ``6 N + 12 L H K T`` (N without the position table)."""
-    return 6 * n_params + 12 * mc.n_layer * mc.n_head * mc.head_dim * mc.max_len
 
 
 def is_finite(x: Any) -> bool:

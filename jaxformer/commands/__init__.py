@@ -11,3 +11,10 @@ COMMANDS = {
     "bench": "jaxformer.commands.bench",
     "convert": "jaxformer.commands.convert",
 }
+
+
+def add_config_arguments(p) -> None:
+    """``--config FILE`` and repeatable ``--set section.key=value`` (shared by the commands)."""
+    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.n_layer=2 (repeatable)")

@@ -1,14 +1,14 @@
 """``jaxformer bench``: compile time, step time, tokens/s, MFU, peak memory, decode speed."""
 import argparse
+
+from jaxformer.commands import add_config_arguments
 import json
 
 HELP = "measure train-step compile/step time, tokens/s, MFU, peak memory and KV-cache decode speed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set model.n_layer=2 (repeatable)")
+    add_config_arguments(p)
     p.add_argument("--steps", type=int, default=10, help="timed train steps (after 2 warm-up steps)")
     p.add_argument("--no-decode", action="store_true", help="skip the decode measurement")
     p.add_argument("--torch", action="store_true",

@@ -1,13 +1,13 @@
 """``jaxformer info``: build a model from a config, print its parameter count and run a forward pass."""
 import argparse
 
+from jaxformer.commands import add_config_arguments
+
 HELP = "build the model of a config, print parameter counts and the output shape of a forward pass"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set model.n_layer=2 (repeatable)")
+    add_config_arguments(p)
     p.add_argument("--batch", type=int, default=2, help="batch size of the test forward pass")
 
 

@@ -22,7 +22,7 @@ shape disagreement raises :class:`CheckpointError` listing them.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import numpy as np
 

@@ -1,7 +1,6 @@
 """Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag
 must be set before JAX starts). Prints one JSON object with what tests/test_parallel.py asserts."""
 import json
-import os
 import sys
 import tempfile
 
