@@ -121,12 +121,7 @@ def bench_train_step(config, *, steps: int = 10, warmup: int = 2) -> dict:
     step_s = (time.perf_counter() - t0) / steps
     tokens = tc.batch_size * mc.max_len
     return {"compile_s": compile_s, "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s,
-            "model_flops_per_step": flops_per_token(compute_cfg(config), mc.max_len) * tokens}
-
-
-def compute_cfg(config):
-    from .training import compute_config
-    return compute_config(config)
+            "model_flops_per_step": flops_per_token(training.compute_config(config), mc.max_len) * tokens}
 
 
 def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 64) -> float:
@@ -152,7 +147,8 @@ def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: in
 def run_benchmark(config, *, steps: int = 10, decode: bool = True, torch: bool = False,
                   peak_flops: Optional[float] = None) -> dict:
     """Everything ``jaxformer bench`` reports, as one dict (see the module docstring)."""
-    dtype = compute_cfg(config).dtype
+    from .training import compute_config
+    dtype = compute_config(config).dtype
     result = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
               "dtype": dtype, **_versions()}
     result.update(bench_train_step(config, steps=steps))

@@ -11,8 +11,7 @@ is a pure function of its config: resuming from a checkpoint reproduces it bit f
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -155,10 +154,6 @@ def init_params(config: Config):
 
     from .modules import GPT
     return GPT(config.model, rngs=nnx.Rngs(config.train.seed)).params()
-
-
-def is_finite(x: Any) -> bool:
-    return x is not None and math.isfinite(float(x))
 
 
 def __getattr__(name):
