@@ -29,6 +29,7 @@ attributes of :class:`jaxformer.ModelConfig` (this module never imports it).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping, Optional
 
@@ -38,12 +39,18 @@ from jax import lax
 
 Params = Mapping[str, Any]
 
+
+def _acc(dtype):
+    """The dtype softmax, norms and losses compute in: float32, or float64 for float64 inputs."""
+    return jnp.promote_types(dtype, jnp.float32)
+
 __all__ = [
     "causal_mask", "scaled_dot_product_attention", "split_heads", "merge_heads",
     "attention_projections", "multi_head_attention", "layer_norm", "rms_norm", "norm",
     "gelu_tanh", "activation", "feed_forward", "sinusoidal_positions", "learned_positions",
     "rope_frequencies", "apply_rope", "dropout", "decoder_block", "embed", "unembed",
-    "decoder", "init_cache", "cross_entropy",
+    "decoder", "decoder_hidden", "init_cache", "cross_entropy", "unembed_cross_entropy",
+    "attention_core",
 ]
 
 
@@ -69,10 +76,49 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, scale=None):
     output, never NaN.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=_acc(q.dtype)) * scale
     weights = masked_softmax(scores, mask)
     out = jnp.einsum("...ts,...sk->...tk", weights.astype(v.dtype), v)
     return out, weights
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def attention_core(q_BGRTK, k_BGSK, v_BGSK, mask, scale: float):
+    """``softmax(q k^T * scale) v`` for grouped heads, with a hand-written backward pass.
+
+    ``q [B, G, R, T, K]`` (R = query heads per kv head), ``k, v [B, G, S, K]`` (shared by
+    the R heads without copying), ``mask`` boolean broadcastable to ``[B, G, R, T, S]`` or
+    None. Returns ``out [B, G, R, T, K]``; the same function as
+    :func:`scaled_dot_product_attention` (tested), used for training when the weights
+    are not wanted.
+
+    The backward pass uses the flash-attention identity ``sum_s dP * P = dO . O``: the
+    softmax gradient needs a reduction over K-wide rows instead of S-wide ones, and
+    nothing but ``q, k, v``, the probabilities and the output is kept for it. (XLA's own
+    derivative reduced the ``[.., T, S]`` product over S, the slowest op of the CPU step.)
+    """
+    return _attention_core_fwd(q_BGRTK, k_BGSK, v_BGSK, mask, scale)[0]
+
+
+def _attention_core_fwd(q, k, v, mask, scale):
+    scores = jnp.einsum("bgrtk,bgsk->bgrts", q, k, preferred_element_type=_acc(q.dtype)) * scale
+    p = masked_softmax(scores, mask)
+    out = jnp.einsum("bgrts,bgsk->bgrtk", p.astype(v.dtype), v)
+    return out, (q, k, v, p, out, mask)
+
+
+def _attention_core_bwd(scale, res, d_out):
+    q, k, v, p, out, mask = res
+    dv = jnp.einsum("bgrts,bgrtk->bgsk", p.astype(d_out.dtype), d_out)
+    dp = jnp.einsum("bgrtk,bgsk->bgrts", d_out, v, preferred_element_type=p.dtype)
+    delta = jnp.sum(d_out.astype(p.dtype) * out.astype(p.dtype), axis=-1, keepdims=True)
+    ds = (p * (dp - delta) * scale).astype(q.dtype)
+    dq = jnp.einsum("bgrts,bgsk->bgrtk", ds, k)
+    dk = jnp.einsum("bgrts,bgrtk->bgsk", ds, q)
+    return dq, dk, dv, None
+
+
+attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
 
 
 def masked_softmax(scores, mask=None):
@@ -80,7 +126,7 @@ def masked_softmax(scores, mask=None):
 
     Masked entries get exactly 0; a row with nothing kept is all zeros (not NaN).
     """
-    scores = scores.astype(jnp.float32)
+    scores = scores.astype(_acc(scores.dtype))
     if mask is not None:
         scores = jnp.where(mask, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
@@ -196,6 +242,11 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     if mask is not None:
         mask = jnp.asarray(mask)
         mask = mask.reshape((1,) * (5 - mask.ndim) + mask.shape) if mask.ndim < 4 else mask[:, :, None]
+    if not need_weights and (key is None or dropout_rate == 0.0):
+        out = attention_core(q_BGRTK, k_BGSK, v_BGSK, mask, 1.0 / math.sqrt(K))
+        out_BTHK = out.reshape(B, H, T, K).transpose(0, 2, 1, 3)
+        y = jnp.einsum("bthk,hkd->btd", out_BTHK.astype(x_BTD.dtype), params["wo"])
+        return (y + params["bo"] if "bo" in params else y), None, new_cache
     out, w = scaled_dot_product_attention(q_BGRTK, k_BGSK[:, :, None], v_BGSK[:, :, None], mask=mask)
     weights_BHTS = w.reshape(B, H, T, -1)
     if key is not None and dropout_rate > 0.0:
@@ -212,7 +263,7 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
 # ----------------------------------------------------------------------------- norms, MLP
 def layer_norm(x, scale, bias=None, eps: float = 1e-5):
     """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis (statistics in float32)."""
-    xf = x.astype(jnp.float32)
+    xf = x.astype(_acc(x.dtype))
     mean = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
     y = (xf - mean) * lax.rsqrt(var + eps) * scale
@@ -223,7 +274,7 @@ def layer_norm(x, scale, bias=None, eps: float = 1e-5):
 
 def rms_norm(x, scale, eps: float = 1e-5):
     """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (statistics in float32)."""
-    xf = x.astype(jnp.float32)
+    xf = x.astype(_acc(x.dtype))
     y = xf * lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps) * scale
     return y.astype(x.dtype)
 
@@ -350,7 +401,7 @@ def unembed(params: Params, x_BTD, config):
         x_BTD = norm(params["ln_f"], x_BTD, config.norm, config.norm_eps)
     w_DV = params["tok_emb"].T if config.tie_embeddings else params["lm_head"]
     return jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(x_BTD.dtype),
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=_acc(x_BTD.dtype))
 
 
 def init_cache(config, batch_size: int, max_len: Optional[int] = None, dtype=jnp.float32):
@@ -364,6 +415,20 @@ def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS
             cache=None, cache_index=0, key=None, capture: bool = False):
     """The whole decoder: tokens ``[B, T]`` -> logits ``[B, T, V]`` (float32).
 
+    :func:`decoder_hidden` (embedding and blocks) then :func:`unembed`; the arguments and
+    ``aux`` are described there.
+    """
+    x, aux = decoder_hidden(params, tokens_BT, config, positions_BT=positions_BT,
+                            key_mask_BS=key_mask_BS, cache=cache, cache_index=cache_index,
+                            key=key, capture=capture)
+    return unembed(params, x, config), aux
+
+
+def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS=None,
+                   cache=None, cache_index=0, key=None, capture: bool = False):
+    """Embedding and every block: tokens ``[B, T]`` -> the last block's output ``[B, T, D]``
+    (before the final norm; :func:`unembed` or :func:`unembed_cross_entropy` finish).
+
     - ``positions_BT``: absolute positions (default ``cache_index + arange(T)``).
     - ``key_mask_BS``: optional boolean ``[B, S]``, False for padding keys.
     - ``cache``: from :func:`init_cache`; the T new tokens are written at
@@ -374,7 +439,7 @@ def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS
       axis); ``cache`` is then a list of per-layer ``{"k", "v": [B, G, S, K]}`` and so is
       ``aux["cache"]`` (the layout the decode loop uses, see ``generation.py``).
 
-    Returns ``(logits [B, T, V], aux)``. ``aux["cache"]`` is the updated cache (or None).
+    Returns ``(x [B, T, D], aux)``. ``aux["cache"]`` is the updated cache (or None).
     With ``capture=True`` aux also holds ``weights [L, B, H, T, S]``, ``resid [L+1, B, T, D]``
     (the residual stream entering each block, then the last block's output),
     ``attn_out`` and ``mlp_out`` ``[L, B, T, D]``.
@@ -431,19 +496,76 @@ def decoder(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS
             x, y = layer(x, jax.tree.map(lambda a: a[i], xs))
             outs.append(y)
         ys = jax.tree.map(lambda *a: jnp.stack(a), *outs)
-    logits = unembed(params, x, config)
     aux = {"cache": ys["cache"]}
     if capture:
         aux.update(weights=ys["weights"], attn_out=ys["attn_out"], mlp_out=ys["mlp_out"],
                    resid=jnp.concatenate([ys["resid"], x[None]], axis=0))
-    return logits, aux
+    return x, aux
+
+
+def unembed_cross_entropy(params: Params, x_BTD, targets_BT, config, mask_BT=None):
+    """``cross_entropy(unembed(params, x, config), targets, mask)`` in one step, for training.
+
+    Same value (tested), but the output projection and the loss share a hand-written
+    backward pass: the forward already forms ``d loss / d logits = w (softmax - onehot)``
+    (only a scalar from the incoming cotangent is missing), so the ``[N, V]`` logits are
+    neither kept nor differentiated twice, and the head's weight gradient is one matmul
+    laid out as its parameter (XLA's own derivative transposed the ``[N, V]`` gradient,
+    the largest single op of the 25M model's CPU step).
+    """
+    if config.norm_position == "pre":
+        x_BTD = norm(params["ln_f"], x_BTD, config.norm, config.norm_eps)
+    B, T, D = x_BTD.shape
+    acc = _acc(x_BTD.dtype)
+    if mask_BT is None:
+        w_N = jnp.full((B * T,), 1.0 / (B * T), acc)
+    else:
+        m = mask_BT.reshape(B * T).astype(acc)
+        w_N = m / jnp.maximum(jnp.sum(m), 1.0)
+    tied = config.tie_embeddings
+    w = (params["tok_emb"] if tied else params["lm_head"]).astype(x_BTD.dtype)
+    return _head_loss(x_BTD.reshape(B * T, D), w, targets_BT.reshape(B * T), w_N, tied)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _head_loss(x_ND, w, targets_N, w_N, tied: bool):
+    """``sum_n w_n * nll_n`` of logits ``x @ W`` (``W = w.T`` when ``tied``: w is ``[V, D]``)."""
+    logits = _head_logits(x_ND, w, tied, w_N.dtype)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets_N[:, None], axis=-1)[:, 0]
+    return jnp.sum(w_N * (lse - picked))
+
+
+def _head_logits(x_ND, w, tied, acc):
+    return jnp.einsum("nd,vd->nv" if tied else "nd,dv->nv", x_ND, w, preferred_element_type=acc)
+
+
+def _head_loss_fwd(x_ND, w, targets_N, w_N, tied):
+    logits = _head_logits(x_ND, w, tied, w_N.dtype)
+    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    onehot = jnp.arange(logits.shape[-1])[None, :] == targets_N[:, None]
+    picked = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
+    loss = jnp.sum(w_N * (lse[:, 0] - picked))
+    d_logits = (w_N[:, None] * (jnp.exp(logits - lse) - onehot)).astype(x_ND.dtype)
+    return loss, (x_ND, w, d_logits)
+
+
+def _head_loss_bwd(tied, res, g):
+    x_ND, w, d_logits = res
+    g = g.astype(x_ND.dtype)
+    dx = jnp.einsum("nv,vd->nd" if tied else "nv,dv->nd", d_logits, w) * g
+    dw = jnp.einsum("nv,nd->vd" if tied else "nd,nv->dv", *((d_logits, x_ND) if tied else (x_ND, d_logits)))
+    return dx, dw * g.astype(dw.dtype), None, None
+
+
+_head_loss.defvjp(_head_loss_fwd, _head_loss_bwd)
 
 
 def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
     """Mean next-token cross-entropy (float32, stable for large logits). ``mask`` weights positions."""
-    logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    logp = jax.nn.log_softmax(logits_BTV.astype(_acc(logits_BTV.dtype)), axis=-1)
     nll = -jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
     if mask_BT is None:
         return jnp.mean(nll)
-    mask_BT = mask_BT.astype(jnp.float32)
+    mask_BT = mask_BT.astype(logp.dtype)
     return jnp.sum(nll * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)

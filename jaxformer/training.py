@@ -75,8 +75,8 @@ def compute_config(config: Config) -> ModelConfig:
 # ----------------------------------------------------------------------------- steps
 def loss_fn(params, batch_BT1, model_config: ModelConfig, key=None):
     """Mean next-token cross-entropy of ``batch [B, T+1]`` (inputs ``[:, :-1]``, targets ``[:, 1:]``)."""
-    logits_BTV, _ = F.decoder(params, batch_BT1[:, :-1], model_config, key=key)
-    return F.cross_entropy(logits_BTV, batch_BT1[:, 1:])
+    x_BTD, _ = F.decoder_hidden(params, batch_BT1[:, :-1], model_config, key=key)
+    return F.unembed_cross_entropy(params, x_BTD, batch_BT1[:, 1:], model_config)
 
 
 def accumulate_gradients(params, batch_KBT1, model_config: ModelConfig, key=None):
