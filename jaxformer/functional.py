@@ -100,21 +100,40 @@ def attention_core(q_BGRTK, k_BGSK, v_BGSK, mask, scale: float):
     return _attention_core_fwd(q_BGRTK, k_BGSK, v_BGSK, mask, scale)[0]
 
 
-def _attention_core_fwd(q, k, v, mask, scale):
+def _attention_scores(q, k, mask, scale):
     scores = jnp.einsum("bgrtk,bgsk->bgrts", q, k, preferred_element_type=_acc(q.dtype)) * scale
-    p = masked_softmax(scores, mask)
-    out = jnp.einsum("bgrts,bgsk->bgrtk", p.astype(v.dtype), v)
-    return out, (q, k, v, p, out, mask)
+    return scores if mask is None else jnp.where(mask, scores, -jnp.inf)
+
+
+def _attention_core_fwd(q, k, v, mask, scale):
+    scores = _attention_scores(q, k, mask, scale)
+    row_max = jnp.max(scores, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    e = jnp.exp(scores - row_max)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    denom = jnp.where(denom == 0.0, 1.0, denom)
+    out = jnp.einsum("bgrts,bgsk->bgrtk", (e / denom).astype(v.dtype), v)
+    # Keep the log-normaliser, not the [.., T, S] probabilities: the backward pass
+    # recomputes them with one more q k^T product (as flash attention does).
+    return out, (q, k, v, row_max + jnp.log(denom), out, mask)
 
 
 def _attention_core_bwd(scale, res, d_out):
-    q, k, v, p, out, mask = res
-    dv = jnp.einsum("bgrts,bgrtk->bgsk", p.astype(d_out.dtype), d_out)
-    dp = jnp.einsum("bgrtk,bgsk->bgrts", d_out, v, preferred_element_type=p.dtype)
-    delta = jnp.sum(d_out.astype(p.dtype) * out.astype(p.dtype), axis=-1, keepdims=True)
-    ds = (p * (dp - delta) * scale).astype(q.dtype)
-    dq = jnp.einsum("bgrts,bgsk->bgrtk", ds, k)
-    dk = jnp.einsum("bgrts,bgrtk->bgsk", ds, q)
+    q, k, v, lse, out, mask = res
+    # Work on the transposed [.., S, T] score matrix: two of the three gradient products
+    # (dv = P^T dO, dk = dS^T q) then read it in its stored layout, so XLA does not
+    # transpose the recomputed probabilities for each of them.
+    acc = lse.dtype
+    s_T = jnp.einsum("bgsk,bgrtk->bgrst", k, q, preferred_element_type=acc) * scale
+    if mask is not None:
+        s_T = jnp.where(jnp.swapaxes(mask, -1, -2), s_T, -jnp.inf)
+    p_T = jnp.exp(s_T - jnp.swapaxes(lse, -1, -2))
+    dv = jnp.einsum("bgrst,bgrtk->bgsk", p_T.astype(d_out.dtype), d_out)
+    dp_T = jnp.einsum("bgsk,bgrtk->bgrst", v, d_out, preferred_element_type=acc)
+    delta = jnp.sum(d_out.astype(acc) * out.astype(acc), axis=-1)[..., None, :]
+    ds_T = (p_T * (dp_T - delta) * scale).astype(q.dtype)
+    dk = jnp.einsum("bgrst,bgrtk->bgsk", ds_T, q)
+    dq = jnp.einsum("bgrst,bgsk->bgrtk", ds_T, k)
     return dq, dk, dv, None
 
 
@@ -289,6 +308,33 @@ def norm(params: Params, x, kind: str = "layernorm", eps: float = 1e-5):
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
+def _materialize(g):
+    """``g``, computed into a buffer of its own on XLA:CPU (identity elsewhere).
+
+    XLA:CPU fuses elementwise producers into every consumer, including the transposing
+    copies that feed weight-gradient matmuls: a gradient sum computed inside such a copy
+    is re-evaluated there in transposed (strided) order, and in an unrolled stack each
+    layer's copy re-adds every later layer's residual gradient (O(L^2) work). A
+    conditional is a boundary XLA does not fuse across, so the gradient is computed once.
+    The predicate (``g[0] == g[0]``) is false only if that entry is NaN; the gradient is
+    then returned as all-NaN, which the non-finite-loss guard reports either way.
+    """
+    if jax.default_backend() != "cpu":
+        return g
+    first = g.reshape(-1)[0]
+    return lax.cond(first == first, lambda a: a, lambda a: jnp.full_like(a, jnp.nan), g)
+
+
+@jax.custom_vjp
+def grad_fence(x):
+    """Identity whose gradient is materialized (see :func:`_materialize`); a performance
+    hint for XLA:CPU placed on the residual stream, with no effect on values."""
+    return x
+
+
+grad_fence.defvjp(lambda x: (x, None), lambda _, g: (_materialize(g),))
+
+
 @jax.custom_vjp
 def gelu_tanh(x):
     """GELU with GPT-2's tanh approximation: ``0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))``.
@@ -309,7 +355,7 @@ def _gelu_fwd(x):
 
 
 def _gelu_bwd(dydx, g):
-    return (g * dydx,)
+    return (_materialize(g * dydx),)
 
 
 gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
@@ -367,6 +413,7 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
     keys = jax.random.split(key, 3) if key is not None else (None, None, None)
     nrm = lambda p, h: norm(p, h, config.norm, eps)  # noqa: E731
 
+    x_BTD = grad_fence(x_BTD)
     h = nrm(params["ln1"], x_BTD) if pos == "pre" else x_BTD
     a, weights, new_cache = multi_head_attention(
         params["attn"], h, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
@@ -377,6 +424,7 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
     if pos == "post":
         x = nrm(params["ln1"], x)
 
+    x = grad_fence(x)
     h = nrm(params["ln2"], x) if pos == "pre" else x
     m = dropout(feed_forward(params["mlp"], h, config.activation), rate, keys[2])
     x = x + m
@@ -542,12 +590,16 @@ def _head_logits(x_ND, w, tied, acc):
 
 def _head_loss_fwd(x_ND, w, targets_N, w_N, tied):
     logits = _head_logits(x_ND, w, tied, w_N.dtype)
-    lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    onehot = jnp.arange(logits.shape[-1])[None, :] == targets_N[:, None]
-    picked = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
-    loss = jnp.sum(w_N * (lse[:, 0] - picked))
-    d_logits = (w_N[:, None] * (jnp.exp(logits - lse) - onehot)).astype(x_ND.dtype)
-    return loss, (x_ND, w, d_logits)
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - row_max)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
+    lse = row_max[:, 0] + jnp.log(denom[:, 0])
+    picked = jnp.take_along_axis(logits, targets_N[:, None], axis=-1)[:, 0]
+    loss = jnp.sum(w_N * (lse - picked))
+    # d loss / d logits = w (softmax - onehot): a dense scale, then one scatter of N values.
+    d_logits = e * (w_N[:, None] / denom)
+    d_logits = d_logits.at[jnp.arange(targets_N.shape[0]), targets_N].add(-w_N)
+    return loss, (x_ND, w, d_logits.astype(x_ND.dtype))
 
 
 def _head_loss_bwd(tied, res, g):
