@@ -1,0 +1,225 @@
+"""The hand-written backward passes used by the train step (attention core, fused head +
+cross-entropy, GELU, gradient fences) against autodiff of the plain formulas in float64,
+against float64 finite differences of the NumPy references, and against each other."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import randomize
+from jaxformer import ModelConfig
+from jaxformer import functional as F
+from jaxformer.modules import GPT
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def tree_rel_err(a, b):
+    return max(jax.tree.leaves(jax.tree.map(rel_err, a, b)))
+
+
+def attn_inputs(rng, B=2, G=2, R=2, T=6, S=6, K=4, dtype=np.float64):
+    q = rng.normal(size=(B, G, R, T, K)).astype(dtype)
+    k = rng.normal(size=(B, G, S, K)).astype(dtype)
+    v = rng.normal(size=(B, G, S, K)).astype(dtype)
+    return q, k, v
+
+
+def masks(B, T, S):
+    causal = np.asarray(F.causal_mask(T, S, offset=S - T))[None, None, None]
+    pad = np.arange(S)[None, :] >= np.array([0, 3])[:B, None]          # row 1: 3 padded keys
+    both = causal & pad[:, None, None, None, :]                         # -> fully-masked rows
+    return [None, causal, both]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_attention_core_value_matches_reference(which):
+    rng = np.random.default_rng(which)
+    q, k, v = attn_inputs(rng, dtype=np.float32)
+    mask = masks(2, 6, 6)[which]
+    out = F.attention_core(q, k, v, mask, 1 / np.sqrt(q.shape[-1]))
+    expected, _ = ref.attention(q, k[:, :, None], v[:, :, None], mask)
+    assert rel_err(out, expected) < 1e-5
+    assert np.all(np.isfinite(np.asarray(out)))
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_attention_core_gradient_float64(which):
+    """Hand-written VJP == autodiff of the explicit softmax path (float64, 1e-12), and a
+    directional derivative == the central difference of the NumPy reference."""
+    rng = np.random.default_rng(10 + which)
+    with jax.enable_x64(True):
+        q, k, v = (jnp.asarray(a) for a in attn_inputs(rng))
+        mask = masks(2, 6, 6)[which]
+        c = jnp.asarray(rng.normal(size=q.shape))
+        scale = 1 / np.sqrt(4)
+
+        def fast(q, k, v):
+            return jnp.sum(F.attention_core(q, k, v, mask, scale) * c)
+
+        def plain(q, k, v):
+            out, _ = F.scaled_dot_product_attention(q, k[:, :, None], v[:, :, None], mask=mask)
+            return jnp.sum(out * c)
+
+        g_fast = jax.grad(fast, (0, 1, 2))(q, k, v)
+        g_plain = jax.grad(plain, (0, 1, 2))(q, k, v)
+        assert tree_rel_err(g_fast, g_plain) < 1e-12
+        for g in g_fast:
+            assert np.all(np.isfinite(np.asarray(g)))
+
+        dirs = [rng.normal(size=a.shape) for a in (q, k, v)]
+        eps = 1e-6
+
+        def f_ref(sign):
+            qq, kk, vv = (np.asarray(a) + sign * eps * d for a, d in zip((q, k, v), dirs))
+            out, _ = ref.attention(qq, kk[:, :, None], vv[:, :, None], mask)
+            return float(np.sum(out * np.asarray(c)))
+
+        fd = (f_ref(1) - f_ref(-1)) / (2 * eps)
+        analytic = sum(float(jnp.sum(g * d)) for g, d in zip(g_fast, dirs))
+        assert abs(analytic - fd) < 1e-6 * max(1.0, abs(fd))
+
+
+@pytest.mark.parametrize("H,G,rope", [(4, 4, False), (4, 2, True), (4, 1, False)])
+def test_attention_layer_fast_path_equals_explicit_float64(H, G, rope):
+    """Through multi_head_attention: need_weights=False (hand-written backward) and True
+    (autodiff) give the same output and parameter/input gradients."""
+    rng = np.random.default_rng(H * 10 + G)
+    B, T, D = 3, 7, 16
+    K = D // H
+    with jax.enable_x64(True):
+        p = {"wq": rng.normal(size=(D, H, K)), "wk": rng.normal(size=(D, G, K)),
+             "wv": rng.normal(size=(D, G, K)), "wo": rng.normal(size=(H, K, D)),
+             "bq": rng.normal(size=(H, K)), "bk": rng.normal(size=(G, K)),
+             "bv": rng.normal(size=(G, K)), "bo": rng.normal(size=D)}
+        p = {n: jnp.asarray(0.3 * a) for n, a in p.items()}
+        x = jnp.asarray(rng.normal(size=(B, T, D)))
+        pad = np.arange(T)[None, :] >= np.array([0, 2, 3])[:, None]
+        mask = F.causal_mask(T)[None, None] & jnp.asarray(pad)[:, None, None, :]
+        rf = F.rope_frequencies(jnp.broadcast_to(jnp.arange(T), (B, T)), K) if rope else None
+        c = jnp.asarray(rng.normal(size=(B, T, D)))
+
+        def loss(p, x, need):
+            y, w, _ = F.multi_head_attention(p, x, mask=mask, rope=rf, need_weights=need)
+            assert (w is None) == (not need)
+            return jnp.sum(y * c)
+
+        assert abs(float(loss(p, x, False) - loss(p, x, True))) < 1e-12 * abs(float(loss(p, x, True)))
+        g_fast = jax.grad(loss, (0, 1))(p, x, False)
+        g_plain = jax.grad(loss, (0, 1))(p, x, True)
+        g_fast[0].pop("bk"), g_plain[0].pop("bk")   # exactly zero in theory (softmax shift)
+        assert tree_rel_err(g_fast, g_plain) < 1e-11
+
+
+def small_config(**kw):
+    base = dict(vocab_size=37, d_model=16, n_head=4, n_layer=3, d_ff=32, max_len=12)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def f64_params(cfg, seed=0, dtype=jnp.float64):
+    from flax import nnx
+    params = randomize(GPT(cfg, rngs=nnx.Rngs(seed)).params(), seed=seed)
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+
+
+def as_f64(cfg):
+    # The config validator only admits training dtypes; the math takes any float dtype.
+    cfg = dataclasses.replace(cfg)
+    object.__setattr__(cfg, "dtype", "float64")
+    return cfg
+
+
+@pytest.mark.parametrize("kw", [{}, {"tie_embeddings": False}, {"norm_position": "post"},
+                                {"norm_position": "none", "bias": False}])
+@pytest.mark.parametrize("masked", [False, True])
+def test_unembed_cross_entropy_equals_unfused_float64(kw, masked):
+    """The fused head + loss (hand-written VJP) == cross_entropy(unembed(...)) in value and
+    in every parameter gradient, float64, and the value == a NumPy reference."""
+    cfg = small_config(**kw)
+    rng = np.random.default_rng(3)
+    B, T = 3, cfg.max_len
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (B, T + 1)))
+    mask = jnp.asarray(rng.random((B, T)) > 0.4) if masked else None
+    with jax.enable_x64(True):
+        c64 = as_f64(cfg)
+        params = f64_params(cfg)
+
+        def unfused(p):
+            logits, _ = F.decoder(p, tokens[:, :-1], c64)
+            return F.cross_entropy(logits, tokens[:, 1:], mask)
+
+        def fused(p):
+            x, _ = F.decoder_hidden(p, tokens[:, :-1], c64)
+            return F.unembed_cross_entropy(p, x, tokens[:, 1:], c64, mask)
+
+        (l_u, g_u), (l_f, g_f) = jax.value_and_grad(unfused)(params), jax.value_and_grad(fused)(params)
+        assert abs(float(l_u - l_f)) < 1e-13
+        g_u["blocks"]["attn"].pop("bk", None), g_f["blocks"]["attn"].pop("bk", None)
+        assert tree_rel_err(g_f, g_u) < 1e-11
+        logits = np.asarray(F.decoder(params, tokens[:, :-1], c64)[0])
+        lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(lp, np.asarray(tokens[:, 1:])[..., None], -1)[..., 0]
+        m = np.ones_like(nll) if mask is None else np.asarray(mask, np.float64)
+        assert abs(float(l_f) - (nll * m).sum() / m.sum()) < 1e-12
+
+
+def test_unembed_cross_entropy_all_masked_is_zero_not_nan():
+    cfg = small_config()
+    params = f64_params(cfg, dtype=jnp.float32)
+    x = jnp.ones((2, 5, cfg.d_model))
+    tg = jnp.zeros((2, 5), jnp.int32)
+    loss, g = jax.value_and_grad(lambda x: F.unembed_cross_entropy(params, x, tg, cfg, jnp.zeros((2, 5), bool)))(x)
+    assert float(loss) == 0.0 and float(jnp.max(jnp.abs(g))) == 0.0
+
+
+def test_unembed_cross_entropy_bfloat16_close_to_float32():
+    cfg = small_config()
+    rng = np.random.default_rng(5)
+    params = f64_params(cfg, dtype=jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (4, cfg.max_len + 1)))
+    losses = {}
+    for dt in ("float32", "bfloat16"):
+        c = dataclasses.replace(cfg, dtype=dt)
+        x, _ = F.decoder_hidden(params, tokens[:, :-1], c)
+        losses[dt] = F.unembed_cross_entropy(params, x, tokens[:, 1:], c)
+        assert losses[dt].dtype == jnp.float32
+    assert abs(float(losses["bfloat16"] - losses["float32"])) < 0.02 * float(losses["float32"])
+
+
+def test_grad_fence_is_identity_and_keeps_nan():
+    x = jnp.arange(12.0).reshape(3, 4)
+    assert np.array_equal(np.asarray(F.grad_fence(x)), np.asarray(x))
+    g = jax.grad(lambda x: jnp.sum(F.grad_fence(x) * x))(x)
+    np.testing.assert_array_equal(np.asarray(g), 2 * np.asarray(x))
+    # a NaN gradient stays non-finite (the train step's guard must still see it)
+    g_nan = jax.grad(lambda x: jnp.sum(F.grad_fence(x) * jnp.where(x == 0, jnp.nan, 1.0)))(x)
+    assert not np.all(np.isfinite(np.asarray(g_nan)))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "swiglu"])
+def test_decoder_gradients_scan_equal_unrolled_float64(activation):
+    """The whole training loss: scanned and unrolled layers (with their gradient fences)
+    give the same gradients, and both equal jax.grad of the textbook float64 path."""
+    cfg = small_config(activation=activation, dropout=0.0)
+    rng = np.random.default_rng(8)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, cfg.max_len + 1)))
+    with jax.enable_x64(True):
+        params = f64_params(cfg)
+
+        def loss(p, scan):
+            c = as_f64(dataclasses.replace(cfg, scan_layers=scan))
+            x, _ = F.decoder_hidden(p, tokens[:, :-1], c)
+            return F.unembed_cross_entropy(p, x, tokens[:, 1:], c)
+
+        g_scan = jax.grad(loss)(params, True)
+        g_loop = jax.grad(loss)(params, False)
+        for g in (g_scan, g_loop):
+            g["blocks"]["attn"].pop("bk", None)
+        assert tree_rel_err(g_scan, g_loop) < 1e-11
