@@ -68,7 +68,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"                 # none | full | dots
-    attention: str = "auto"             # auto (fused unless weights are requested) | explicit
+    attention: str = "auto"             # auto (fused kernel / hand-written backward) | explicit (autodiff)
     init_std: float = 0.02
 
     def __post_init__(self):

@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import pathlib
+import queue
+import threading
 import urllib.request
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
@@ -353,3 +355,51 @@ def sequential_windows(ids: np.ndarray, seq_len: int) -> Sequence[np.ndarray]:
     """Non-overlapping ``[T+1]`` windows covering ``ids`` (for exhaustive evaluation)."""
     n = (len(ids) - 1) // seq_len
     return [np.asarray(ids[i * seq_len:(i + 1) * seq_len + 1], dtype=np.int32) for i in range(n)]
+
+
+def prefetch(items: Iterable, size: int = 2):
+    """Yield ``items`` in order while a background thread produces up to ``size`` ahead.
+
+    The train loop passes batches already put on the device, so building the next batch
+    (random windows, host-to-device copy) overlaps the running step and the step never
+    waits on Python. An exception raised while producing an item is re-raised here, at
+    that item; closing the generator (``break``, an error in the loop) stops the thread.
+    """
+    if size < 1:
+        raise ValueError(f"prefetch size={size!r} must be >= 1")
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, done))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    thread = threading.Thread(target=produce, name="jaxformer-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -224,10 +224,16 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     ``cache_index`` and queries attend over all S cache slots (``mask`` must then be
     ``[.., T, S]``). Dropout on the weights when ``key`` is given.
 
-    ``need_weights=False`` (and no attention dropout) on a GPU/TPU takes the fused path,
-    ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU), and returns
-    ``weights=None``; both paths compute the same function (tested). ``force_fused``
-    takes it on any backend (tests, benchmarks).
+    Three paths compute the same function (tested):
+
+    - ``need_weights=True`` (or attention dropout): the explicit softmax, differentiated
+      by autodiff, returning the weights (visualisation, ``model.attention=explicit``);
+    - ``need_weights=False`` on a GPU/TPU (or with ``force_fused``): the fused kernel
+      ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU);
+    - ``need_weights=False`` on CPU: :func:`attention_core`, the explicit math with a
+      hand-written backward pass (faster than both others there).
+
+    The last two return ``weights=None``.
 
     Returns ``(out [B, T, D], weights [B, H, T, S] or None, new_cache or None)``.
     """
@@ -245,7 +251,7 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     B, T, H, K = q.shape
     G = k_BGSK.shape[1]
     # The fused kernel pays off on accelerators (cuDNN flash attention); on XLA:CPU its
-    # backward pass is slower than the explicit one, so CPU keeps the explicit path.
+    # backward pass is slower than attention_core's, so CPU takes that one.
     if not need_weights and (key is None or dropout_rate == 0.0) and (
             force_fused or jax.default_backend() != "cpu"):
         if mask is not None:

@@ -6,6 +6,7 @@ keeps dispatching steps while the device computes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import signal
@@ -21,7 +22,7 @@ import numpy as np
 from .checkpoint import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics, checkpoint_steps,
                          restore_checkpoint, save_checkpoint, save_run_folder, truncate_metrics)
 from .config import Config, load_config
-from .data import build_tokenizer, encode_corpus, get_batch, load_corpus, load_tokenizer
+from .data import build_tokenizer, encode_corpus, get_batch, load_corpus, load_tokenizer, prefetch
 from .errors import CheckpointError
 from .training import (NonFiniteLossError, compute_config, evaluate, init_params, make_eval_step,
                        make_optimizer, make_train_step, micro_batches)
@@ -233,10 +234,12 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     n_since, t_last = 0, time.perf_counter()
     bar = tqdm(total=tc.max_steps, initial=start, disable=not progress, unit="step",
                dynamic_ncols=True, desc="train")
-    with _StopFlag() as stop:
-        for s in range(start, tc.max_steps):
-            batch = micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s), K)
-            params, opt_state, m = step_fn(params, opt_state, put(batch), np.int32(s))
+    # Batches are built and copied to the device by a background thread, two steps ahead.
+    batches = prefetch(put(micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s), K))
+                       for s in range(start, tc.max_steps))
+    with _StopFlag() as stop, contextlib.closing(batches):
+        for s, batch in zip(range(start, tc.max_steps), batches):
+            params, opt_state, m = step_fn(params, opt_state, batch, np.int32(s))
             pending.append(m)
             n_since += 1
             done = completed = s + 1

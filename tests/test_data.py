@@ -107,3 +107,37 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert starts.min() == 0 and starts.max() == 1000 - 17
     with pytest.raises(DataError, match="fewer than the context"):
         get_batch(ids[:10], 2, 16, seed=0, step=0)
+
+
+def test_prefetch_keeps_order_and_values():
+    from jaxformer.data import prefetch
+    assert list(prefetch(iter(range(50)), size=3)) == list(range(50))
+    assert list(prefetch([], size=1)) == []
+
+
+def test_prefetch_reraises_producer_error_at_its_item():
+    from jaxformer.data import prefetch
+
+    def items():
+        yield 1
+        yield 2
+        raise DataError("bad batch 3")
+
+    got = []
+    with pytest.raises(DataError, match="bad batch 3"):
+        for x in prefetch(items()):
+            got.append(x)
+    assert got == [1, 2]
+
+
+def test_prefetch_stops_its_thread_when_closed():
+    import itertools
+    import threading
+
+    from jaxformer.data import prefetch
+    gen = prefetch(itertools.count(), size=2)
+    assert [next(gen) for _ in range(5)] == [0, 1, 2, 3, 4]
+    gen.close()
+    assert not any(t.name == "jaxformer-prefetch" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(ValueError, match="size"):
+        next(prefetch([1], size=0))
