@@ -142,6 +142,24 @@ def evaluate(params, model_config: ModelConfig, ids: np.ndarray, *, batch_size: 
     return float(jnp.mean(jnp.stack(losses)))
 
 
+def loss_curve(config: Config, ids: np.ndarray, steps: int, *, seed: int = 0) -> np.ndarray:
+    """Training losses of ``steps`` steps of the library's train step from
+    :func:`init_params`, on batches of ``ids`` drawn from ``(seed, step)``. Runs with
+    different ``train.dtype`` see identical initial weights and batches, so their curves
+    can be compared step by step (``benchmarks/mixed_precision.py``)."""
+    tc, mc = config.train, config.model
+    params = init_params(config)
+    optimizer = make_optimizer(tc, params)
+    opt_state = optimizer.init(params)
+    step_fn = make_train_step(config, optimizer)
+    losses = []
+    for s in range(steps):
+        batch = micro_batches(get_batch(ids, tc.batch_size, mc.max_len, seed=seed, step=s), tc.grad_accum)
+        params, opt_state, m = step_fn(params, opt_state, jnp.asarray(batch), jnp.int32(s))
+        losses.append(m["loss"])
+    return np.asarray(jax.device_get(losses), np.float64)
+
+
 def micro_batches(batch_BT1: np.ndarray, grad_accum: int) -> np.ndarray:
     """``[B, T+1] -> [K, B/K, T+1]`` (consecutive rows form a micro-batch)."""
     B = batch_BT1.shape[0]

@@ -98,6 +98,23 @@ def test_bf16_compute_keeps_float32_params():
     assert abs(float(m["loss"]) - math.log(256)) < 0.1
 
 
+def test_bf16_loss_curve_matches_float32():
+    """Mixed precision (bf16 compute, float32 master weights and loss): a 60-step run on
+    real text tracks the float32 run from the same weights and batches. Tolerance (README):
+    every step within 0.03 nats, the 10-step means within 0.01; measured on the toy model
+    0.010 / 0.004, on the Tiny Shakespeare recipe (500 steps) 0.007 / 0.001."""
+    from jaxformer.training import loss_curve
+    tok = CharTokenizer.from_text(TEXT)
+    ids = np.asarray(tok.encode(TEXT))
+    curves = {dt: loss_curve(tiny(f"train.dtype={dt}", f"model.vocab_size={tok.vocab_size}"), ids, 60)
+              for dt in ("float32", "bfloat16")}
+    a, b = curves["float32"], curves["bfloat16"]
+    assert a[-10:].mean() < a[:10].mean() - 0.5          # it learned something
+    assert np.max(np.abs(a - b)) < 0.03
+    assert np.max(np.abs(a.reshape(6, 10).mean(1) - b.reshape(6, 10).mean(1))) < 0.01
+    assert not np.array_equal(a, b)                        # bf16 really was used
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """An uninterrupted 20-step run (shared by the determinism and resume tests)."""
