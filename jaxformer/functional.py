@@ -453,9 +453,10 @@ def unembed(params: Params, x_BTD, config):
     """Final norm (pre-norm models) and output projection ``-> logits [B, T, V]`` in float32."""
     if config.norm_position == "pre":
         x_BTD = norm(params["ln_f"], x_BTD, config.norm, config.norm_eps)
-    w_DV = params["tok_emb"].T if config.tie_embeddings else params["lm_head"]
-    return jnp.einsum("btd,dv->btv", x_BTD, w_DV.astype(x_BTD.dtype),
-                      preferred_element_type=_acc(x_BTD.dtype))
+    # Tied: contract with the [V, D] table as stored (a transposed view made XLA:CPU copy
+    # the whole table on every decode step).
+    eq, w = ("btd,vd->btv", params["tok_emb"]) if config.tie_embeddings else ("btd,dv->btv", params["lm_head"])
+    return jnp.einsum(eq, x_BTD, w.astype(x_BTD.dtype), preferred_element_type=_acc(x_BTD.dtype))
 
 
 def init_cache(config, batch_size: int, max_len: Optional[int] = None, dtype=jnp.float32):
@@ -510,7 +511,7 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
     x = embed(params, tokens_BT, config, positions_BT)
     x = dropout(x, config.dropout, None if keys is None else keys[-1])
     per_layer = isinstance(params["blocks"], (list, tuple))
-    S = T if cache is None else (cache[0] if per_layer else cache)["k"].shape[-2]
+    S = T if cache is None else (cache[0] if per_layer else cache)["v"].shape[-2]
     mask = causal_mask(T, S, offset=cache_index if cache is not None else 0)[None, None]
     if key_mask_BS is not None:
         mask = mask & key_mask_BS[:, None, None, :]

@@ -213,7 +213,7 @@ def _decode(params, st, n_target, knobs, is_stop_V, *, config, spec: Spec, P: in
     TRACES["decode"] += 1
 
     def step_fn(ms, token_B, step):
-        pad_B, S = ms["pad_B"], ms["cache"][0]["k"].shape[-2]
+        pad_B, S = ms["pad_B"], ms["cache"][0]["v"].shape[-2]
         slot = P + step - 1
         positions_B1 = (slot - pad_B)[:, None]
         key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
