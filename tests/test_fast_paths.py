@@ -223,3 +223,32 @@ def test_decoder_gradients_scan_equal_unrolled_float64(activation):
         for g in (g_scan, g_loop):
             g["blocks"]["attn"].pop("bk", None)
         assert tree_rel_err(g_scan, g_loop) < 1e-11
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_hand_written_gradient_float64(bias):
+    """layer_norm's custom VJP == autodiff of the textbook formula (float64), and a
+    directional derivative == the central difference of the NumPy reference."""
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(3, 5, 8)) * 2 + 1)
+        scale = jnp.asarray(1 + 0.3 * rng.normal(size=8))
+        b = jnp.asarray(rng.normal(size=8)) if bias else None
+        c = jnp.asarray(rng.normal(size=x.shape))
+
+        def plain(x, scale, b):
+            mu = jnp.mean(x, -1, keepdims=True)
+            y = (x - mu) / jnp.sqrt(jnp.mean((x - mu) ** 2, -1, keepdims=True) + 1e-5) * scale
+            return jnp.sum((y if b is None else y + b) * c)
+
+        def fast(x, scale, b):
+            return jnp.sum(F.layer_norm(x, scale, b) * c)
+
+        args = (0, 1, 2) if bias else (0, 1)
+        assert tree_rel_err(jax.grad(fast, args)(x, scale, b), jax.grad(plain, args)(x, scale, b)) < 1e-12
+        d = rng.normal(size=x.shape)
+        eps = 1e-6
+        fd = (np.sum(ref.layer_norm(np.asarray(x) + eps * d, scale, b) * np.asarray(c))
+              - np.sum(ref.layer_norm(np.asarray(x) - eps * d, scale, b) * np.asarray(c))) / (2 * eps)
+        analytic = float(jnp.sum(jax.grad(fast)(x, scale, b) * d))
+        assert abs(analytic - fd) < 1e-6 * max(1.0, abs(fd))
