@@ -1,7 +1,7 @@
 """Train-step time of two (or more) git revisions of jaxformer, side by side.
 
 Each revision is checked out into a temporary ``git worktree`` and timed in its own
-process (``import jaxformer`` resolves to that checkout), and the processes take turns:
+process run from that checkout (so ``import jaxformer`` is that revision's), and the processes take turns:
 round 1 of every revision, then round 2, ... The best round of each is reported with the
 ratio to the first revision, so drift on a shared machine hits every revision alike.
 
@@ -69,7 +69,7 @@ def main():
                 for rev, path in trees.items():
                     env = dict(os.environ, PYTHONPATH=str(path))
                     out = subprocess.run([sys.executable, "-c", CHILD, config, json.dumps(args.overrides),
-                                          str(args.steps)], env=env, capture_output=True, text=True, check=True)
+                                          str(args.steps)], env=env, cwd=path, capture_output=True, text=True, check=True)
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                     assert res["file"].startswith(str(path)), res["file"]
                     best[rev] = min(best[rev], res["ms"])
