@@ -412,7 +412,7 @@ def feed_forward(params: Params, x_BTD, act: str = "gelu"):
     ``relu`` / ``gelu``: ``act(x W_in + b_in) W_out + b_out``; ``swiglu``:
     ``(silu(x W_gate) * (x W_in)) W_out``.
     """
-    h = x_BTD @ params["w_in"]
+    h = _dense(x_BTD, params["w_in"])
     if "b_in" in params:
         h = h + params["b_in"]
     if act == "swiglu":
@@ -423,6 +423,27 @@ def feed_forward(params: Params, x_BTD, act: str = "gelu"):
     if "b_out" in params:
         y = y + params["b_out"]
     return y
+
+
+@jax.custom_vjp
+def _dense(x, w):
+    """``x @ w`` whose weight gradient multiplies the transposed *input* (materialised),
+    so XLA:CPU does not transpose the wider output gradient instead."""
+    return x @ w
+
+
+def _dense_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _dense_bwd(res, g):
+    x, w = res
+    x2 = x.reshape(-1, x.shape[-1])
+    dw = _materialize(x2.T) @ g.reshape(-1, g.shape[-1])
+    return g @ w.T, dw.astype(w.dtype)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def dropout(x, rate: float, key):
