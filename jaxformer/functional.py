@@ -204,9 +204,9 @@ def apply_rope(x_BTHK, cos_BTk, sin_BTk):
 # ----------------------------------------------------------------------------- attention layer
 def attention_projections(params: Params, x_BTD):
     """Project ``x [B, T, D]`` to ``q [B, T, H, K]``, ``k, v [B, T, G, K]``."""
-    q = jnp.einsum("btd,dhk->bthk", x_BTD, params["wq"])
-    k = jnp.einsum("btd,dgk->btgk", x_BTD, params["wk"])
-    v = jnp.einsum("btd,dgk->btgk", x_BTD, params["wv"])
+    def proj(w):  # x @ w as [B, T, D] x [D, n, K] -> [B, T, n, K]
+        return _dense(x_BTD, w.reshape(w.shape[0], -1)).reshape(*x_BTD.shape[:-1], *w.shape[1:])
+    q, k, v = proj(params["wq"]), proj(params["wk"]), proj(params["wv"])
     if "bq" in params:
         q, k, v = q + params["bq"], k + params["bk"], v + params["bv"]
     return q, k, v
@@ -270,7 +270,7 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     if not need_weights and (key is None or dropout_rate == 0.0):
         out = attention_core(q_BGRTK, k_BGSK, v_BGSK, mask, 1.0 / math.sqrt(K))
         out_BTHK = out.reshape(B, H, T, K).transpose(0, 2, 1, 3)
-        y = jnp.einsum("bthk,hkd->btd", out_BTHK.astype(x_BTD.dtype), params["wo"])
+        y = _dense(out_BTHK.reshape(B, T, H * K).astype(x_BTD.dtype), params["wo"].reshape(H * K, -1))
         return (y + params["bo"] if "bo" in params else y), None, new_cache
     out, w = scaled_dot_product_attention(q_BGRTK, k_BGSK[:, :, None], v_BGSK[:, :, None], mask=mask)
     weights_BHTS = w.reshape(B, H, T, -1)
