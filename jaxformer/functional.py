@@ -94,8 +94,9 @@ def attention_core(q_BGRTK, k_BGSK, v_BGSK, mask, scale: float):
 
     The backward pass uses the flash-attention identity ``sum_s dP * P = dO . O``: the
     softmax gradient needs a reduction over K-wide rows instead of S-wide ones, and
-    nothing but ``q, k, v``, the probabilities and the output is kept for it. (XLA's own
-    derivative reduced the ``[.., T, S]`` product over S, the slowest op of the CPU step.)
+    only ``q, k, v``, the output and the log-normaliser are kept for it (the
+    probabilities are recomputed). XLA's own derivative reduced the ``[.., T, S]``
+    product over S, the slowest op of the CPU step.
     """
     return _attention_core_fwd(q_BGRTK, k_BGSK, v_BGSK, mask, scale)[0]
 
@@ -106,12 +107,7 @@ def _attention_scores(q, k, mask, scale):
 
 
 def _attention_core_fwd(q, k, v, mask, scale):
-    scores = _attention_scores(q, k, mask, scale)
-    row_max = jnp.max(scores, axis=-1, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    e = jnp.exp(scores - row_max)
-    denom = jnp.sum(e, axis=-1, keepdims=True)
-    denom = jnp.where(denom == 0.0, 1.0, denom)
+    e, denom, row_max = _masked_exp(_attention_scores(q, k, None, scale), mask)
     out = jnp.einsum("bgrts,bgsk->bgrtk", (e / denom).astype(v.dtype), v)
     # Keep the log-normaliser, not the [.., T, S] probabilities: the backward pass
     # recomputes them with one more q k^T product (as flash attention does).
@@ -145,14 +141,22 @@ def masked_softmax(scores, mask=None):
 
     Masked entries get exactly 0; a row with nothing kept is all zeros (not NaN).
     """
+    e, denom, _ = _masked_exp(scores, mask)
+    return e / denom
+
+
+def _masked_exp(scores, mask):
+    """``exp(scores - row max)`` where kept (0 elsewhere), its row sums (1 for rows with
+    nothing kept) and the row max (0 for those rows): softmax = e / denom and
+    logsumexp = row_max + log(denom)."""
     scores = scores.astype(_acc(scores.dtype))
     if mask is not None:
         scores = jnp.where(mask, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    e = jnp.exp(scores - lax.stop_gradient(row_max))
+    row_max = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    e = jnp.exp(scores - row_max)
     denom = jnp.sum(e, axis=-1, keepdims=True)
-    return e / jnp.where(denom == 0.0, 1.0, denom)
+    return e, jnp.where(denom == 0.0, 1.0, denom), row_max
 
 
 def split_heads(x_BTD, n_head: int):
