@@ -38,3 +38,21 @@ def test_matmul_params_gpt2_small():
 def test_peak_flops_is_positive_and_finite():
     peak = measure_peak_flops(n=256, iters=2)
     assert 1e6 < peak < 1e16
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(activation="swiglu", n_kv_head=2)])
+def test_gemm_ceiling_lists_every_product_of_the_step(kw):
+    # benchmarks/gemm_ceiling.py times the train step's matrix products one by one; its list
+    # must add up to the FLOP formula plus the one q.k product attention_core's backward
+    # pass recomputes, or its "GEMM floor" would leave work out.
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "gemm_ceiling.py"
+    spec = importlib.util.spec_from_file_location("gemm_ceiling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = ModelConfig(**{**dict(vocab_size=300, d_model=64, n_head=4, n_layer=3, d_ff=256, max_len=32), **kw})
+    B = 5
+    total = sum(count * mod.flops(eq, sa, sb) for _, eq, sa, sb, count in mod.products(cfg, B))
+    recompute = cfg.n_layer * 2 * B * cfg.n_head * cfg.max_len ** 2 * cfg.head_dim
+    assert total == flops_per_token(cfg, cfg.max_len) * B * cfg.max_len + recompute
