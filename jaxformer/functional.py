@@ -50,7 +50,7 @@ __all__ = [
     "gelu_tanh", "activation", "feed_forward", "sinusoidal_positions", "learned_positions",
     "rope_frequencies", "apply_rope", "dropout", "decoder_block", "embed", "unembed",
     "decoder", "decoder_hidden", "init_cache", "cross_entropy", "unembed_cross_entropy",
-    "attention_core",
+    "attention_core", "cached_attention",
 ]
 
 
@@ -134,6 +134,31 @@ def _attention_core_bwd(scale, res, d_out):
 
 
 attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
+def cached_attention(q_BGRTK, k_cache, v_cache, k_new, v_new, mask, cache_index, scale: float):
+    """:func:`attention_core`'s function (forward only) for T new tokens against a KV cache
+    as it was *before* they are written.
+
+    ``k_cache, v_cache [B, G, S, K]`` hold the earlier positions (slots at and after
+    ``cache_index`` are ignored); ``k_new, v_new [B, G, T, K]`` are the new tokens, which
+    go to slots ``cache_index ..`` (clamped as ``dynamic_update_slice`` clamps them);
+    ``mask``, broadcastable to ``[B, G, R, T, S]``, says which slots each query may see.
+    One softmax runs over both blocks. The same numbers as attending over the updated
+    cache (tested); written this way so that a decode loop only *reads* the old cache
+    before it writes the new entries, which XLA can then do in place (see ``generation``).
+    """
+    S, T = k_cache.shape[-2], k_new.shape[-2]
+    mask = jnp.broadcast_to(True if mask is None else mask, (*q_BGRTK.shape[:-1], S))
+    start = jnp.clip(cache_index, 0, S - T)
+    old = mask & (jnp.arange(S) < start)
+    new = lax.dynamic_slice_in_dim(mask, start, T, axis=-1)
+    scores = jnp.concatenate([_attention_scores(q_BGRTK, k_cache, None, scale),
+                              _attention_scores(q_BGRTK, k_new, None, scale)], axis=-1)
+    e, denom, _ = _masked_exp(scores, jnp.concatenate([old, new], axis=-1))
+    p = (e / denom).astype(v_cache.dtype)
+    return (jnp.einsum("bgrts,bgsk->bgrtk", p[..., :S], v_cache)
+            + jnp.einsum("bgrts,bgsk->bgrtk", p[..., S:], v_new.astype(v_cache.dtype)))
 
 
 def masked_softmax(scores, mask=None):
@@ -235,7 +260,8 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     - ``need_weights=False`` on a GPU/TPU (or with ``force_fused``): the fused kernel
       ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU);
     - ``need_weights=False`` on CPU: :func:`attention_core`, the explicit math with a
-      hand-written backward pass (faster than both others there).
+      hand-written backward pass (faster than both others there); with a cache,
+      :func:`cached_attention`, which reads the cache before the new entries are written.
 
     The last two return ``weights=None``.
 
@@ -245,7 +271,7 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     k_BGSK, v_BGSK = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    new_cache = None
+    k_new, v_new, new_cache = k_BGSK, v_BGSK, None
     if cache is not None:
         idx = (0, 0, cache_index, 0)
         k_BGSK = lax.dynamic_update_slice(cache["k"], k_BGSK.astype(cache["k"].dtype), idx)
@@ -272,7 +298,12 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
         mask = jnp.asarray(mask)
         mask = mask.reshape((1,) * (5 - mask.ndim) + mask.shape) if mask.ndim < 4 else mask[:, :, None]
     if not need_weights and (key is None or dropout_rate == 0.0):
-        out = attention_core(q_BGRTK, k_BGSK, v_BGSK, mask, 1.0 / math.sqrt(K))
+        if cache is None:
+            out = attention_core(q_BGRTK, k_BGSK, v_BGSK, mask, 1.0 / math.sqrt(K))
+        else:
+            out = cached_attention(q_BGRTK, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype),
+                                   k_new.astype(q.dtype), v_new.astype(q.dtype), mask,
+                                   cache_index, 1.0 / math.sqrt(K))
         out_BTHK = out.reshape(B, H, T, K).transpose(0, 2, 1, 3)
         y = _dense(out_BTHK.reshape(B, T, H * K).astype(x_BTD.dtype), params["wo"].reshape(H * K, -1))
         return (y + params["bo"] if "bo" in params else y), None, new_cache

@@ -207,7 +207,14 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, spec: S
     return _choose(st, logits_BPV[:, -1], knobs, is_stop_V, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "P"), donate_argnames=("st",))
+# XLA:CPU copies every loop-carried buffer that the loop body both reads and updates in place
+# (here: each layer's KV cache, at every step) unless its copy insertion uses region
+# analysis. Only an XLA:CPU option; other backends ignore it.
+_DECODE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "spec", "P"), donate_argnames=("st",),
+                   compiler_options=_DECODE_COMPILER_OPTIONS)
 def _decode(params, st, n_target, knobs, is_stop_V, *, config, spec: Spec, P: int):
     """Continue a decode state until ``n_target`` new tokens (or all rows stopped)."""
     TRACES["decode"] += 1

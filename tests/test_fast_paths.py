@@ -49,6 +49,40 @@ def test_attention_core_value_matches_reference(which):
     assert np.all(np.isfinite(np.asarray(out)))
 
 
+@pytest.mark.parametrize("T,index", [(1, 0), (1, 5), (3, 4), (2, 7)])   # S = 8; (2, 7) is clamped to 6
+def test_cached_attention_equals_attention_over_the_written_cache(T, index):
+    """The decode path reads the cache before the new entries are written: it must equal
+    attention over the written cache (NumPy, float64), whatever stale values the unused
+    slots hold, with grouped heads, left padding and a fully padded row."""
+    rng = np.random.default_rng(T * 10 + index)
+    B, G, R, S, K = 2, 2, 2, 8, 4
+    q = rng.normal(size=(B, G, R, T, K)).astype(np.float32)
+    k_cache, v_cache = (rng.normal(size=(B, G, S, K)).astype(np.float32) * 5 for _ in range(2))
+    k_new, v_new = (rng.normal(size=(B, G, T, K)).astype(np.float32) for _ in range(2))
+    pad = np.arange(S)[None, :] >= np.array([0, 2])[:, None]   # row 1: 2 padded keys (at T=1,
+    #                                                            index 0 its query sees nothing)
+    mask = np.asarray(F.causal_mask(T, S, offset=index))[None, None, None] & pad[:, None, None, None, :]
+    got = F.cached_attention(q, k_cache, v_cache, k_new, v_new, mask, index, 1 / np.sqrt(K))
+    start = min(index, S - T)
+    k_all, v_all = k_cache.copy(), v_cache.copy()
+    k_all[:, :, start:start + T], v_all[:, :, start:start + T] = k_new, v_new
+    expected, _ = ref.attention(q, k_all[:, :, None], v_all[:, :, None], mask)
+    assert rel_err(got, expected) < 1e-5
+    # and through multi_head_attention: cached decode step == the explicit path over the written cache
+    D, H = 8, 4
+    params = {"wq": rng.normal(size=(D, H, 2)), "wk": rng.normal(size=(D, 2, 2)),
+              "wv": rng.normal(size=(D, 2, 2)), "wo": rng.normal(size=(H, 2, D))}
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    x = jnp.asarray(rng.normal(size=(B, T, D)), jnp.float32)
+    cache = {"k": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32),
+             "v": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32)}
+    m4 = jnp.asarray(mask[:, :, 0])
+    fast, _, c1 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index, need_weights=False)
+    slow, _, c2 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index, need_weights=True)
+    assert rel_err(fast, slow) < 1e-5
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), c1, c2))
+
+
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_attention_core_gradient_float64(which):
     """Hand-written VJP == autodiff of the explicit softmax path (float64, 1e-12), and a
