@@ -25,7 +25,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from .config import Config, load_config, save_config
+from .config import Config, load_run_config, save_config
 from .errors import CheckpointError, ConfigError, DataError
 
 #: Checkpoint layout version: bump when the parameter tree or the saved items change.
@@ -191,8 +191,6 @@ def load_run(run_dir, step: Optional[int] = None) -> Run:
     """Load a run folder: config, tokenizer and a ``GPT`` with checkpoint ``step``'s
     parameters (default: the latest). Raises :class:`CheckpointError` when ``run_dir`` is
     not a run folder or has no complete checkpoint."""
-    from flax import nnx
-
     from .data import load_tokenizer
     from .modules import GPT
 
@@ -202,13 +200,11 @@ def load_run(run_dir, step: Optional[int] = None) -> Run:
     if not (run_dir / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {TOKENIZER_FILE})")
     try:
-        config = load_config(run_dir / CONFIG_FILE)
+        config = load_run_config(run_dir / CONFIG_FILE)
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
     except (ConfigError, DataError) as e:
         raise CheckpointError(f"run folder {str(run_dir)!r}: {e}") from None
-    model = nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param).to_pure_dict()
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    like = GPT.abstract(config.model).params()
     ck = restore_checkpoint(run_dir, step, params_like=like)
     model = GPT.from_params(config.model, ck["params"])
     return Run(model=model, config=config, tokenizer=tokenizer, step=ck["step"], path=run_dir,
@@ -221,9 +217,12 @@ def append_metrics(run_dir, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def read_metrics(run_dir) -> list[dict]:
-    """All records of ``metrics.jsonl`` (empty if there is none)."""
-    path = pathlib.Path(run_dir) / METRICS_FILE
+def read_metrics(path) -> list[dict]:
+    """All records of a run's ``metrics.jsonl``, one dict per line: ``path`` is the run folder
+    or the ``.jsonl`` file itself. Empty when there is no such file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        path = path / METRICS_FILE
     if not path.is_file():
         return []
     with open(path, encoding="utf-8") as fh:

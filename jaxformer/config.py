@@ -68,7 +68,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"                 # none | full | dots
-    attention: str = "auto"             # auto (fused kernel / hand-written backward) | explicit (autodiff)
+    kernels: str = "auto"               # auto | textbook | cpu | cudnn (see jaxformer.kernels)
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -91,7 +91,7 @@ class ModelConfig:
         _choice("model.dtype", self.dtype, DTYPES)
         _choice("model.param_dtype", self.param_dtype, DTYPES)
         _choice("model.remat", self.remat, ("none", "full", "dots"))
-        _choice("model.attention", self.attention, ("auto", "explicit"))
+        _choice("model.kernels", self.kernels, ("auto", "textbook", "cpu", "cudnn"))
         _finite_number("model.dropout", self.dropout, 0.0, 1.0)
         _check(self.dropout < 1.0, f"model.dropout={self.dropout!r} must be < 1")
         _finite_number("model.norm_eps", self.norm_eps, 0.0, 1.0, include_min=False)
@@ -211,6 +211,10 @@ class Config:
         return dataclasses.asdict(self)
 
 
+#: Keys that no longer exist, with what to use instead.
+RENAMED = {("model", "attention"): "model.attention was replaced by model.kernels (auto | textbook | cpu | "
+                                   "cudnn): attention=explicit is kernels=textbook, attention=auto is kernels=auto"}
+
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
 
 
@@ -267,6 +271,8 @@ def config_from_dict(raw: Any) -> Config:
         names = [f.name for f in fields(cls)]
         kwargs = {}
         for key, value in values.items():
+            if (section, key) in RENAMED:
+                raise ConfigError(RENAMED[section, key])
             if key not in names:
                 raise ConfigError(f"unknown config key {section}.{_name(key)}{_suggest(str(key), names)}")
             kwargs[key] = _coerce(section, cls, key, value)
@@ -301,21 +307,36 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
 
     ``path=None`` starts from the defaults. Raises :class:`ConfigError` for every problem.
     """
-    raw: Any = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
-        if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    raw = _read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(raw or {}, overrides))
+
+
+def _read_yaml(path) -> Any:
+    """The mapping in a YAML config file (``yaml.safe_load``); ConfigError for every problem."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return raw or {}
+
+
+def load_run_config(path: str | os.PathLike) -> Config:
+    """Read a run folder's resolved ``config.yaml``, written by this or an earlier version
+    (an old ``model.attention`` becomes the matching ``model.kernels``)."""
+    raw = _read_yaml(path)
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if isinstance(model, dict) and "attention" in model:
+        old = model.pop("attention")
+        model.setdefault("kernels", "textbook" if old == "explicit" else "auto")
+    return config_from_dict(raw)
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

@@ -226,7 +226,7 @@ def shakespeare_text(download: bool = True) -> str:
             raw = r.read()
     except OSError as e:
         raise DataError(f"cannot download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}); when offline, "
-                        f"put the file at {target} or pass --data PATH") from None
+                        f"put the file at {target} or set data.path to a local text file") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(raw)

@@ -19,3 +19,13 @@ class CheckpointError(JaxformerError):
 
 class GenerationError(JaxformerError, ValueError):
     """Bad generation input: prompt length, token ids or sampling parameters."""
+
+
+class RunExistsError(CheckpointError):
+    """A new run was asked for in a folder that already holds a run with checkpoints
+    (``resume=False``). ``run_dir`` is that folder; the CLI names its own flags for it."""
+
+    def __init__(self, run_dir):
+        self.run_dir = str(run_dir)
+        super().__init__(f"{self.run_dir!r} already holds a run with checkpoints; pass resume=True to "
+                         "continue it or choose another out_dir")

@@ -45,8 +45,11 @@ from jax import lax
 from . import functional as F
 from . import sampling as S_
 from .errors import GenerationError
+from .kernels import platform_of
+from .kernels import resolve as resolve_kernels
 
-__all__ = ["generate", "generate_stream", "decode", "Generation", "bucket_length", "TRACES"]
+__all__ = ["generate", "generate_stream", "decode", "Generation", "Generator", "bucket_length", "TRACES",
+           "sample_text"]
 
 BUCKET_MIN = 8
 #: How many times each jitted function has been traced (compiled) in this process.
@@ -111,19 +114,17 @@ def _init_state(model_state, B: int, N: int, V: int, key, spec: Spec, seen_BV=No
 
 
 def _choose(st: dict, logits_BV, knobs: dict, is_stop_V, spec: Spec) -> dict:
-    """Pick the next token of every row from ``logits_BV`` and record it at ``st["step"]``."""
+    """Pick the next token of every row from ``logits_BV`` and record it at ``st["step"]``.
+
+    The token comes from :func:`jaxformer.sampling.sample` (the one sampling pipeline);
+    ``spec`` says which of its stages are compiled in, ``knobs`` holds their traced values.
+    """
     logits_BV = logits_BV.astype(jnp.float32)
     key, sub = jax.random.split(st["key"])
-    x = logits_BV
-    if spec.use_penalty:
-        x = S_.apply_repetition_penalty(x, st["seen_BV"], knobs["penalty"])
-    if spec.greedy:
-        tok_B = S_.greedy(x)
-    else:
-        x = S_.top_k_filter(S_.apply_temperature(x, knobs["temperature"]), spec.top_k)
-        if spec.use_top_p:
-            x = S_.top_p_filter(x, knobs["top_p"])
-        tok_B = jax.random.categorical(sub, x, axis=-1).astype(jnp.int32)
+    tok_B = S_.sample(logits_BV, sub, temperature=0 if spec.greedy else knobs["temperature"],
+                      top_k=spec.top_k, top_p=knobs["top_p"] if spec.use_top_p else None,
+                      seen_BV=st["seen_BV"] if spec.use_penalty else None,
+                      penalty=knobs["penalty"] if spec.use_penalty else None)
     i, active_B = st["step"], ~st["done_B"]
     new = dict(st, key=key, step=i + 1, token_B=tok_B,
                done_B=st["done_B"] | (active_B & is_stop_V[tok_B]))
@@ -186,8 +187,8 @@ def decode(step_fn: Callable, model_state: Any, logits_BV, *, max_new_tokens: in
 
 
 # ----------------------------------------------------------------------------- the model's steps
-@functools.partial(jax.jit, static_argnames=("config", "spec", "S", "N"))
-def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, spec: Spec, S: int, N: int):
+@functools.partial(jax.jit, static_argnames=("config", "kernels", "spec", "S", "N"))
+def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, kernels, spec: Spec, S: int, N: int):
     """Prompts ``[B, P]`` (left-padded by ``pad_B``) -> decode state with the first new token."""
     TRACES["prefill"] += 1
     B, P = tokens_BP.shape
@@ -196,7 +197,7 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, spec: S
     cache = F.init_cache(config, B, S, dtype=jnp.dtype(config.dtype))
     cache = [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(config.n_layer)]
     logits_BPV, aux = F.decoder(params, tokens_BP, config, positions_BT=positions_BP,
-                                key_mask_BS=key_mask_BS, cache=cache, cache_index=0)
+                                key_mask_BS=key_mask_BS, cache=cache, cache_index=0, kernels=kernels)
     seen_BV = None
     if spec.use_penalty:
         valid_BP = jnp.arange(P)[None, :] >= pad_B[:, None]
@@ -209,13 +210,11 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, spec: S
 
 # XLA:CPU copies every loop-carried buffer that the loop body both reads and updates in place
 # (here: each layer's KV cache, at every step) unless its copy insertion uses region
-# analysis. Only an XLA:CPU option; other backends ignore it.
-_DECODE_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+# analysis. An XLA:CPU option, passed only when the decode loop runs on a CPU.
+_CPU_DECODE_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "P"), donate_argnames=("st",),
-                   compiler_options=_DECODE_COMPILER_OPTIONS)
-def _decode(params, st, n_target, knobs, is_stop_V, *, config, spec: Spec, P: int):
+def _decode(params, st, n_target, knobs, is_stop_V, *, config, kernels, spec: Spec, P: int):
     """Continue a decode state until ``n_target`` new tokens (or all rows stopped)."""
     TRACES["decode"] += 1
 
@@ -225,7 +224,8 @@ def _decode(params, st, n_target, knobs, is_stop_V, *, config, spec: Spec, P: in
         positions_B1 = (slot - pad_B)[:, None]
         key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
         logits_B1V, aux = F.decoder(params, token_B[:, None], config, positions_BT=positions_B1,
-                                    key_mask_BS=key_mask_BS, cache=ms["cache"], cache_index=slot)
+                                    key_mask_BS=key_mask_BS, cache=ms["cache"], cache_index=slot,
+                                    kernels=kernels)
         return logits_B1V[:, 0], dict(ms, cache=aux["cache"])
 
     return decode_loop(step_fn, st, n_target, knobs, is_stop_V, spec)
@@ -266,32 +266,57 @@ def _result(st: dict, n: int, stop_tokens) -> Generation:
 
 
 # ----------------------------------------------------------------------------- public API
-def _model_parts(model):
-    params, config = model if isinstance(model, tuple) else (model.params(), model.config)
-    return unstack_layers(params), config
+def _parts(model):
+    return model if isinstance(model, tuple) else (model.params(), model.config)
 
 
-_UNSTACKED: list = []  # one entry: (the stacked leaves, their unstacked tree)
+@jax.jit
+def _unstack(blocks):
+    L = jax.tree.leaves(blocks)[0].shape[0]
+    return [jax.tree.map(lambda a: a[i], blocks) for i in range(L)]
 
 
 def unstack_layers(params: dict) -> dict:
-    """``params`` with ``"blocks"`` as a list of per-layer trees (no ``[L]`` axis).
-
-    The decode loop runs on this layout: slicing a layer out of stacked weights inside
-    the loop would copy every weight matrix on every step. The result for the most
-    recent parameters is kept, so repeated calls on the same model do not copy again.
-    """
+    """``params`` with ``"blocks"`` as a list of per-layer trees (no ``[L]`` axis): the layout
+    the decode loop runs on (slicing a layer out of stacked weights inside the loop would
+    copy every weight matrix on every step). A copy of the blocks' weights."""
     if isinstance(params["blocks"], (list, tuple)):
         return params
-    leaves = jax.tree.leaves(params)
-    if _UNSTACKED and len(_UNSTACKED[0][0]) == len(leaves) and all(
-            a is b for a, b in zip(_UNSTACKED[0][0], leaves)):
-        return _UNSTACKED[0][1]
-    L = jax.tree.leaves(params["blocks"])[0].shape[0]
-    blocks = jax.jit(lambda b: [jax.tree.map(lambda a: a[i], b) for i in range(L)])(params["blocks"])
-    out = dict(params, blocks=blocks)
-    _UNSTACKED[:] = [(leaves, out)]
-    return out
+    return dict(params, blocks=_unstack(params["blocks"]))
+
+
+_DECODE_STATIC = dict(static_argnames=("config", "kernels", "spec", "P"), donate_argnames=("st",))
+_DECODE = jax.jit(_decode, **_DECODE_STATIC)
+_DECODE_CPU = jax.jit(_decode, **_DECODE_STATIC, compiler_options=_CPU_DECODE_OPTIONS)
+
+
+class Generator:
+    """What repeated generation from one model needs, prepared once and owned here: the
+    parameters in the decode loop's per-layer layout, the kernel set and the compiled
+    decode loop for the platform the parameters live on.
+
+    ``Generator(model)`` (a :class:`jaxformer.GPT` or a ``(params, config)`` pair);
+    ``kernels`` overrides ``model.kernels`` (``textbook`` | ``cpu`` | ``cudnn`` | ``auto``).
+    :func:`generate` and :func:`generate_stream` accept a Generator in place of a model,
+    so a loop of calls does not re-copy the weights.
+    """
+
+    def __init__(self, model, *, kernels: Optional[str] = None):
+        if isinstance(model, Generator):
+            model = (model.params, model.config)
+        params, self.config = _parts(model)
+        platform = platform_of(params)
+        self.kernels = resolve_kernels(self.config.kernels if kernels is None else kernels, platform)
+        self.params = unstack_layers(params)
+        self._decode = _DECODE_CPU if platform == "cpu" else _DECODE
+
+    def prefill(self, tokens_BP, pad_B, key, knobs, is_stop_V, *, spec: Spec, S: int, N: int):
+        return _prefill(self.params, tokens_BP, pad_B, key, knobs, is_stop_V, config=self.config,
+                        kernels=self.kernels, spec=spec, S=S, N=N)
+
+    def decode(self, st, n_target, knobs, is_stop_V, *, spec: Spec, P: int):
+        return self._decode(self.params, st, n_target, knobs, is_stop_V, config=self.config,
+                            kernels=self.kernels, spec=spec, P=P)
 
 
 def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 1.0,
@@ -304,7 +329,8 @@ def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: f
     :class:`Generation` (``StopIteration.value``). Each chunk is one jitted call running
     the decode loop inside XLA; chunking only adds a host sync every ``chunk_size`` tokens.
     """
-    params, config = _model_parts(model)
+    gen = model if isinstance(model, Generator) else Generator(model)
+    config = gen.config
     V = config.vocab_size
     spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
                                  top_n, return_logits, max_new_tokens, key, V)
@@ -320,18 +346,18 @@ def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: f
     for b, p in enumerate(prompts):
         tokens_BP[b, P - len(p):] = p
     pad_B = np.asarray([P - len(p) for p in prompts], np.int32)
-    st = _prefill(params, jnp.asarray(tokens_BP), jnp.asarray(pad_B), key, knobs, is_stop_V,
-                  config=config, spec=spec, S=P + N, N=N)
+    st = gen.prefill(jnp.asarray(tokens_BP), jnp.asarray(pad_B), key, knobs, is_stop_V,
+                     spec=spec, S=P + N, N=N)
     chunk = max_new_tokens if chunk_size is None else max(1, int(chunk_size))
     # Everything above runs (and raises) on the call; the loop below runs on iteration.
-    return _stream(params, st, knobs, is_stop_V, config, spec, P, max_new_tokens, chunk, stop_tokens)
+    return _stream(gen, st, knobs, is_stop_V, spec, P, max_new_tokens, chunk, stop_tokens)
 
 
-def _stream(params, st, knobs, is_stop_V, config, spec, P, max_new_tokens, chunk, stop_tokens):
+def _stream(gen, st, knobs, is_stop_V, spec, P, max_new_tokens, chunk, stop_tokens):
     done = 0
     while True:
         target = min(done + chunk, max_new_tokens)
-        st = _decode(params, st, jnp.int32(target), knobs, is_stop_V, config=config, spec=spec, P=P)
+        st = gen.decode(st, jnp.int32(target), knobs, is_stop_V, spec=spec, P=P)
         step = int(st["step"])
         if step > done:
             yield done, np.asarray(st["tokens_BN"][:, done:step])
@@ -377,7 +403,7 @@ def score(model, tokens) -> np.ndarray:
     """Log-probability of each token given the ones before it: ids ``[T]`` -> ``[T - 1]``
     (float32; entry ``t`` is ``log p(tokens[t+1] | tokens[:t+1])``). One full forward pass;
     the text must fit the context (``T <= max_len``)."""
-    params, config = _model_parts(model)
+    params, config = (model.params, model.config) if isinstance(model, Generator) else _parts(model)
     ids = S_.check_prompts(tokens, config.vocab_size)
     if len(ids) != 1:
         raise GenerationError("score takes one sequence of token ids")
@@ -393,5 +419,32 @@ def score(model, tokens) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("config",))
 def _score(params, tokens_BT, *, config):
     logits_BTV, _ = F.decoder(params, tokens_BT, config)
-    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1], axis=-1)
-    return jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+    return F.token_log_probs(logits_BTV[:, :-1], tokens_BT[:, 1:])
+
+
+def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
+                temperature: float = 0.8, top_k: Optional[int] = 40) -> str:
+    """``prompt`` followed by ``n_tokens`` sampled tokens, as text, however small the context.
+
+    A sliding window: each :func:`generate` call sees the last ``max_len // 2`` tokens and
+    adds as many as fit in the context, so the text may be much longer than ``max_len``.
+    Stops early at the tokenizer's end-of-text token (``eos_id``, included). An empty
+    prompt starts from token 0, which is not part of the returned text. ``seed`` makes the
+    text reproducible; ``top_k`` larger than the vocabulary (or None) keeps every token.
+    """
+    cfg = model[1] if isinstance(model, tuple) else model.config
+    ids = tokenizer.encode(prompt) if prompt else [0]
+    window = max(1, cfg.max_len // 2)
+    key, out = jax.random.key(seed), list(ids)
+    stops = () if tokenizer.eos_id is None else (tokenizer.eos_id,)
+    top_k = None if top_k is None else min(top_k, cfg.vocab_size)
+    while len(out) - len(ids) < n_tokens:
+        ctx = out[-window:]
+        n = min(cfg.max_len - len(ctx), n_tokens - (len(out) - len(ids)))
+        key, sub = jax.random.split(key)
+        g = generate(model, ctx, max_new_tokens=n, temperature=temperature, top_k=top_k,
+                     key=sub, stop_tokens=stops)
+        out.extend(int(t) for t in g.sequences[0])
+        if g.stopped[0]:
+            break
+    return tokenizer.decode(out if prompt else out[1:])

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import functional as F
 from .errors import DataError
+from .sampling import check_sampling, filter_logits, greedy
 
 __all__ = ["attention_maps", "attention_maps_fn", "capture", "capture_fn", "logit_lens",
            "layer_cosine_similarity", "token_cosine_similarity", "head_statistics",
@@ -236,22 +237,15 @@ def _raw_label(tokenizer, i: int) -> str:
 
 def next_token_distribution(logits_V, *, temperature: float = 1.0, top_k=None, top_p=None) -> np.ndarray:
     """The distribution a sampler with these settings draws from: ``logits [V]`` -> probs ``[V]``
-    (float64), through the same filters :mod:`jaxformer.sampling` applies (temperature, then
-    top-k, then top-p); ``temperature=0`` is greedy (one-hot on the arg-max)."""
-    x = jnp.asarray(logits_V, jnp.float32)[None]
+    (float64): the softmax of :func:`jaxformer.sampling.filter_logits` (temperature, then
+    top-k, then top-p), the very filters :func:`jaxformer.generate` samples through;
+    ``temperature=0`` is greedy (one-hot on the arg-max). Raises
+    :class:`~jaxformer.errors.GenerationError` for invalid settings."""
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    x_1V = jnp.asarray(logits_V, jnp.float32)[None]
     if temperature == 0:
-        p = np.zeros(x.shape[-1])
-        p[int(jnp.argmax(x[0]))] = 1.0
+        p = np.zeros(x_1V.shape[-1])
+        p[int(greedy(x_1V)[0])] = 1.0
         return p
-    return np.asarray(_filtered_probs(x, temperature, 1.0 if top_p is None else top_p,
-                                      top_k=top_k, use_p=top_p is not None)[0], np.float64)
-
-
-@functools.partial(jax.jit, static_argnames=("top_k", "use_p"))
-def _filtered_probs(logits_1V, temperature, top_p, *, top_k, use_p):
-    from . import sampling
-
-    x = sampling.top_k_filter(sampling.apply_temperature(logits_1V, temperature), top_k)
-    if use_p:
-        x = sampling.top_p_filter(x, top_p)
-    return jax.nn.softmax(x, axis=-1)
+    x_1V = filter_logits(x_1V, temperature=temperature, top_k=top_k, top_p=top_p)
+    return np.asarray(jax.nn.softmax(x_1V, axis=-1)[0], np.float64)

@@ -2,15 +2,17 @@
 
 No math lives here: each module holds ``nnx.Param`` leaves named exactly like the
 functional parameter pytree (see the legend in ``functional.py``), so
-``nnx.state(module, nnx.Param).to_pure_dict()`` *is* the pytree the functional
+``nnx.to_pure_dict(nnx.state(module, nnx.Param))`` *is* the pytree the functional
 core takes, and ``module.params()`` returns it.
 
-Modules accept ``stack=L`` to create ``L`` independent copies of every parameter
-along a leading axis: that is how :class:`GPT` holds its blocks for ``lax.scan``.
+:class:`GPT` holds its ``L`` blocks stacked (every parameter with a leading ``[L]``
+axis, created by ``nnx.vmap`` over :class:`DecoderBlock` with one RNG split per layer),
+the layout :func:`functional.decoder` scans over. The modules run the textbook
+(:mod:`jaxformer.functional` without kernels), so every autodiff mode works on them.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +20,6 @@ from flax import nnx
 
 from . import functional as F
 from .config import ModelConfig
-
-Stack = Tuple[int, ...]
-
-
-def _stack(stack: Optional[int]) -> Stack:
-    return () if stack is None else (stack,)
-
 
 def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> nnx.Param:
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
@@ -37,7 +32,7 @@ def _const(shape, value: float, dtype) -> nnx.Param:
 class ParamsMixin:
     def params(self) -> dict:
         """This module's parameters as the plain nested dict the functional core takes."""
-        return nnx.state(self, nnx.Param).to_pure_dict()
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
 
     def load_params(self, tree: dict) -> None:
         """Overwrite this module's parameters from a plain nested dict (same structure)."""
@@ -50,11 +45,11 @@ class LayerNorm(ParamsMixin, nnx.Module):
     """Layer norm (or RMS norm with ``kind="rmsnorm"``) over the last axis."""
 
     def __init__(self, dim: int, *, kind: str = "layernorm", bias: bool = True, eps: float = 1e-5,
-                 stack: Optional[int] = None, param_dtype=jnp.float32):
+                 param_dtype=jnp.float32):
         self.kind, self.eps = kind, eps
-        self.scale = _const(_stack(stack) + (dim,), 1.0, param_dtype)
+        self.scale = _const((dim,), 1.0, param_dtype)
         if bias and kind == "layernorm":
-            self.bias = _const(_stack(stack) + (dim,), 0.0, param_dtype)
+            self.bias = _const((dim,), 0.0, param_dtype)
 
     def __call__(self, x):
         return F.norm(self.params(), x, self.kind, self.eps)
@@ -65,20 +60,18 @@ class MultiHeadAttention(ParamsMixin, nnx.Module):
 
     def __init__(self, d_model: int, n_head: int, *, n_kv_head: Optional[int] = None,
                  bias: bool = True, rngs: nnx.Rngs, init_std: float = 0.02,
-                 out_std: Optional[float] = None, stack: Optional[int] = None,
-                 param_dtype=jnp.float32):
+                 out_std: Optional[float] = None, param_dtype=jnp.float32):
         G = n_head if n_kv_head is None else n_kv_head
         K = d_model // n_head
-        s = _stack(stack)
-        self.wq = _normal(rngs, s + (d_model, n_head, K), init_std, param_dtype)
-        self.wk = _normal(rngs, s + (d_model, G, K), init_std, param_dtype)
-        self.wv = _normal(rngs, s + (d_model, G, K), init_std, param_dtype)
-        self.wo = _normal(rngs, s + (n_head, K, d_model), out_std or init_std, param_dtype)
+        self.wq = _normal(rngs, (d_model, n_head, K), init_std, param_dtype)
+        self.wk = _normal(rngs, (d_model, G, K), init_std, param_dtype)
+        self.wv = _normal(rngs, (d_model, G, K), init_std, param_dtype)
+        self.wo = _normal(rngs, (n_head, K, d_model), out_std or init_std, param_dtype)
         if bias:
-            self.bq = _const(s + (n_head, K), 0.0, param_dtype)
-            self.bk = _const(s + (G, K), 0.0, param_dtype)
-            self.bv = _const(s + (G, K), 0.0, param_dtype)
-            self.bo = _const(s + (d_model,), 0.0, param_dtype)
+            self.bq = _const((n_head, K), 0.0, param_dtype)
+            self.bk = _const((G, K), 0.0, param_dtype)
+            self.bv = _const((G, K), 0.0, param_dtype)
+            self.bo = _const((d_model,), 0.0, param_dtype)
 
     def __call__(self, x_BTD, *, mask=None, rope=None):
         """``x [B, T, D]``, boolean ``mask`` broadcastable to ``[B, 1, T, T]`` ->
@@ -92,43 +85,43 @@ class FeedForward(ParamsMixin, nnx.Module):
 
     def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu", bias: bool = True,
                  rngs: nnx.Rngs, init_std: float = 0.02, out_std: Optional[float] = None,
-                 stack: Optional[int] = None, param_dtype=jnp.float32):
+                 param_dtype=jnp.float32):
         self.activation = activation
-        s = _stack(stack)
-        self.w_in = _normal(rngs, s + (d_model, d_ff), init_std, param_dtype)
+        self.w_in = _normal(rngs, (d_model, d_ff), init_std, param_dtype)
         if activation == "swiglu":
-            self.w_gate = _normal(rngs, s + (d_model, d_ff), init_std, param_dtype)
-        self.w_out = _normal(rngs, s + (d_ff, d_model), out_std or init_std, param_dtype)
+            self.w_gate = _normal(rngs, (d_model, d_ff), init_std, param_dtype)
+        self.w_out = _normal(rngs, (d_ff, d_model), out_std or init_std, param_dtype)
         if bias:
-            self.b_in = _const(s + (d_ff,), 0.0, param_dtype)
-            self.b_out = _const(s + (d_model,), 0.0, param_dtype)
+            self.b_in = _const((d_ff,), 0.0, param_dtype)
+            self.b_out = _const((d_model,), 0.0, param_dtype)
 
     def __call__(self, x_BTD):
         return F.feed_forward(self.params(), x_BTD, self.activation)
 
 
 class DecoderBlock(ParamsMixin, nnx.Module):
-    """One decoder block (attention + MLP with residuals; norms per ``config.norm_position``).
+    """One decoder block (attention + MLP with residuals; norms per ``config.norm_position``)."""
 
-    With ``stack=L`` every parameter gets a leading ``[L]`` axis (used by :class:`GPT`).
-    """
-
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, stack: Optional[int] = None):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = c
         pdt = jnp.dtype(c.param_dtype)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
         out_std = c.init_std / (2 * c.n_layer) ** 0.5
         if c.norm_position != "none":
-            self.ln1 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, stack=stack, param_dtype=pdt)
-            self.ln2 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, stack=stack, param_dtype=pdt)
+            self.ln1 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, param_dtype=pdt)
+            self.ln2 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, param_dtype=pdt)
         self.attn = MultiHeadAttention(c.d_model, c.n_head, n_kv_head=c.n_kv_head, bias=c.bias, rngs=rngs,
-                                       init_std=c.init_std, out_std=out_std, stack=stack, param_dtype=pdt)
+                                       init_std=c.init_std, out_std=out_std, param_dtype=pdt)
         self.mlp = FeedForward(c.d_model, c.d_ff, activation=c.activation, bias=c.bias, rngs=rngs,
-                               init_std=c.init_std, out_std=out_std, stack=stack, param_dtype=pdt)
+                               init_std=c.init_std, out_std=out_std, param_dtype=pdt)
 
     def __call__(self, x_BTD, *, mask=None, rope=None, key=None):
         """``x [B, T, D] -> (y [B, T, D], aux)`` (see :func:`functional.decoder_block`)."""
+        if self.attn.wq.ndim != 3:
+            raise ValueError(f"this DecoderBlock holds {self.attn.wq.shape[0]} stacked layers (GPT.blocks): "
+                             "run them with GPT or functional.decoder, or take one layer's parameters "
+                             "with jax.tree.map(lambda a: a[i], gpt.params()['blocks'])")
         if mask is None:
             mask = F.causal_mask(x_BTD.shape[1])
         return F.decoder_block(self.params(), x_BTD, self.config, mask=mask, rope=rope, key=key)
@@ -138,7 +131,8 @@ class GPT(ParamsMixin, nnx.Module):
     """A GPT-style decoder: ``GPT(config, rngs=nnx.Rngs(0))(tokens [B, T]) -> logits [B, T, V]``.
 
     Blocks are stored stacked (leading ``[L]`` axis) and run by :func:`functional.decoder`
-    under ``lax.scan`` when ``config.scan_layers`` (the default).
+    under ``lax.scan`` when ``config.scan_layers`` (the default). ``GPT.blocks`` is a
+    :class:`DecoderBlock` holding all ``L`` layers; calling it directly is an error.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -148,7 +142,13 @@ class GPT(ParamsMixin, nnx.Module):
         self.tok_emb = _normal(rngs, (c.vocab_size, c.d_model), c.init_std, pdt)
         if c.positions == "learned":
             self.pos_emb = _normal(rngs, (c.max_len, c.d_model), c.init_std / 2, pdt)
-        self.blocks = DecoderBlock(c, rngs=rngs, stack=c.n_layer)
+
+        @nnx.split_rngs(splits=c.n_layer)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def stacked_blocks(rngs):
+            return DecoderBlock(c, rngs=rngs)
+
+        self.blocks = stacked_blocks(rngs)
         if c.norm_position == "pre":
             self.ln_f = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, param_dtype=pdt)
         if not c.tie_embeddings:
@@ -160,9 +160,15 @@ class GPT(ParamsMixin, nnx.Module):
         return logits
 
     @classmethod
+    def abstract(cls, config: ModelConfig) -> "GPT":
+        """The model's structure with ``jax.ShapeDtypeStruct`` leaves: no memory, no random init."""
+        return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+
+    @classmethod
     def from_params(cls, config: ModelConfig, params: dict) -> "GPT":
-        """A model holding ``params`` (a functional pytree), built without a random init."""
-        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+        """A model holding ``params`` (a functional pytree), built without a random init.
+        The one way the library builds a model from loaded or trained parameters."""
+        model = cls.abstract(config)
         model.load_params(params)
         return model
 

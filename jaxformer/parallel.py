@@ -187,7 +187,7 @@ def make_sharded_train_step(config, optimizer, mesh: Mesh, params, opt_state):
     """The library's train step (``training.make_train_step``) compiled with explicit
     in/out shardings on ``mesh``; params and optimizer state are donated.
     Returns ``(step_fn, param_shardings, state_shardings, batch_sharding)``."""
-    from .training import make_train_step
+    from .training import compute_config, make_train_step, step_kernels
 
     rows = config.train.batch_size // config.train.grad_accum
     split = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -199,7 +199,7 @@ def make_sharded_train_step(config, optimizer, mesh: Mesh, params, opt_state):
     s_sh = state_shardings(opt_state, params, mesh)
     b_sh = batch_sharding(mesh)
     rep = replicated(mesh)
-    raw = make_train_step(config, optimizer, jit=False)
+    raw = make_train_step(config, optimizer, jit=False, kernels=step_kernels(compute_config(config), mesh))
     step = jax.jit(raw, in_shardings=(p_sh, s_sh, b_sh, rep), out_shardings=(p_sh, s_sh, rep),
                    donate_argnums=(0, 1))
     return step, p_sh, s_sh, b_sh

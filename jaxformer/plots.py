@@ -7,16 +7,18 @@ no tight-bbox cropping). Inputs are NumPy/JAX arrays; shapes as in :mod:`jaxform
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from .errors import DataError
+
 __all__ = ["attention_heatmap", "head_grid", "layer_head_grid", "positional_encoding_heatmap",
-           "positional_curves", "loss_curves", "read_metrics", "layer_similarity",
+           "positional_curves", "loss_curves", "layer_similarity",
            "residual_norms", "logit_lens_heatmap", "sampling_comparison", "matrix_heatmap",
            "line_plot", "bar_chart", "save"]
 
@@ -25,12 +27,25 @@ CMAP = "viridis"
 
 
 def save(fig: Figure, path: Optional[str | os.PathLike], dpi: int = DPI) -> Figure:
-    """Write ``fig`` as a PNG to ``path`` (creating its folder) when ``path`` is given."""
+    """Write ``fig`` as a PNG to ``path`` (creating its folder) when ``path`` is given.
+
+    The PNG is written to a temporary file beside ``path`` and renamed over it, so a reader
+    (or a crash mid-write) never sees a half-written figure.
+    """
     if path is not None:
-        folder = os.path.dirname(os.fspath(path))
+        path = os.fspath(path)
+        folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=dpi, format="png")
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fig.savefig(fh, dpi=dpi, format="png")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return fig
 
 
@@ -188,20 +203,17 @@ def positional_curves(pe_PD, dims: Sequence[int] = (0, 1, 10, 20, 30), *,
     return save(fig, path)
 
 
-def read_metrics(path) -> List[dict]:
-    """Read ``metrics.jsonl`` (or a run folder holding one): one JSON object per line."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def loss_curves(metrics, *, title: str = "training and validation loss", path=None) -> Figure:
     """Train / val loss against step from a list of metric dicts, a ``metrics.jsonl`` path or
-    a run folder (entries without ``val_loss`` are train-only logs)."""
+    a run folder (read by :func:`jaxformer.checkpoint.read_metrics`; entries without
+    ``val_loss`` are train-only logs). Raises :class:`DataError` for a path with no metrics."""
     if isinstance(metrics, (str, os.PathLike)):
-        metrics = read_metrics(metrics)
+        from .checkpoint import read_metrics
+
+        source, metrics = metrics, read_metrics(metrics)
+        if not metrics:
+            raise DataError(f"no metrics records at {os.fspath(source)!r} (expected a run folder "
+                            f"or a metrics.jsonl file)")
     fig = _figure(7.0, 4.2)
     ax = fig.add_subplot()
     for key, style in (("train_loss", dict(lw=1.2)), ("val_loss", dict(lw=2.0, marker="o", ms=4))):

@@ -1,8 +1,10 @@
 """Samplers: pure functions of ``(logits_BV, key)`` that pick the next token of every row.
 
-The usual pipeline is applied in this order: repetition penalty (optional), temperature,
-top-k, top-p (nucleus), then a categorical draw. Each stage is its own function so it can
-be tested and reused:
+There is one sampling pipeline, :func:`filter_logits`, applied in this order: repetition
+penalty (optional), temperature, top-k, top-p (nucleus). :func:`sample` draws from it
+(or takes the arg-max when ``temperature == 0``); :func:`jaxformer.generation.generate`,
+:func:`make_sampler` and :func:`jaxformer.inspect.next_token_distribution` all go through
+these two functions. Each stage is its own function so it can be tested and reused:
 
 - :func:`greedy` -- the arg-max token (``temperature == 0`` means greedy).
 - :func:`apply_temperature` -- ``logits / T``.
@@ -11,28 +13,29 @@ be tested and reused:
   reaches ``p``; the most likely token is always kept, so ``p -> 0`` is greedy and
   ``p = 1`` keeps everything.
 - :func:`apply_repetition_penalty` -- CTRL-style penalty on tokens already seen.
-- :func:`sample` -- the whole pipeline; :func:`make_sampler` binds the settings and
-  returns a ``(logits_BV, key) -> tokens_B`` function.
+- :func:`filter_logits` -- the whole pipeline, as logits;
+  :func:`sample` -- the whole pipeline and the draw; :func:`make_sampler` binds the
+  settings and returns a ``(logits_BV, key) -> tokens_B`` function.
 
 Filters return logits with removed entries set to ``-inf``; logits are float32.
 Shapes: ``B`` batch, ``V`` vocabulary.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-
 import numpy as np
+from jax import lax
 
 from .errors import GenerationError
 
 __all__ = ["greedy", "apply_temperature", "top_k_filter", "top_p_filter",
-           "apply_repetition_penalty", "sample", "make_sampler", "check_sampling", "check_prompts",
-           "stop_mask"]
+           "apply_repetition_penalty", "filter_logits", "sample", "make_sampler", "check_sampling",
+           "check_prompts", "stop_mask"]
 
 Sampler = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -96,33 +99,53 @@ def apply_repetition_penalty(logits_BV, seen_BV, penalty):
     return jnp.where(seen_BV, penalized, logits_BV)
 
 
-def sample(logits_BV, key, *, temperature=1.0, top_k: Optional[int] = None, top_p=None):
-    """Draw one token per row with temperature, then top-k, then top-p ``-> [B]`` int32.
+def _is_static_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-    ``temperature`` 0 (a Python number) is greedy. ``top_k`` is static; ``temperature``
-    and ``top_p`` may be traced scalars (then no recompilation when they change).
+
+def filter_logits(logits_BV, *, temperature=1.0, top_k: Optional[int] = None, top_p=None,
+                  seen_BV=None, penalty=None):
+    """The sampling pipeline as logits: ``[B, V] -> [B, V]`` float32, removed tokens ``-inf``.
+
+    Order: repetition ``penalty`` on the tokens ``seen_BV`` (``[B, V]`` bool; skipped when
+    either is None), then ``temperature`` (> 0), then ``top_k`` (a static int; None or
+    ``>= V`` keeps all), then ``top_p`` (None, or a Python number ``>= 1``, keeps all).
+    ``temperature``, ``top_p`` and ``penalty`` may be traced scalars. ``softmax`` of the
+    result is the distribution :func:`sample` draws from.
     """
-    if isinstance(temperature, (int, float)) and temperature == 0:
-        return greedy(logits_BV)
-    x = apply_temperature(logits_BV, temperature)
-    x = top_k_filter(x, top_k)
-    if top_p is not None:
+    x = logits_BV.astype(jnp.float32)
+    if seen_BV is not None and penalty is not None:
+        x = apply_repetition_penalty(x, seen_BV, penalty)
+    x = top_k_filter(apply_temperature(x, temperature), top_k)
+    if top_p is not None and not (_is_static_number(top_p) and top_p >= 1):
         x = top_p_filter(x, top_p)
+    return x
+
+
+def sample(logits_BV, key, *, temperature=1.0, top_k: Optional[int] = None, top_p=None,
+           seen_BV=None, penalty=None):
+    """Pick one token per row ``[B, V] -> [B]`` int32 through :func:`filter_logits`.
+
+    ``temperature`` 0 (a Python number) is greedy: the arg-max of the logits after the
+    repetition penalty (``key`` unused). Otherwise a categorical draw with ``key`` from
+    the filtered logits. ``top_k`` is static; ``temperature``, ``top_p`` and ``penalty``
+    may be traced scalars (then no recompilation when they change).
+    """
+    if _is_static_number(temperature) and temperature == 0:
+        return greedy(filter_logits(logits_BV, seen_BV=seen_BV, penalty=penalty))
+    x = filter_logits(logits_BV, temperature=temperature, top_k=top_k, top_p=top_p,
+                      seen_BV=seen_BV, penalty=penalty)
     return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
 
 
 def make_sampler(temperature: float = 1.0, top_k: Optional[int] = None,
                  top_p: Optional[float] = None) -> Sampler:
-    """Validate the settings and return ``sampler(logits_BV, key) -> tokens_B``."""
+    """Validate the settings and return ``sampler(logits_BV, key) -> tokens_B`` (:func:`sample`
+    with these settings; :func:`greedy` itself when ``temperature == 0``)."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
         return greedy
-    use_p = top_p is not None and top_p < 1.0
-
-    def sampler(logits_BV, key):
-        return sample(logits_BV, key, temperature=temperature, top_k=top_k,
-                      top_p=top_p if use_p else None)
-    return sampler
+    return functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def _is_number(x) -> bool:

@@ -21,11 +21,12 @@ import numpy as np
 
 from .checkpoint import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics, checkpoint_steps,
                          restore_checkpoint, save_checkpoint, save_run_folder, truncate_metrics)
-from .config import Config, load_config
+from .config import Config, load_run_config
 from .data import build_tokenizer, encode_corpus, get_batch, load_corpus, load_tokenizer, prefetch
-from .errors import CheckpointError
+from .errors import CheckpointError, RunExistsError
+from .plots import loss_curves
 from .training import (NonFiniteLossError, compute_config, evaluate, init_params, make_eval_step,
-                       make_optimizer, make_train_step, micro_batches)
+                       make_optimizer, make_train_step, micro_batches, step_kernels)
 
 LOSS_FIGURE = "loss.png"
 
@@ -65,30 +66,6 @@ def _check_same_run(saved: Config, config: Config, run_dir) -> None:
                     f"from the run's {getattr(a, f.name)!r}")
 
 
-def save_loss_figure(records: list, path) -> None:
-    """Train and val loss against step (matplotlib, Agg backend)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tr = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-    va = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if tr:
-        ax.plot(*zip(*tr), label="train", lw=1)
-    if va:
-        ax.plot(*zip(*va), "o-", label="val", ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    pathlib.Path(tmp).replace(path)
-
-
 class _StopFlag:
     """First Ctrl-C sets ``requested`` (the loop saves and stops); a second one raises."""
 
@@ -115,44 +92,17 @@ def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Opt
     """Tokenizer, resolved config and token data (re-using the run's tokenizer on resume)."""
     has_run = (run_dir / CONFIG_FILE).is_file() and (run_dir / TOKENIZER_FILE).is_file()
     if not resume and checkpoint_steps(run_dir):
-        raise CheckpointError(f"{str(run_dir)!r} already holds a run with checkpoints; "
-                              "pass --resume to continue it or choose another --out")
+        raise RunExistsError(run_dir)
     text = data_text if data_text is not None else load_corpus(config.data.path)
     if resume and has_run:
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
         config = resolve_config(config, tokenizer)
-        _check_same_run(load_config(run_dir / CONFIG_FILE), config, run_dir)
+        _check_same_run(load_run_config(run_dir / CONFIG_FILE), config, run_dir)
     else:
         tokenizer = build_tokenizer(config.data.tokenizer, text, config.data.vocab_size)
         config = resolve_config(config, tokenizer)
     data = encode_corpus(text, tokenizer, val_fraction=config.data.val_fraction, folder=run_dir / "data")
     return config, tokenizer, data
-
-
-# Jitted steps are cached per (model, step-relevant train settings), so a resumed run or a
-# second run in the same process (tests, notebooks) does not compile again.
-_STEP_CACHE: dict = {}
-
-
-def _step_key(config: Config):
-    tc = config.train
-    return config.model, dataclasses.replace(
-        tc, decay_steps=tc.decay_steps or tc.max_steps, max_steps=1, eval_interval=1, eval_steps=1,
-        checkpoint_interval=1, keep_checkpoints=1, log_interval=1, sample_tokens=0)
-
-
-def _optimizer(config: Config, params):
-    key = _step_key(config)
-    if key not in _STEP_CACHE:
-        optimizer = make_optimizer(config.train, params)
-        _STEP_CACHE[key] = (optimizer, make_train_step(config, optimizer),
-                            make_eval_step(compute_config(config)))
-    return _STEP_CACHE[key][0]
-
-
-def _compiled_steps(config: Config, optimizer):
-    _, step_fn, eval_step = _STEP_CACHE[_step_key(config)]
-    return step_fn, eval_step
 
 
 def _mesh(config: Config):
@@ -187,11 +137,14 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     from tqdm.auto import tqdm
 
     params = init_params(config)
-    optimizer = _optimizer(config, params)
+    optimizer = make_optimizer(tc, params)
     opt_state = optimizer.init(params)
-    step_fn, eval_step = _compiled_steps(config, optimizer)
-    put = jnp.asarray
     mesh = _mesh(config)
+    # The kernels are chosen once, for the devices the steps run on (see jaxformer.kernels).
+    kernels = step_kernels(compute_config(config), mesh if mesh is not None else params)
+    step_fn = make_train_step(config, optimizer, kernels=kernels)
+    eval_step = make_eval_step(compute_config(config), kernels)
+    put = jnp.asarray
     if mesh is not None:  # several devices: shard params, optimizer state and batches
         from . import parallel
         step_fn, p_sh, s_sh, b_sh = parallel.make_sharded_train_step(config, optimizer, mesh,
@@ -280,7 +233,7 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
             bar.set_postfix(post, refresh=False)
             if do_eval:
                 say(f"step {done}: train loss {rec['train_loss']:.4f}, val loss {last_val:.4f}")
-                save_loss_figure(all_records(), run_dir / LOSS_FIGURE)
+                loss_curves(all_records(), path=run_dir / LOSS_FIGURE)
             if do_ckpt:
                 save_checkpoint(run_dir, done, params, opt_state, keep=tc.keep_checkpoints,
                                 extra={"seed": tc.seed, "elapsed_s": rec["elapsed_s"],
@@ -291,9 +244,9 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
                 break
     bar.close()
     if interrupted:
-        say(f"stopped at step {completed}; checkpoint saved, resume with --resume")
+        say(f"stopped at step {completed}; checkpoint saved, continue with resume=True")
     if records:
-        save_loss_figure(all_records(), run_dir / LOSS_FIGURE)
+        loss_curves(all_records(), path=run_dir / LOSS_FIGURE)
     from .modules import GPT
     model = GPT.from_params(mc, params)
     return TrainResult(model=model, params=params, opt_state=opt_state, metrics=records,

@@ -11,7 +11,7 @@ is a pure function of its config: resuming from a checkpoint reproduces it bit f
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,8 @@ from . import functional as F
 from .config import Config, ModelConfig, TrainConfig
 from .data import get_batch
 from .errors import JaxformerError
+from .kernels import Kernels, platform_of
+from .kernels import resolve as resolve_kernels
 
 DECAYED_NAMES = ("wq", "wk", "wv", "wo", "w_in", "w_out", "w_gate", "lm_head")
 EMBEDDING_NAMES = ("tok_emb", "pos_emb")
@@ -73,25 +75,32 @@ def compute_config(config: Config) -> ModelConfig:
 
 
 # ----------------------------------------------------------------------------- steps
-def loss_fn(params, batch_BT1, model_config: ModelConfig, key=None):
-    """Mean next-token cross-entropy of ``batch [B, T+1]`` (inputs ``[:, :-1]``, targets ``[:, 1:]``)."""
-    x_BTD, _ = F.decoder_hidden(params, batch_BT1[:, :-1], model_config, key=key)
-    return F.unembed_cross_entropy(params, x_BTD, batch_BT1[:, 1:], model_config)
+def step_kernels(model_config: ModelConfig, where=None) -> Kernels:
+    """The kernel set ``model.kernels`` picks for a step running where ``where`` lives (a
+    mesh, a device, arrays; None = the default device). Resolved once, outside tracing."""
+    return resolve_kernels(model_config.kernels, platform_of(where))
 
 
-def accumulate_gradients(params, batch_KBT1, model_config: ModelConfig, key=None):
+def loss_fn(params, batch_BT1, model_config: ModelConfig, key=None, kernels: Optional[Kernels] = None):
+    """Mean next-token cross-entropy of ``batch [B, T+1]`` (inputs ``[:, :-1]``, targets
+    ``[:, 1:]``): :func:`functional.next_token_loss`, with ``kernels`` (None = textbook)."""
+    return F.next_token_loss(params, batch_BT1, model_config, key=key, kernels=kernels)
+
+
+def accumulate_gradients(params, batch_KBT1, model_config: ModelConfig, key=None,
+                         kernels: Optional[Kernels] = None):
     """Mean loss and gradient over ``K`` micro-batches ``[K, B/K, T+1]`` (a ``lax.scan``, so
     only one micro-batch's activations are live). Equals one batch of ``B`` rows."""
     grad_fn = jax.value_and_grad(loss_fn)
     K = batch_KBT1.shape[0]
     if K == 1:
-        return grad_fn(params, batch_KBT1[0], model_config, key)
+        return grad_fn(params, batch_KBT1[0], model_config, key, kernels)
 
     def body(carry, xs):
         loss_sum, grad_sum = carry
         i, micro = xs
         k = None if key is None else jax.random.fold_in(key, i)
-        loss, grads = grad_fn(params, micro, model_config, k)
+        loss, grads = grad_fn(params, micro, model_config, k, kernels)
         return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -100,18 +109,21 @@ def accumulate_gradients(params, batch_KBT1, model_config: ModelConfig, key=None
     return loss_sum / K, jax.tree.map(lambda g: g / K, grad_sum)
 
 
-def make_train_step(config: Config, optimizer: optax.GradientTransformation, *, jit: bool = True):
+def make_train_step(config: Config, optimizer: optax.GradientTransformation, *, jit: bool = True,
+                    kernels: Optional[Kernels] = None):
     """``step_fn(params, opt_state, batch_KBT1 int32 [K, B/K, T+1], step int32) ->
     (params, opt_state, {"loss", "grad_norm", "lr", "finite"})``, jitted with params and
     optimizer state donated. With ``train.on_nonfinite="skip"`` a step whose loss or gradient
-    is not finite leaves params and optimizer state unchanged."""
+    is not finite leaves params and optimizer state unchanged. ``kernels`` defaults to
+    :func:`step_kernels` on the default device."""
     mc, tc = compute_config(config), config.train
+    kernels = step_kernels(mc) if kernels is None else kernels
     schedule = lr_schedule(tc)
     use_dropout = mc.dropout > 0
 
     def step_fn(params, opt_state, batch_KBT1, step):
         key = jax.random.fold_in(jax.random.key(tc.seed), step) if use_dropout else None
-        loss, grads = accumulate_gradients(params, batch_KBT1, mc, key)
+        loss, grads = accumulate_gradients(params, batch_KBT1, mc, key, kernels)
         grad_norm = optax.global_norm(grads)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -126,9 +138,11 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation, *, 
     return jax.jit(step_fn, donate_argnums=(0, 1)) if jit else step_fn
 
 
-def make_eval_step(model_config: ModelConfig):
-    """Jitted ``eval_step(params, batch_BT1) -> mean loss`` (no dropout)."""
-    return jax.jit(lambda params, batch_BT1: loss_fn(params, batch_BT1, model_config))
+def make_eval_step(model_config: ModelConfig, kernels: Optional[Kernels] = None):
+    """Jitted ``eval_step(params, batch_BT1) -> mean loss`` (no dropout; ``kernels`` default:
+    :func:`step_kernels` on the default device)."""
+    kernels = step_kernels(model_config) if kernels is None else kernels
+    return jax.jit(lambda params, batch_BT1: loss_fn(params, batch_BT1, model_config, None, kernels))
 
 
 def evaluate(params, model_config: ModelConfig, ids: np.ndarray, *, batch_size: int, steps: int,

@@ -210,7 +210,9 @@ def test_cross_entropy():
 
 @pytest.mark.parametrize("H,G", [(4, 4), (4, 2), (4, 1)])
 def test_fused_attention_path_equals_explicit(H, G):
-    """jax.nn.dot_product_attention (need_weights=False) == the explicit softmax path."""
+    """Through multi_head_attention: the cuDNN kernel set (jax.nn.dot_product_attention, on
+    its XLA path here) and the CPU kernels == the textbook softmax path."""
+    from jaxformer.kernels import get
     rng = np.random.default_rng(11)
     B, T, D = 3, 7, 16
     K = D // H
@@ -222,7 +224,9 @@ def test_fused_attention_path_equals_explicit(H, G):
     mask = F.causal_mask(T)[None, None] & pad[:, None, None, :]
     rope = F.rope_frequencies(jnp.broadcast_to(jnp.arange(T), (B, T)), K)
     for m in (mask, F.causal_mask(T)):
-        explicit, w, _ = F.multi_head_attention(p, x, mask=m, rope=rope, need_weights=True)
-        fused, none, _ = F.multi_head_attention(p, x, mask=m, rope=rope, need_weights=False, force_fused=True)
-        assert none is None and w is not None
-        np.testing.assert_allclose(np.asarray(fused), np.asarray(explicit), atol=1e-5, rtol=1e-5)
+        explicit, w, _ = F.multi_head_attention(p, x, mask=m, rope=rope)
+        for name in ("cudnn", "cpu"):
+            fused, none, _ = F.multi_head_attention(p, x, mask=m, rope=rope, kernels=get(name),
+                                                    is_causal=m.ndim == 2)
+            assert none is None and w is not None
+            np.testing.assert_allclose(np.asarray(fused), np.asarray(explicit), atol=1e-5, rtol=1e-5)

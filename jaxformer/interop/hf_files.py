@@ -163,17 +163,13 @@ def load_hf_gpt2(path_or_name: str | os.PathLike, *, cache_dir=None, revision: O
     mismatches, unsupported variants) raise :class:`CheckpointError`.
     """
     import jax.numpy as jnp
-    from flax import nnx
 
     from ..modules import GPT
     folder = resolve_hf_path(path_or_name, cache_dir, revision)
     config = model_config_from_hf(read_hf_config(folder), param_dtype=dtype, **config_overrides)
     params = params_from_hf(read_hf_state_dict(folder), config, dtype=np.float32)
-    # Build the module without drawing a random init for 124M parameters, then fill it.
-    model = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, _to_jax(params, jnp.dtype(dtype)))
-    nnx.update(model, state)
+    # Built without drawing a random init for 124M parameters, then filled.
+    model = GPT.from_params(config, _to_jax(params, jnp.dtype(dtype)))
     return model, config, load_hf_tokenizer(folder)
 
 

@@ -1,6 +1,10 @@
-"""The hand-written backward passes used by the train step (attention core, fused head +
-cross-entropy, GELU, gradient fences) against autodiff of the plain formulas in float64,
-against float64 finite differences of the NumPy references, and against each other."""
+"""Every kernel equals the textbook function it replaces, in values and gradients.
+
+The CPU kernels (hand-written backward passes: attention core, fused head + cross-entropy,
+layer norm, GELU, projections, gradient fences; the cached decode attention) against
+autodiff of the textbook in float64, against float64 finite differences of the NumPy
+references, and against each other; the cuDNN kernel's XLA path against the textbook on
+masks, grouped heads and fully-masked rows; and the choice of kernels per platform."""
 import dataclasses
 
 import jax
@@ -12,6 +16,10 @@ import reference as ref
 from conftest import randomize
 from jaxformer import ModelConfig
 from jaxformer import functional as F
+from jaxformer import kernels as Kn
+from jaxformer.errors import ConfigError
+from jaxformer.kernels import cpu, cudnn
+from jaxformer.kernels.cpu import CPU
 from jaxformer.modules import GPT
 
 
@@ -43,7 +51,7 @@ def test_attention_core_value_matches_reference(which):
     rng = np.random.default_rng(which)
     q, k, v = attn_inputs(rng, dtype=np.float32)
     mask = masks(2, 6, 6)[which]
-    out = F.attention_core(q, k, v, mask, 1 / np.sqrt(q.shape[-1]))
+    out = cpu.attention_core(q, k, v, mask, 1 / np.sqrt(q.shape[-1]))
     expected, _ = ref.attention(q, k[:, :, None], v[:, :, None], mask)
     assert rel_err(out, expected) < 1e-5
     assert np.all(np.isfinite(np.asarray(out)))
@@ -62,7 +70,7 @@ def test_cached_attention_equals_attention_over_the_written_cache(T, index):
     pad = np.arange(S)[None, :] >= np.array([0, 2])[:, None]   # row 1: 2 padded keys (at T=1,
     #                                                            index 0 its query sees nothing)
     mask = np.asarray(F.causal_mask(T, S, offset=index))[None, None, None] & pad[:, None, None, None, :]
-    got = F.cached_attention(q, k_cache, v_cache, k_new, v_new, mask, index, 1 / np.sqrt(K))
+    got = cpu.cached_attention(q, k_cache, v_cache, k_new, v_new, mask, index, 1 / np.sqrt(K))
     start = min(index, S - T)
     k_all, v_all = k_cache.copy(), v_cache.copy()
     k_all[:, :, start:start + T], v_all[:, :, start:start + T] = k_new, v_new
@@ -77,8 +85,8 @@ def test_cached_attention_equals_attention_over_the_written_cache(T, index):
     cache = {"k": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32),
              "v": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32)}
     m4 = jnp.asarray(mask[:, :, 0])
-    fast, _, c1 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index, need_weights=False)
-    slow, _, c2 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index, need_weights=True)
+    fast, _, c1 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index, kernels=CPU)
+    slow, _, c2 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index)
     assert rel_err(fast, slow) < 1e-5
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), c1, c2))
 
@@ -95,7 +103,7 @@ def test_attention_core_gradient_float64(which):
         scale = 1 / np.sqrt(4)
 
         def fast(q, k, v):
-            return jnp.sum(F.attention_core(q, k, v, mask, scale) * c)
+            return jnp.sum(cpu.attention_core(q, k, v, mask, scale) * c)
 
         def plain(q, k, v):
             out, _ = F.scaled_dot_product_attention(q, k[:, :, None], v[:, :, None], mask=mask)
@@ -122,8 +130,8 @@ def test_attention_core_gradient_float64(which):
 
 @pytest.mark.parametrize("H,G,rope", [(4, 4, False), (4, 2, True), (4, 1, False)])
 def test_attention_layer_fast_path_equals_explicit_float64(H, G, rope):
-    """Through multi_head_attention: need_weights=False (hand-written backward) and True
-    (autodiff) give the same output and parameter/input gradients."""
+    """Through multi_head_attention: the CPU kernels (hand-written backward) and the
+    textbook (autodiff) give the same output and parameter/input gradients."""
     rng = np.random.default_rng(H * 10 + G)
     B, T, D = 3, 7, 16
     K = D // H
@@ -140,7 +148,7 @@ def test_attention_layer_fast_path_equals_explicit_float64(H, G, rope):
         c = jnp.asarray(rng.normal(size=(B, T, D)))
 
         def loss(p, x, need):
-            y, w, _ = F.multi_head_attention(p, x, mask=mask, rope=rf, need_weights=need)
+            y, w, _ = F.multi_head_attention(p, x, mask=mask, rope=rf, kernels=None if need else CPU)
             assert (w is None) == (not need)
             return jnp.sum(y * c)
 
@@ -190,8 +198,8 @@ def test_unembed_cross_entropy_equals_unfused_float64(kw, masked):
             return F.cross_entropy(logits, tokens[:, 1:], mask)
 
         def fused(p):
-            x, _ = F.decoder_hidden(p, tokens[:, :-1], c64)
-            return F.unembed_cross_entropy(p, x, tokens[:, 1:], c64, mask)
+            x, _ = F.decoder_hidden(p, tokens[:, :-1], c64, kernels=CPU)
+            return cpu.unembed_cross_entropy(p, x, tokens[:, 1:], c64, mask)
 
         (l_u, g_u), (l_f, g_f) = jax.value_and_grad(unfused)(params), jax.value_and_grad(fused)(params)
         assert abs(float(l_u - l_f)) < 1e-13
@@ -209,7 +217,7 @@ def test_unembed_cross_entropy_all_masked_is_zero_not_nan():
     params = f64_params(cfg, dtype=jnp.float32)
     x = jnp.ones((2, 5, cfg.d_model))
     tg = jnp.zeros((2, 5), jnp.int32)
-    loss, g = jax.value_and_grad(lambda x: F.unembed_cross_entropy(params, x, tg, cfg, jnp.zeros((2, 5), bool)))(x)
+    loss, g = jax.value_and_grad(lambda x: cpu.unembed_cross_entropy(params, x, tg, cfg, jnp.zeros((2, 5), bool)))(x)
     assert float(loss) == 0.0 and float(jnp.max(jnp.abs(g))) == 0.0
 
 
@@ -222,46 +230,47 @@ def test_unembed_cross_entropy_bfloat16_close_to_float32():
     for dt in ("float32", "bfloat16"):
         c = dataclasses.replace(cfg, dtype=dt)
         x, _ = F.decoder_hidden(params, tokens[:, :-1], c)
-        losses[dt] = F.unembed_cross_entropy(params, x, tokens[:, 1:], c)
+        losses[dt] = cpu.unembed_cross_entropy(params, x, tokens[:, 1:], c)
         assert losses[dt].dtype == jnp.float32
     assert abs(float(losses["bfloat16"] - losses["float32"])) < 0.02 * float(losses["float32"])
 
 
 def test_grad_fence_is_identity_and_keeps_nan():
     x = jnp.arange(12.0).reshape(3, 4)
-    assert np.array_equal(np.asarray(F.grad_fence(x)), np.asarray(x))
-    g = jax.grad(lambda x: jnp.sum(F.grad_fence(x) * x))(x)
+    assert np.array_equal(np.asarray(cpu.residual(x)), np.asarray(x))
+    g = jax.grad(lambda x: jnp.sum(cpu.residual(x) * x))(x)
     np.testing.assert_array_equal(np.asarray(g), 2 * np.asarray(x))
     # a NaN gradient stays non-finite (the train step's guard must still see it)
-    g_nan = jax.grad(lambda x: jnp.sum(F.grad_fence(x) * jnp.where(x == 0, jnp.nan, 1.0)))(x)
+    g_nan = jax.grad(lambda x: jnp.sum(cpu.residual(x) * jnp.where(x == 0, jnp.nan, 1.0)))(x)
     assert not np.all(np.isfinite(np.asarray(g_nan)))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu", "swiglu"])
 def test_decoder_gradients_scan_equal_unrolled_float64(activation):
-    """The whole training loss: scanned and unrolled layers (with their gradient fences)
-    give the same gradients, and both equal jax.grad of the textbook float64 path."""
+    """The whole training loss with the CPU kernels: scanned and unrolled layers (with their
+    gradient fences) give the same gradients, and both equal jax.grad of the textbook."""
     cfg = small_config(activation=activation, dropout=0.0)
     rng = np.random.default_rng(8)
     tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, cfg.max_len + 1)))
     with jax.enable_x64(True):
         params = f64_params(cfg)
 
-        def loss(p, scan):
+        def loss(p, scan, kernels=CPU):
             c = as_f64(dataclasses.replace(cfg, scan_layers=scan))
-            x, _ = F.decoder_hidden(p, tokens[:, :-1], c)
-            return F.unembed_cross_entropy(p, x, tokens[:, 1:], c)
+            return F.next_token_loss(p, tokens, c, kernels=kernels)
 
         g_scan = jax.grad(loss)(params, True)
         g_loop = jax.grad(loss)(params, False)
-        for g in (g_scan, g_loop):
+        g_book = jax.grad(loss)(params, True, None)
+        for g in (g_scan, g_loop, g_book):
             g["blocks"]["attn"].pop("bk", None)
         assert tree_rel_err(g_scan, g_loop) < 1e-11
+        assert tree_rel_err(g_scan, g_book) < 1e-11
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_layer_norm_hand_written_gradient_float64(bias):
-    """layer_norm's custom VJP == autodiff of the textbook formula (float64), and a
+    """The layer_norm kernel's custom VJP == autodiff of the textbook formula (float64), and a
     directional derivative == the central difference of the NumPy reference."""
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
@@ -276,7 +285,9 @@ def test_layer_norm_hand_written_gradient_float64(bias):
             return jnp.sum((y if b is None else y + b) * c)
 
         def fast(x, scale, b):
-            return jnp.sum(F.layer_norm(x, scale, b) * c)
+            return jnp.sum(cpu.layer_norm(x, scale, b) * c)
+
+        assert rel_err(cpu.layer_norm(x, scale, b), F.layer_norm(x, scale, b)) < 1e-14
 
         args = (0, 1, 2) if bias else (0, 1)
         assert tree_rel_err(jax.grad(fast, args)(x, scale, b), jax.grad(plain, args)(x, scale, b)) < 1e-12
@@ -288,13 +299,15 @@ def test_layer_norm_hand_written_gradient_float64(bias):
         assert abs(analytic - fd) < 1e-6 * max(1.0, abs(fd))
 
 
+@pytest.mark.parametrize("kernels", ["textbook", "cpu"])
 @pytest.mark.parametrize("kw", [{}, {"tie_embeddings": False, "bias": False},
                                 {"n_kv_head": 2, "positions": "rope", "activation": "relu"},
                                 {"norm_position": "post", "remat": "dots"}])
-def test_training_gradient_matches_numpy_finite_difference(kw):
-    """Independent of JAX's autodiff: the training loss's gradient (every hand-written VJP
-    together: head + loss, attention, layer norm, GELU, projections, fences) along random
-    directions == the float64 central difference of the NumPy reference decoder's loss."""
+def test_training_gradient_matches_numpy_finite_difference(kw, kernels):
+    """Independent of JAX's autodiff: the training loss's gradient (textbook autodiff, and
+    every hand-written VJP of the CPU kernels together: head + loss, attention, layer norm,
+    GELU, projections, fences) along random directions == the float64 central difference
+    of the NumPy reference decoder's loss."""
     cfg = small_config(n_layer=2, **kw)
     rng = np.random.default_rng(21)
     tokens = rng.integers(0, cfg.vocab_size, (2, 9))
@@ -303,8 +316,7 @@ def test_training_gradient_matches_numpy_finite_difference(kw):
         params = f64_params(cfg, seed=2)
 
         def loss(p):
-            x, _ = F.decoder_hidden(p, jnp.asarray(tokens[:, :-1]), c64)
-            return F.unembed_cross_entropy(p, x, jnp.asarray(tokens[:, 1:]), c64)
+            return F.next_token_loss(p, jnp.asarray(tokens), c64, kernels=Kn.get(kernels))
 
         def ref_loss(p):
             logits = ref.decoder(jax.tree.map(np.asarray, p), tokens[:, :-1], cfg)
@@ -323,3 +335,89 @@ def test_training_gradient_matches_numpy_finite_difference(kw):
             fd = (ref_loss(plus) - ref_loss(minus)) / (2 * eps)
             analytic = sum(float(jnp.sum(g * v)) for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(d)))
             assert abs(analytic - fd) < 1e-6 * max(1.0, abs(fd)), (trial, analytic, fd)
+
+
+def test_gelu_kernel_equals_textbook_float64():
+    rng = np.random.default_rng(6)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(4, 9)) * 3)
+        assert rel_err(cpu.gelu(x), F.gelu_tanh(x)) < 1e-14
+        g_k = jax.grad(lambda x: jnp.sum(jnp.sin(cpu.gelu(x))))(x)
+        g_t = jax.grad(lambda x: jnp.sum(jnp.sin(F.gelu_tanh(x))))(x)
+        assert rel_err(g_k, g_t) < 1e-13
+
+
+@pytest.mark.parametrize("w_shape", [(8, 32), (32, 8), (8, 4, 2), (8, 8)])
+def test_dense_kernel_equals_linear_float64(w_shape):
+    """Both of the dense kernel's branches (hand-written weight gradient, or autodiff for a
+    wider input) == the textbook linear, for 2-D and multi-axis weights."""
+    rng = np.random.default_rng(sum(w_shape))
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(3, 5, w_shape[0])))
+        w = jnp.asarray(rng.normal(size=w_shape))
+        c = jnp.asarray(rng.normal(size=(3, 5, *w_shape[1:])))
+        assert rel_err(cpu.dense(x, w), F.linear(x, w)) < 1e-14
+        g_k = jax.grad(lambda x, w: jnp.sum(cpu.dense(x, w) * c), (0, 1))(x, w)
+        g_t = jax.grad(lambda x, w: jnp.sum(F.linear(x, w) * c), (0, 1))(x, w)
+        assert tree_rel_err(g_k, g_t) < 1e-13
+
+
+@pytest.mark.parametrize("G,R", [(2, 2), (1, 4), (4, 1)])
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_cudnn_kernel_xla_path_equals_textbook(G, R, which):
+    """The cuDNN kernel set's attention, on its XLA path (what runs where cuDNN does not
+    take the call, and all that a CPU can run): values and gradients == the textbook
+    softmax attention, with no mask, the causal mask, and padding that leaves rows empty."""
+    rng = np.random.default_rng(G * 10 + R + which)
+    q, k, v = attn_inputs(rng, G=G, R=R, dtype=np.float32)
+    mask = masks(2, 6, 6)[which]
+    scale = 1 / np.sqrt(q.shape[-1])
+    c = rng.normal(size=q.shape).astype(np.float32)
+
+    def fused(q, k, v):
+        return cudnn.attention(q, k, v, mask, scale, False)
+
+    def book(q, k, v):
+        return F.scaled_dot_product_attention(q, k[:, :, None], v[:, :, None], mask=mask)[0]
+
+    assert rel_err(fused(q, k, v), book(q, k, v)) < 1e-5
+    assert np.all(np.isfinite(np.asarray(fused(q, k, v))))
+    g_f = jax.grad(lambda *a: jnp.sum(fused(*a) * c), (0, 1, 2))(q, k, v)
+    g_b = jax.grad(lambda *a: jnp.sum(book(*a) * c), (0, 1, 2))(q, k, v)
+    assert tree_rel_err(g_f, g_b) < 1e-4
+
+
+def test_cudnn_supported_only_for_half_precision_causal_and_head_width():
+    assert cudnn.cudnn_supported(jnp.bfloat16, 64, True)
+    assert cudnn.cudnn_supported(jnp.float16, 128, True)
+    assert not cudnn.cudnn_supported(jnp.float32, 64, True)      # cuDNN flash: 16-bit only
+    assert not cudnn.cudnn_supported(jnp.bfloat16, 60, True)     # head width multiple of 8
+    assert not cudnn.cudnn_supported(jnp.bfloat16, 256, True)
+    assert not cudnn.cudnn_supported(jnp.bfloat16, 64, False)    # padding masks go to XLA
+
+
+def test_kernels_resolved_by_platform_not_default_backend():
+    assert Kn.resolve("auto", "cpu") is CPU
+    assert Kn.resolve("auto", "cuda") is cudnn.CUDNN
+    assert Kn.resolve("auto", "tpu") is Kn.TEXTBOOK
+    assert Kn.resolve("auto", "rocm") is Kn.TEXTBOOK
+    assert Kn.resolve("textbook", "cpu") is Kn.TEXTBOOK
+    assert Kn.resolve("cpu", "tpu") is CPU
+    with pytest.raises(ConfigError, match="model.kernels='cudnn' needs an NVIDIA GPU"):
+        Kn.resolve("cudnn", "cpu")
+    cpu_dev = jax.devices("cpu")[0]
+    assert Kn.platform_of(cpu_dev) == "cpu"
+    assert Kn.platform_of(jnp.ones(3)) == "cpu"
+    assert Kn.platform_of({"a": jax.device_put(jnp.ones(2), cpu_dev)}) == "cpu"
+    with jax.default_device(cpu_dev):
+        assert Kn.platform_of() == "cpu"
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    assert Kn.platform_of(mesh) == jax.devices()[0].platform
+
+
+def test_old_attention_key_names_its_replacement():
+    from jaxformer import load_config
+    with pytest.raises(ConfigError, match="model.attention was replaced by model.kernels"):
+        load_config(None, ["model.attention=explicit"])
+    with pytest.raises(ConfigError, match="model.kernels='fast' is not one of"):
+        load_config(None, ["model.kernels=fast"])
