@@ -149,7 +149,7 @@ def rope_frequencies(positions_BT, head_dim: int, theta: float = 10000.0):
 def apply_rope(x_BTHK, cos_BTk, sin_BTk):
     """Rotate pairs ``(x[..., i], x[..., i + K/2])`` by the position's angle (GPT-NeoX / Llama
     "rotate half" layout). ``x [B, T, H, K]``, ``cos/sin [B, T, K/2]`` -> ``[B, T, H, K]``."""
-    x1, x2 = jnp.split(x_BTHK.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x_BTHK.astype(_acc(x_BTHK.dtype)), 2, axis=-1)
     c, s = cos_BTk[:, :, None, :], sin_BTk[:, :, None, :]
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHK.dtype)
 

@@ -432,7 +432,8 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
     prompt starts from token 0, which is not part of the returned text. ``seed`` makes the
     text reproducible; ``top_k`` larger than the vocabulary (or None) keeps every token.
     """
-    cfg = model[1] if isinstance(model, tuple) else model.config
+    gen = model if isinstance(model, Generator) else Generator(model)   # weights copied once
+    cfg = gen.config
     ids = tokenizer.encode(prompt) if prompt else [0]
     window = max(1, cfg.max_len // 2)
     key, out = jax.random.key(seed), list(ids)
@@ -442,7 +443,7 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
         ctx = out[-window:]
         n = min(cfg.max_len - len(ctx), n_tokens - (len(out) - len(ids)))
         key, sub = jax.random.split(key)
-        g = generate(model, ctx, max_new_tokens=n, temperature=temperature, top_k=top_k,
+        g = generate(gen, ctx, max_new_tokens=n, temperature=temperature, top_k=top_k,
                      key=sub, stop_tokens=stops)
         out.extend(int(t) for t in g.sequences[0])
         if g.stopped[0]:

@@ -145,6 +145,12 @@ def test_cli_errors_are_one_line_exit_2(argv, needle, capsys, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_cli_train_into_an_existing_run_names_the_flags(run_dir, capsys):
+    assert main(["train", "--out", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("pass --resume to continue it or choose another --out"), err
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--temperature", "-1"], "temperature=-1.0"),
     (["--top-p", "0"], "top_p=0.0"),

@@ -303,3 +303,19 @@ def test_cli_score_and_errors(run_dir, capsys):
     assert main(["sample", "--run", str(run_dir.parent), "--prompt", "a"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "max_len=64" in err[0] and "top_p=0.0" in err[1] and "not a run folder" in err[2]
+
+
+def test_sample_text_runs_past_the_context_and_is_deterministic():
+    from jaxformer.data import CharTokenizer
+
+    tok = CharTokenizer.from_text("abcdefgh ")
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_head=2, n_layer=1, d_ff=32, max_len=16)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    model.load_params(randomize(model.params(), seed=1))
+    text = G.sample_text(model, tok, "abc", 40, seed=3)
+    assert text.startswith("abc") and len(text) == 3 + 40 > cfg.max_len   # no eos: all 40 tokens
+    assert set(text) <= set("abcdefgh ")
+    assert G.sample_text(model, tok, "abc", 40, seed=3) == text
+    assert G.sample_text(model, tok, "abc", 40, seed=4) != text
+    greedy = G.sample_text(model, tok, "", 20, temperature=0)        # empty prompt: from token 0
+    assert len(greedy) == 20 and greedy == G.sample_text(model, tok, "", 20, temperature=0, seed=9)

@@ -93,7 +93,7 @@ def test_vmap_equals_a_loop_over_examples():
     batched = np.asarray(attention_maps(m, t))
     for b in range(5):
         one = np.asarray(attention_maps(m, t[b:b + 1]))[0]
-        np.testing.assert_allclose(batched[b], one, atol=1e-6)
+        np.testing.assert_allclose(batched[b], one, atol=1e-5)   # float32 matmul blocking differs
         _, aux = DECODER(m.params(), jnp.asarray(t[b:b + 1]), m.config, capture=True)
         np.testing.assert_allclose(batched[b], np.asarray(aux["weights"])[:, 0], atol=5e-5)
 

@@ -13,7 +13,7 @@ from jaxformer import load_config
 from jaxformer import train_loop
 from jaxformer.checkpoint import checkpoint_steps, load_run, read_metrics
 from jaxformer.data import CharTokenizer, encode_corpus, get_batch, pydoc_text
-from jaxformer.errors import DataError
+from jaxformer.errors import CheckpointError, DataError, RunExistsError
 from jaxformer.training import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,
                                 loss_fn, lr_schedule, make_optimizer, make_train_step,
                                 micro_batches, train, weight_decay_mask)
@@ -149,7 +149,8 @@ def test_same_config_and_seed_give_same_losses(full_run, tmp_path):
 def test_interrupted_and_resumed_run_is_bit_identical(full_run, tmp_path):
     first = train(tiny("train.max_steps=20"), tmp_path, progress=False, data_text=TEXT, stop_after=7)
     assert first.interrupted and first.step == 7 and checkpoint_steps(tmp_path) == [5, 7]
-    with pytest.raises(Exception, match="pass --resume"):
+    # the library names its arguments, never the CLI's flags
+    with pytest.raises(RunExistsError, match="pass resume=True to continue it or choose another out_dir"):
         train(tiny("train.max_steps=20"), tmp_path, progress=False, data_text=TEXT)
     second = train(tiny("train.max_steps=20"), tmp_path, resume=True, progress=False, data_text=TEXT)
     assert second.step == 20 and not second.interrupted
@@ -201,6 +202,23 @@ def test_train_command_and_resume(tmp_path, capsys):
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()][-1] == 15
     with pytest.raises(DataError, match="data.path='.*nope.txt' is not a file"):
         _train_command(["--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")])
+    # a new run into a folder that holds one: the command names its own flags
+    with pytest.raises(CheckpointError, match="pass --resume to continue it or choose another --out$"):
+        _train_command(["--out", str(out), "--no-progress"])
+
+
+def test_train_command_interrupted_run_names_the_flag(tmp_path, capsys, monkeypatch):
+    from jaxformer import training
+    real = training.train
+    monkeypatch.setattr(training, "train", lambda *a, **k: real(*a, **k, stop_after=3))
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    assert _train_command(["--data", str(data), "--out", str(out), "--no-progress"] +
+                          [x for o in TINY + ["train.max_steps=10"] for x in ("--set", o)]) == 0
+    text = capsys.readouterr().out
+    assert "continue with --resume" in text and "resume=True" not in text
+    assert f"jaxformer train --out {out} --resume" in text
 
 
 def test_torch_reference_matches_functional_decoder():

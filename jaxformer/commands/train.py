@@ -37,31 +37,24 @@ def _config(args):
     return load_config(path, overrides), pathlib.Path(path)
 
 
-def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
-                temperature: float = 0.8, top_k: int = 40) -> str:
-    """``n_tokens`` sampled after ``prompt`` with a sliding window of half the context."""
-    import jax
+#: Engine wording -> this command's flags: the library names settings and arguments, the
+#: CLI user needs the flag that sets them.
+FLAG_WORDING = (("resume=True", "--resume"), ("another out_dir", "another --out"),
+                ("set data.path to a local text file", "pass --data PATH"))
 
-    from jaxformer.generation import generate
 
-    cfg = model.config
-    ids = tokenizer.encode(prompt) if prompt else [0]
-    window = max(1, cfg.max_len // 2)
-    key, out = jax.random.key(seed), list(ids)
-    stops = () if tokenizer.eos_id is None else (tokenizer.eos_id,)
-    while len(out) - len(ids) < n_tokens:
-        ctx = out[-window:]
-        n = min(cfg.max_len - len(ctx), n_tokens - (len(out) - len(ids)))
-        key, sub = jax.random.split(key)
-        g = generate(model, ctx, max_new_tokens=n, temperature=temperature,
-                     top_k=min(top_k, cfg.vocab_size), key=sub, stop_tokens=stops)
-        out.extend(int(t) for t in g.sequences[0])
-        if g.stopped[0]:
-            break
-    return tokenizer.decode(out if prompt else out[1:])
+def in_flags(message: str) -> str:
+    """A library message reworded in terms of this command's flags (see ``FLAG_WORDING``)."""
+    for engine, cli in FLAG_WORDING:
+        message = message.replace(engine, cli)
+    return message
 
 
 def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from jaxformer.errors import JaxformerError
+    from jaxformer.generation import sample_text
     from jaxformer.modules import count_params
     from jaxformer.parallel import maybe_initialize_distributed
     from jaxformer.training import train
@@ -74,8 +67,13 @@ def run(args) -> int:
         raise ConfigError("--resume needs --out DIR, the run folder to continue")
     out = args.out or f"runs/{path.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {config.data.tokenizer})")
-    result = train(config, out, resume=args.resume, progress=not args.no_progress,
-                   log=print if args.no_progress else None)
+    write = print if args.no_progress else tqdm.write   # tqdm.write keeps the progress bar intact
+    try:
+        result = train(config, out, resume=args.resume, progress=not args.no_progress,
+                       log=lambda msg: write(in_flags(msg)))
+    except JaxformerError as e:
+        e.args = (in_flags(str(e)),)   # same error type, the CLI's words
+        raise
     n = count_params(result.params)
     last = next((r for r in reversed(result.metrics) if r.get("val_loss") is not None), None)
     summary = f"step {result.step}, {n:,} parameters"
