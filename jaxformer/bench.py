@@ -106,7 +106,8 @@ def bench_train_step(config, *, steps: int = 10, warmup: int = 2) -> dict:
     params = training.init_params(config)
     optimizer = training.make_optimizer(tc, params)
     opt_state = optimizer.init(params)
-    step_fn = training.make_train_step(config, optimizer)
+    kernels = training.step_kernels(training.compute_config(config))
+    step_fn = training.make_train_step(config, optimizer, kernels=kernels)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, mc.vocab_size, (tc.batch_size, mc.max_len + 1), dtype=np.int32)
     batch = jnp.asarray(training.micro_batches(batch, tc.grad_accum))
@@ -121,6 +122,7 @@ def bench_train_step(config, *, steps: int = 10, warmup: int = 2) -> dict:
     step_s = (time.perf_counter() - t0) / steps
     tokens = tc.batch_size * mc.max_len
     return {"compile_s": compile_s, "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s,
+            "kernels": kernels.name,
             "model_flops_per_step": flops_per_token(training.compute_config(config), mc.max_len) * tokens}
 
 

@@ -1,13 +1,11 @@
 """The textbook: a GPT-style decoder as pure ``jax.numpy`` functions, in reading order.
 
-Every piece of the decoder is one small function here, differentiated by JAX's own
-autodiff (so ``grad``, ``jvp``, ``jacfwd``, ``hessian`` and ``linearize`` all work) and
-safe under ``jit`` and ``vmap``. The Flax modules, training, generation and inspection
-all call these functions; nothing here knows about Flax or about devices.
-
-Faster versions of a few pieces (hand-written backward passes for the CPU, cuDNN flash
-attention) live beside this file in :mod:`jaxformer.kernels`, each tested equal to the
-function here. Functions that can use them take ``kernels=None`` (None = the textbook).
+Each piece of the decoder is one small function, differentiated by JAX's own autodiff (so
+``grad``, ``jvp``, ``jacfwd``, ``hessian`` and ``linearize`` all work), safe under ``jit``
+and ``vmap``. Modules, training, generation and inspection call these functions; nothing
+here knows about Flax or devices. Faster versions of a few pieces live beside this file in
+:mod:`jaxformer.kernels`, each tested equal to its function here; functions that can use
+them take ``kernels=None`` (None = the textbook).
 
 Shape legend (used in names such as ``x_BTD`` and ``weights_BHTS``):
 
@@ -43,14 +41,12 @@ from jax import lax
 
 Params = Mapping[str, Any]
 
-__all__ = [
-    "causal_mask", "masked_softmax", "scaled_dot_product_attention", "split_heads",
-    "merge_heads", "sinusoidal_positions", "learned_positions", "rope_frequencies",
-    "apply_rope", "linear", "attention_projections", "multi_head_attention", "layer_norm",
-    "rms_norm", "norm", "gelu_tanh", "activation", "feed_forward", "dropout", "decoder_block",
-    "embed", "unembed", "init_cache", "decoder_hidden", "decoder", "token_log_probs",
-    "cross_entropy", "unembed_cross_entropy", "next_token_loss",
-]
+__all__ = ["causal_mask", "masked_softmax", "scaled_dot_product_attention", "split_heads",
+           "merge_heads", "sinusoidal_positions", "learned_positions", "rope_frequencies",
+           "apply_rope", "linear", "attention_projections", "multi_head_attention", "layer_norm",
+           "rms_norm", "norm", "gelu_tanh", "activation", "feed_forward", "dropout",
+           "decoder_block", "embed", "unembed", "init_cache", "decoder_hidden", "decoder",
+           "token_log_probs", "cross_entropy", "unembed_cross_entropy", "next_token_loss"]
 
 
 def _acc(dtype):
@@ -129,9 +125,7 @@ def sinusoidal_positions(max_len: int, d_model: int, base: float = 10000.0):
     pos = jnp.arange(max_len, dtype=jnp.float32)[:, None]
     two_i = jnp.arange(0, d_model, 2, dtype=jnp.float32)
     angle = pos / jnp.power(base, two_i / d_model)
-    pe = jnp.zeros((max_len, d_model), jnp.float32)
-    pe = pe.at[:, 0::2].set(jnp.sin(angle))
-    return pe.at[:, 1::2].set(jnp.cos(angle[:, : d_model // 2]))
+    return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(max_len, -1)[:, :d_model]
 
 
 def learned_positions(pos_emb_PD, positions_BT):
@@ -179,10 +173,8 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     from :func:`rope_frequencies` for the T query/key positions. With ``cache``
     ``{"k": [B, G, S, K], "v": [B, G, S, K]}`` the new keys/values are written at
     ``cache_index`` and queries attend over all S cache slots (``mask`` must then be
-    ``[.., T, S]``). Dropout on the weights when ``key`` is given.
-
-    ``kernels`` may replace the softmax attention by a fused kernel that returns no
-    weights (``is_causal`` tells it the mask is the plain causal one).
+    ``[.., T, S]``). Dropout on the weights when ``key`` is given. ``kernels`` may replace
+    the softmax by a fused kernel that returns no weights (``is_causal``: the mask is causal).
     Returns ``(out [B, T, D], weights [B, H, T, S] or None, new_cache or None)``.
     """
     q, k, v = attention_projections(params, x_BTD, kernels)
@@ -196,23 +188,20 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     if mask is not None:  # [B, 1, T, S] -> [B, 1, 1, T, S]
         mask = jnp.asarray(mask)
         mask = mask.reshape((1,) * (5 - mask.ndim) + mask.shape) if mask.ndim < 4 else mask[:, :, None]
-    scale, new_cache = 1.0 / math.sqrt(K), None
+    scale, weights_BHTS, new_cache = 1.0 / math.sqrt(K), None, None
     fused = None if (key is not None and dropout_rate > 0.0) else _kernel(kernels, "attention", None)
     cached = _kernel(kernels, "cached_attention", None)
+    if cache is not None:  # write the new keys/values into their slots
+        new_cache = {n: lax.dynamic_update_slice(cache[n], a.astype(cache[n].dtype), (0, 0, cache_index, 0))
+                     for n, a in (("k", k_BGSK), ("v", v_BGSK))}
     if cache is not None and fused is not None and cached is not None:
-        # A kernel that reads the old cache before writing (lets XLA update it in place).
+        # A kernel that reads the cache as it was before the write (XLA then updates it in place).
         out = cached(q_BGRTK, cache["k"], cache["v"], k_BGSK, v_BGSK, mask, cache_index, scale)
-        k_BGSK, v_BGSK = (lax.dynamic_update_slice(cache[n], a.astype(cache[n].dtype), (0, 0, cache_index, 0))
-                          for n, a in (("k", k_BGSK), ("v", v_BGSK)))
-        new_cache, weights_BHTS = {"k": k_BGSK, "v": v_BGSK}, None
     else:
-        if cache is not None:  # write the new keys/values into their slots, attend over all
-            k_BGSK, v_BGSK = (lax.dynamic_update_slice(cache[n], a.astype(cache[n].dtype), (0, 0, cache_index, 0))
-                              for n, a in (("k", k_BGSK), ("v", v_BGSK)))
-            new_cache = {"k": k_BGSK, "v": v_BGSK}
-            k_BGSK, v_BGSK = k_BGSK.astype(q.dtype), v_BGSK.astype(q.dtype)
+        if cache is not None:  # attend over every slot of the written cache
+            k_BGSK, v_BGSK = new_cache["k"].astype(q.dtype), new_cache["v"].astype(q.dtype)
         if fused is not None:
-            out, weights_BHTS = fused(q_BGRTK, k_BGSK, v_BGSK, mask, scale, is_causal and cache is None), None
+            out = fused(q_BGRTK, k_BGSK, v_BGSK, mask, scale, is_causal and cache is None)
         else:
             out, w = scaled_dot_product_attention(q_BGRTK, k_BGSK[:, :, None], v_BGSK[:, :, None], mask=mask)
             weights_BHTS = w.reshape(B, H, T, -1)
@@ -426,11 +415,8 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
 
 
 def decoder(params: Params, tokens_BT, config, **kwargs):
-    """The whole decoder: tokens ``[B, T]`` -> ``(logits [B, T, V] float32, aux)``.
-
-    :func:`decoder_hidden` (embedding and blocks; its keyword arguments and ``aux``) then
-    :func:`unembed`.
-    """
+    """The whole decoder: tokens ``[B, T]`` -> ``(logits [B, T, V] float32, aux)``:
+    :func:`decoder_hidden` (its keyword arguments and ``aux``) then :func:`unembed`."""
     x, aux = decoder_hidden(params, tokens_BT, config, **kwargs)
     return unembed(params, x, config), aux
 
@@ -447,8 +433,7 @@ def cross_entropy(logits_BTV, targets_BT, mask_BT=None):
     nll = -token_log_probs(logits_BTV, targets_BT)
     if mask_BT is None:
         return jnp.mean(nll)
-    mask_BT = mask_BT.astype(nll.dtype)
-    return jnp.sum(nll * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
+    return jnp.sum(nll * mask_BT) / jnp.maximum(jnp.sum(mask_BT.astype(nll.dtype)), 1.0)
 
 
 def unembed_cross_entropy(params: Params, x_BTD, targets_BT, config, mask_BT=None):

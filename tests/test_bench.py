@@ -43,7 +43,7 @@ def test_peak_flops_is_positive_and_finite():
 @pytest.mark.parametrize("kw", [dict(), dict(activation="swiglu", n_kv_head=2)])
 def test_gemm_ceiling_lists_every_product_of_the_step(kw):
     # benchmarks/gemm_ceiling.py times the train step's matrix products one by one; its list
-    # must add up to the FLOP formula plus the one q.k product attention_core's backward
+    # must add up to the FLOP formula plus the one q.k product the CPU attention kernel's backward
     # pass recomputes, or its "GEMM floor" would leave work out.
     import importlib.util
     import pathlib

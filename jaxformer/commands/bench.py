@@ -32,7 +32,8 @@ def run(args) -> int:
     print(f"model: {m.n_layer} layers, width {m.d_model}, {m.n_head} heads, context {m.max_len}, "
           f"batch {cfg.train.batch_size}, {r['dtype']} on {r['device']} "
           f"(jax {r['jax']}, flax {r['flax']})")
-    rows = [("compile (train step)", f"{r['compile_s']:.2f} s"),
+    rows = [("kernels", f"{r['kernels']} (model.kernels={m.kernels})"),
+            ("compile (train step)", f"{r['compile_s']:.2f} s"),
             ("train step", f"{r['step_ms']:.1f} ms"),
             ("tokens/s", f"{r['tokens_per_s']:,.0f}"),
             ("MFU", f"{100 * r['mfu']:.1f}% of measured peak {r['peak_flops'] / 1e9:,.0f} GFLOP/s"),
