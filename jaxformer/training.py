@@ -124,7 +124,7 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation, *, 
     def step_fn(params, opt_state, batch_KBT1, step):
         key = jax.random.fold_in(jax.random.key(tc.seed), step) if use_dropout else None
         loss, grads = accumulate_gradients(params, batch_KBT1, mc, key, kernels)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
