@@ -311,6 +311,15 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     return config_from_dict(apply_overrides(raw or {}, overrides))
 
 
+def _yaml_error_where(e: Exception) -> str:
+    """`` at line L, column C: problem`` (1-based, from ``e.problem_mark``) or ``: first line``."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if mark is None:
+        return f": {first}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem or first}"
+
+
 def _read_yaml(path) -> Any:
     """The mapping in a YAML config file (``yaml.safe_load``); ConfigError for every problem."""
     try:
@@ -321,8 +330,7 @@ def _read_yaml(path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{_yaml_error_where(e)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
     return raw or {}

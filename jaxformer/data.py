@@ -2,7 +2,8 @@
 
 - Tokenizers share one small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``,
   ``vocab_size``, ``eos_id`` (None if absent) and ``to_dict()`` (JSON-safe, with a ``"type"``
-  key); :func:`save_tokenizer` / :func:`load_tokenizer` write and read JSON only.
+  key); :func:`save_tokenizer` / :func:`load_tokenizer` write and read JSON only;
+  :func:`start_ids` is the token an empty prompt starts from.
 - Corpora: a text file, a folder of text files, ``"pydoc"`` (the Python reference
   documentation shipped with every CPython, no network) or ``"shakespeare"`` (Tiny
   Shakespeare, downloaded once into a cache folder).
@@ -146,6 +147,20 @@ class BPETokenizer:
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "tokenizer": self.tk.to_str()}
+
+
+def start_ids(tokenizer) -> list[int]:
+    """The one token an empty prompt starts from (never part of the sampled text).
+
+    The end-of-text token (``eos_id``) when the tokenizer has one (BPE); otherwise a newline
+    (char and byte tokenizers); and for a char tokenizer whose alphabet has no ``"\\n"``,
+    the first id, 0.
+    """
+    if tokenizer.eos_id is not None:
+        return [int(tokenizer.eos_id)]
+    if isinstance(tokenizer, CharTokenizer) and "\n" not in tokenizer.chars:
+        return [0]
+    return list(tokenizer.encode("\n"))
 
 
 def tokenizer_from_dict(d: dict):

@@ -429,12 +429,14 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
     A sliding window: each :func:`generate` call sees the last ``max_len // 2`` tokens and
     adds as many as fit in the context, so the text may be much longer than ``max_len``.
     Stops early at the tokenizer's end-of-text token (``eos_id``, included). An empty
-    prompt starts from token 0, which is not part of the returned text. ``seed`` makes the
-    text reproducible; ``top_k`` larger than the vocabulary (or None) keeps every token.
+    prompt starts from :func:`jaxformer.data.start_ids` (not part of the returned text).
+    ``seed`` makes the text reproducible; ``top_k`` larger than the vocabulary (or None)
+    keeps every token.
     """
     gen = model if isinstance(model, Generator) else Generator(model)   # weights copied once
     cfg = gen.config
-    ids = tokenizer.encode(prompt) if prompt else [0]
+    from .data import start_ids   # the one documented start token of an empty prompt
+    ids = tokenizer.encode(prompt) if prompt else start_ids(tokenizer)
     window = max(1, cfg.max_len // 2)
     key, out = jax.random.key(seed), list(ids)
     stops = () if tokenizer.eos_id is None else (tokenizer.eos_id,)

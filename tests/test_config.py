@@ -100,3 +100,12 @@ def test_yaml_cannot_execute_code(tmp_path):
     with pytest.raises(ConfigError):
         load_config(path)
     assert not marker.exists()
+
+
+def test_bad_yaml_names_line_and_column(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("model:\n  n_layer: 2\n  d_model: x: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (f"config file {str(path)!r} is not valid YAML at line 3, column 13: "
+                            "mapping values are not allowed here")

@@ -319,3 +319,80 @@ def test_sample_text_runs_past_the_context_and_is_deterministic():
     assert G.sample_text(model, tok, "abc", 40, seed=4) != text
     greedy = G.sample_text(model, tok, "", 20, temperature=0)        # empty prompt: from token 0
     assert len(greedy) == 20 and greedy == G.sample_text(model, tok, "", 20, temperature=0, seed=9)
+
+
+# ----------------------------------------------------------------------------- start token
+def small_run(path, tokenizer):
+    """A run folder with a small random model over ``tokenizer`` (the way `train` writes one)."""
+    from jaxformer.checkpoint import save_checkpoint, save_run_folder
+    from jaxformer.config import Config
+
+    cfg = Config(model=ModelConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_head=2, n_layer=1,
+                                   d_ff=32, max_len=32))
+    model = GPT(cfg.model, rngs=nnx.Rngs(0))
+    model.load_params(randomize(model.params(), seed=2, scale=0.1))
+    save_run_folder(path, cfg, tokenizer)
+    save_checkpoint(path, 1, model.params())
+    return path
+
+
+def test_start_ids_per_tokenizer():
+    from jaxformer.data import BPETokenizer, ByteTokenizer, CharTokenizer, start_ids
+
+    assert start_ids(ByteTokenizer()) == [10]
+    assert start_ids(CharTokenizer.from_text("ab\nc")) == [CharTokenizer.from_text("ab\nc").encode("\n")[0]]
+    assert start_ids(CharTokenizer.from_text("abc")) == [0]                  # no newline: the first id
+    bpe = BPETokenizer.train("hello world\nthe end\n" * 20, 300)
+    assert bpe.eos_id is not None and start_ids(bpe) == [bpe.eos_id]
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_cli_sample_from_an_empty_prompt(kind, tmp_path, capsys):
+    """No --prompt samples for every tokenizer, and the start token is not in the text."""
+    import json
+
+    from jaxformer.cli import main
+    from jaxformer.data import build_tokenizer, start_ids
+
+    tok = build_tokenizer(kind, "to be or not to be\nthat is the question\n" * 10, vocab_size=280)
+    run = small_run(tmp_path / kind, tok)
+    assert main(["sample", "--run", str(run), "--max-new-tokens", "6", "--temperature", "0",
+                 "--no-stop", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["prompt_ids"] == start_ids(tok) and len(obj["samples"][0]["token_ids"]) == 6
+    assert obj["samples"][0]["text"] == tok.decode(obj["samples"][0]["token_ids"])
+    assert main(["sample", "--run", str(run), "--max-new-tokens", "6", "--temperature", "0",
+                 "--no-stop"]) == 0
+    assert capsys.readouterr().out == obj["samples"][0]["text"] + "\n"
+
+
+def test_sample_text_empty_prompt_starts_from_start_ids():
+    from jaxformer.data import ByteTokenizer
+
+    tok = ByteTokenizer()
+    cfg = ModelConfig(vocab_size=256, d_model=16, n_head=2, n_layer=1, d_ff=32, max_len=16)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    model.load_params(randomize(model.params(), seed=1, scale=0.1))
+    greedy = G.generate(model, [10], max_new_tokens=5, temperature=0).sequences[0]
+    assert G.sample_text(model, tok, "", 5, temperature=0) == tok.decode(greedy)
+
+
+def test_cli_score_file(run_dir, tmp_path, capsys):
+    import json
+
+    from jaxformer.cli import main
+
+    f = tmp_path / "t.txt"
+    f.write_text("abcab", encoding="utf-8")
+    assert main(["score", "--run", str(run_dir), "--file", str(f), "--json"]) == 0
+    by_file = json.loads(capsys.readouterr().out)
+    assert main(["score", "--run", str(run_dir), "--text", "abcab", "--json"]) == 0
+    assert by_file["logprobs"] == json.loads(capsys.readouterr().out)["logprobs"]
+    missing = tmp_path / "nope.txt"
+    assert main(["score", "--run", str(run_dir), "--file", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--file={str(missing)!r} does not exist" in err
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe abc")
+    assert main(["score", "--run", str(run_dir), "--file", str(tmp_path / "bad.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not UTF-8" in err and "bad.txt" in err

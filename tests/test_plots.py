@@ -175,17 +175,20 @@ def test_cli_attention_html_and_png(run_dir, tmp_path, capsys):
     assert data["tokens"] == ["t", "o", "\u2423", "b", "e", "\u2423", "o", "r"]
     assert np.asarray(data["weights"]).shape == (2, 2, 8, 8)
     assert "step 7" in text
-    for extra in ([], ["--layer", "1"], ["--layer", "0", "--head", "1"]):
+    capsys.readouterr()
+    for extra, drawn in (([], "all layers and heads (2 x 2)"), (["--layer", "1"], "layer 1, all 2 heads"),
+                         (["--layer", "0", "--head", "1"], "layer 0, head 1")):
         out = tmp_path / f"a{len(extra)}.png"
         assert main(["attention", "--run", str(run_dir), "--text", "to be", "--out", str(out), *extra]) == 0
         assert png_size(out)[0] > 300
-    assert "wrote" in capsys.readouterr().out
+        assert capsys.readouterr().out == f"wrote {out}: attention of {drawn}, 5 tokens\n"
 
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "x.txt"], "must end in .html or .png"),
     (["--out", "x.png", "--layer", "5"], "--layer=5 is out of range"),
     (["--out", "x.png", "--text", "x" * 40], "max_len=32"),
+    (["--out", "x.png", "--head", "1"], "--head=1 needs --layer"),
 ])
 def test_cli_attention_errors(run_dir, tmp_path, capsys, args, message):
     from jaxformer.cli import main

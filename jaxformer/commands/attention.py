@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PNG only: draw all heads of this layer (default: every layer x head, "
                         "or the last layer when that grid would be too large)")
     p.add_argument("--head", type=int, default=None,
-                   help="PNG only, with --layer: one head as a labelled heatmap")
+                   help="PNG only, needs --layer: one head as a labelled heatmap")
 
 
 def run(args) -> int:
@@ -29,6 +29,9 @@ def run(args) -> int:
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".html", ".png"):
         raise ConfigError(f"--out={args.out!r} must end in .html or .png")
+    if args.head is not None and args.layer is None:
+        raise ConfigError(f"--head={args.head} needs --layer: pass --layer L --head H to draw one "
+                          "head, or --layer L alone for all heads of a layer")
     run_ = load_run(args.run, step=args.step)
     cfg = run_.config.model
     ids = run_.tokenizer.encode(args.text)
@@ -46,15 +49,20 @@ def run(args) -> int:
     if ext == ".html":
         write_attention_explorer(args.out, labels, weights_LHTT, title=f"attention: {where}",
                                  subtitle=f"{L} layers x {H} heads, {len(ids)} tokens")
+        drawn = f"explorer of all {L} layers x {H} heads"
     elif args.layer is not None and args.head is not None:
         plots.attention_heatmap(weights_LHTT[args.layer, args.head], labels,
                                 title=f"{where}: layer {args.layer}, head {args.head}", path=args.out)
+        drawn = f"layer {args.layer}, head {args.head}"
     elif args.layer is not None or L * H > 48:
         layer = L - 1 if args.layer is None else args.layer
         plots.head_grid(weights_LHTT[layer], labels, layer=layer,
                         title=f"{where}: layer {layer}, all {H} heads", path=args.out)
+        drawn = f"layer {layer}, all {H} heads" + ("" if args.layer is not None else
+                                                   f" (the last layer: {L} x {H} is too many to draw)")
     else:
         plots.layer_head_grid(weights_LHTT, labels, title=f"{where}: every layer (rows) x head (columns)",
                               path=args.out)
-    print(f"wrote {args.out} ({len(ids)} tokens, {L} layers x {H} heads)")
+        drawn = f"all layers and heads ({L} x {H})"
+    print(f"wrote {args.out}: attention of {drawn}, {len(ids)} tokens")
     return 0

@@ -7,8 +7,9 @@ HELP = "generate text from a trained run folder (KV-cache decoding, streamed as 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `jaxformer train`")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--prompt", default="", help="text to continue (default: empty, i.e. the "
-                   "tokenizer's end-of-text token when it has one)")
+    p.add_argument("--prompt", default="", help="text to continue (default: empty, i.e. start from "
+                   "the tokenizer's start token: end-of-text for BPE, a newline for char/byte; "
+                   "it is not printed)")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help="tokens to generate (default: 200, or what fits in the context)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
@@ -29,16 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _prompt_ids(run, text: str) -> list:
-    from jaxformer.errors import GenerationError
+    from jaxformer.data import start_ids
 
     ids = run.tokenizer.encode(text) if text else []
-    if not ids:
-        eos = getattr(run.tokenizer, "eos_id", None)
-        if eos is None:
-            raise GenerationError("--prompt is empty and the tokenizer has no end-of-text token to "
-                                  "start from; pass --prompt TEXT")
-        ids = [eos]
-    return ids
+    return ids or start_ids(run.tokenizer)
 
 
 def run(args) -> int:

@@ -7,9 +7,25 @@ HELP = "print per-token log-probabilities, the total and the perplexity of a tex
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `jaxformer train`")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--text", required=True, help="the text to score (at least two tokens, at most "
-                   "the model's context)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to score (at least two tokens, at most the model's context)")
+    src.add_argument("--file", metavar="PATH", help="score the text of this UTF-8 file instead of --text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def read_text_file(path: str) -> str:
+    """The UTF-8 text of ``path``; DataError naming the path when it is missing or unreadable."""
+    from jaxformer.errors import DataError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DataError(f"--file={path!r} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"--file={path!r} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except OSError as e:
+        raise DataError(f"--file={path!r} cannot be read: {e.strerror or e}") from None
 
 
 def run(args) -> int:
@@ -19,14 +35,15 @@ def run(args) -> int:
     from jaxformer.checkpoint import load_run
     from jaxformer.generation import score
 
+    text = args.text if args.file is None else read_text_file(args.file)
     r = load_run(args.run, args.step)
-    ids = r.tokenizer.encode(args.text)
+    ids = r.tokenizer.encode(text)
     logp = [float(x) for x in score(r.model, ids)]
     total = sum(logp)
     nll = -total / len(logp)
     pieces = [r.tokenizer.decode([i]) for i in ids]
     if args.json:
-        print(json.dumps({"run": str(r.path), "step": r.step, "text": args.text, "token_ids": ids,
+        print(json.dumps({"run": str(r.path), "step": r.step, "text": text, "token_ids": ids,
                           "tokens": pieces, "logprobs": logp, "total_logprob": total,
                           "mean_nll": nll, "perplexity": math.exp(nll)}, ensure_ascii=False))
         return 0
