@@ -20,7 +20,7 @@ from jaxformer import load_config, training
 from jaxformer.kernels import platform_of
 
 
-def compiled_step(cfg, kernels_name):
+def compiled_step(cfg):
     params = training.init_params(cfg)
     opt = training.make_optimizer(cfg.train, params)
     state = opt.init(params)
@@ -58,7 +58,7 @@ def main():
     runs = {}
     for k in args.kernels:
         cfg = load_config(args.config, args.overrides + [f"model.kernels={k}"])
-        runs[k] = compiled_step(cfg, k)
+        runs[k] = compiled_step(cfg)
         print(f"{k:>9s}: kernel set {runs[k]['resolved']!r}, compiled in {runs[k]['compile_s']:.1f} s", flush=True)
     best = {k: float("inf") for k in runs}
     for r in range(args.rounds):

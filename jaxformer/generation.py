@@ -267,7 +267,12 @@ def _result(st: dict, n: int, stop_tokens) -> Generation:
 
 # ----------------------------------------------------------------------------- public API
 def _parts(model):
-    return model if isinstance(model, tuple) else (model.params(), model.config)
+    """``(params, config)`` of a GPT, a ``(params, config)`` pair or a :class:`Generator`."""
+    if isinstance(model, tuple):
+        return model
+    if isinstance(model, Generator):
+        return model.params, model.config
+    return model.params(), model.config
 
 
 @jax.jit
@@ -302,8 +307,6 @@ class Generator:
     """
 
     def __init__(self, model, *, kernels: Optional[str] = None):
-        if isinstance(model, Generator):
-            model = (model.params, model.config)
         params, self.config = _parts(model)
         platform = platform_of(params)
         self.kernels = resolve_kernels(self.config.kernels if kernels is None else kernels, platform)
@@ -403,7 +406,7 @@ def score(model, tokens) -> np.ndarray:
     """Log-probability of each token given the ones before it: ids ``[T]`` -> ``[T - 1]``
     (float32; entry ``t`` is ``log p(tokens[t+1] | tokens[:t+1])``). One full forward pass;
     the text must fit the context (``T <= max_len``)."""
-    params, config = (model.params, model.config) if isinstance(model, Generator) else _parts(model)
+    params, config = _parts(model)
     ids = S_.check_prompts(tokens, config.vocab_size)
     if len(ids) != 1:
         raise GenerationError("score takes one sequence of token ids")
