@@ -22,9 +22,20 @@ How it works (all of it jitted over the model's parameter pytree):
    with growing prompts recompiles only when a prompt crosses a power of two.
    Temperature, top-p and the repetition penalty are runtime values too; ``top_k``,
    ``top_n`` and which filters are on are part of the compiled program.
-5. **Context.** A prompt of ``n`` tokens plus ``max_new_tokens`` must fit in the model's
-   context (``n + max_new_tokens <= config.max_len``) whatever the position encoding;
-   otherwise :class:`~jaxformer.errors.GenerationError` (no silent sliding window).
+5. **Past the context.** When a prompt of ``n`` tokens plus ``max_new_tokens`` does not
+   fit in the model's context ``C = config.max_len``, the model sees the last ``C`` tokens
+   (nanoGPT's crop), for every position encoding, still inside one XLA loop: the prompt
+   is cropped to its last ``C`` tokens, the cache (``C`` slots) is used while it fits, and
+   when it is full the window *slides*: the last ``C - slide_every`` tokens (kept in a
+   token buffer inside the loop) are re-prefilled at positions starting from 0, then
+   ``slide_every`` tokens are decoded with the cache. ``slide_every=1`` (the default) is
+   exactly the crop: every token past the context sees the last ``C`` tokens, and a padded
+   row still computes what it computes alone. A larger ``slide_every`` re-prefills less
+   often (faster) and every token then sees between ``C - slide_every + 1`` and ``C``
+   tokens, on a schedule shared by the batch. (A rotating cache is not used: past the
+   first layer a token's keys depend on the tokens it saw, so reusing them after the window
+   moved is not the crop, even with RoPE.) ``max_new_tokens`` is bounded by memory only:
+   the loop keeps a ``[B, P + N]`` int32 token buffer.
 
 Log-probabilities returned (``return_logprobs``, ``top_n``) are those of the model itself
 (``log_softmax`` of the raw logits), not of the temperature/top-k/top-p-filtered
@@ -187,9 +198,11 @@ def decode(step_fn: Callable, model_state: Any, logits_BV, *, max_new_tokens: in
 
 
 # ----------------------------------------------------------------------------- the model's steps
-@functools.partial(jax.jit, static_argnames=("config", "kernels", "spec", "S", "N"))
-def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, kernels, spec: Spec, S: int, N: int):
-    """Prompts ``[B, P]`` (left-padded by ``pad_B``) -> decode state with the first new token."""
+@functools.partial(jax.jit, static_argnames=("config", "kernels", "spec", "S", "N", "H"))
+def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, kernels, spec: Spec, S: int,
+             N: int, H: int = 0):
+    """Prompts ``[B, P]`` (left-padded by ``pad_B``) -> decode state with the first new token.
+    ``H > 0``: the sliding-window state (a ``[B, H]`` token buffer and the window start)."""
     TRACES["prefill"] += 1
     B, P = tokens_BP.shape
     positions_BP = jnp.maximum(jnp.arange(P)[None, :] - pad_B[:, None], 0)
@@ -204,6 +217,9 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, kernels
         seen_BV = jnp.zeros((B, config.vocab_size), bool).at[
             jnp.arange(B)[:, None], tokens_BP].max(valid_BP)
     model_state = {"cache": aux["cache"], "pad_B": pad_B}
+    if H:
+        model_state["hist_BH"] = jnp.zeros((B, H), jnp.int32).at[:, :P].set(tokens_BP)
+        model_state["ws"] = jnp.zeros((), jnp.int32)
     st = _init_state(model_state, B, N, config.vocab_size, key, spec, seen_BV)
     return _choose(st, logits_BPV[:, -1], knobs, is_stop_V, spec)
 
@@ -214,9 +230,14 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, kernels
 _CPU_DECODE_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
-def _decode(params, st, n_target, knobs, is_stop_V, *, config, kernels, spec: Spec, P: int):
-    """Continue a decode state until ``n_target`` new tokens (or all rows stopped)."""
+def _decode(params, st, n_target, knobs, is_stop_V, *, config, kernels, spec: Spec, P: int,
+            slide_every: int = 0):
+    """Continue a decode state until ``n_target`` new tokens (or all rows stopped).
+    ``slide_every > 0``: the sliding-window loop (see the module docstring, point 5)."""
     TRACES["decode"] += 1
+    if slide_every:
+        return decode_loop(_window_step(params, config, kernels, P, slide_every), st, n_target,
+                           knobs, is_stop_V, spec)
 
     def step_fn(ms, token_B, step):
         pad_B, S = ms["pad_B"], ms["cache"][0]["v"].shape[-2]
@@ -229,6 +250,41 @@ def _decode(params, st, n_target, knobs, is_stop_V, *, config, kernels, spec: Sp
         return logits_B1V[:, 0], dict(ms, cache=aux["cache"])
 
     return decode_loop(step_fn, st, n_target, knobs, is_stop_V, spec)
+
+
+def _window_step(params, config, kernels, P: int, slide_every: int) -> Callable:
+    """The decode step past the context: cache slot ``j`` holds token-buffer slot ``ws + j``;
+    row ``b`` starts at ``max(pad_b, ws)`` (its positions count from there)."""
+    C = config.max_len
+    keep = C - slide_every          # tokens re-prefilled when the window slides
+
+    def slide(hist_BH, pad_B, end, cache):
+        ws = end - keep
+        if keep == 0:                   # a context of one token: nothing to re-prefill
+            return ws, cache
+        slots_W = ws + jnp.arange(keep)
+        positions_BW = jnp.maximum(slots_W[None, :] - jnp.maximum(pad_B, ws)[:, None], 0)
+        key_mask_BC = (ws + jnp.arange(C))[None, :] >= pad_B[:, None]
+        window_BW = lax.dynamic_slice_in_dim(hist_BH, ws, keep, axis=1)
+        _, aux = F.decoder_hidden(params, window_BW, config, positions_BT=positions_BW,
+                                  key_mask_BS=key_mask_BC, cache=cache, cache_index=0, kernels=kernels)
+        return ws, aux["cache"]
+
+    def step_fn(ms, token_B, step):
+        pad_B = ms["pad_B"]
+        end = P + step - 1                                  # the buffer slot of token_B
+        hist_BH = ms["hist_BH"].at[:, end].set(token_B)
+        ws, cache = lax.cond(end - ms["ws"] == C,            # cache full: slide the window
+                             lambda: slide(hist_BH, pad_B, end, ms["cache"]),
+                             lambda: (ms["ws"], ms["cache"]))
+        positions_B1 = (end - jnp.maximum(pad_B, ws))[:, None]
+        key_mask_BC = (ws + jnp.arange(C))[None, :] >= pad_B[:, None]
+        logits_B1V, aux = F.decoder(params, token_B[:, None], config, positions_BT=positions_B1,
+                                    key_mask_BS=key_mask_BC, cache=cache, cache_index=end - ws,
+                                    kernels=kernels)
+        return logits_B1V[:, 0], dict(ms, cache=aux["cache"], hist_BH=hist_BH, ws=ws)
+
+    return step_fn
 
 
 # ----------------------------------------------------------------------------- validation
@@ -290,7 +346,8 @@ def unstack_layers(params: dict) -> dict:
     return dict(params, blocks=_unstack(params["blocks"]))
 
 
-_DECODE_STATIC = dict(static_argnames=("config", "kernels", "spec", "P"), donate_argnames=("st",))
+_DECODE_STATIC = dict(static_argnames=("config", "kernels", "spec", "P", "slide_every"),
+                      donate_argnames=("st",))
 _DECODE = jax.jit(_decode, **_DECODE_STATIC)
 _DECODE_CPU = jax.jit(_decode, **_DECODE_STATIC, compiler_options=_CPU_DECODE_OPTIONS)
 
@@ -313,20 +370,20 @@ class Generator:
         self.params = unstack_layers(params)
         self._decode = _DECODE_CPU if platform == "cpu" else _DECODE
 
-    def prefill(self, tokens_BP, pad_B, key, knobs, is_stop_V, *, spec: Spec, S: int, N: int):
+    def prefill(self, tokens_BP, pad_B, key, knobs, is_stop_V, *, spec: Spec, S: int, N: int, H: int = 0):
         return _prefill(self.params, tokens_BP, pad_B, key, knobs, is_stop_V, config=self.config,
-                        kernels=self.kernels, spec=spec, S=S, N=N)
+                        kernels=self.kernels, spec=spec, S=S, N=N, H=H)
 
-    def decode(self, st, n_target, knobs, is_stop_V, *, spec: Spec, P: int):
+    def decode(self, st, n_target, knobs, is_stop_V, *, spec: Spec, P: int, slide_every: int = 0):
         return self._decode(self.params, st, n_target, knobs, is_stop_V, config=self.config,
-                            kernels=self.kernels, spec=spec, P=P)
+                            kernels=self.kernels, spec=spec, P=P, slide_every=slide_every)
 
 
 def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, key=None,
                     stop_tokens: Sequence[int] = (), return_logprobs: bool = False, top_n: int = 0,
                     repetition_penalty: Optional[float] = None, return_logits: bool = False,
-                    chunk_size: Optional[int] = None) -> Iterator:
+                    chunk_size: Optional[int] = None, slide_every: int = 1) -> Iterator:
     """Like :func:`generate`, but yields ``(start, tokens_Bc)`` after every ``chunk_size`` new
     tokens (numpy ``[B, c]``, ``-1`` for rows that have stopped) and finally returns the
     :class:`Generation` (``StopIteration.value``). Each chunk is one jitted call running
@@ -338,29 +395,35 @@ def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: f
     spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
                                  top_n, return_logits, max_new_tokens, key, V)
     prompts = S_.check_prompts(prompt_tokens, V)
+    C = config.max_len
+    if isinstance(slide_every, bool) or not isinstance(slide_every, (int, np.integer)) or slide_every < 1:
+        raise GenerationError(f"slide_every={slide_every!r} must be an integer >= 1")
+    slide_every = min(int(slide_every), max(C - 1, 1))   # at least one token is kept when C > 1
+    slide = max(len(p) for p in prompts) + max_new_tokens > C   # past the context: the window slides
+    if slide:
+        prompts = [p[-C:] for p in prompts]                      # the model sees the last C tokens
     longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens > config.max_len:
-        raise GenerationError(
-            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
-            f"context max_len={config.max_len}; shorten the prompt or lower max_new_tokens")
     is_stop_V = S_.stop_mask(stop_tokens, V)
     P, N = bucket_length(longest), bucket_length(max_new_tokens)
+    if slide:
+        P = min(P, C)
     tokens_BP = np.zeros((len(prompts), P), np.int32)
     for b, p in enumerate(prompts):
         tokens_BP[b, P - len(p):] = p
     pad_B = np.asarray([P - len(p) for p in prompts], np.int32)
     st = gen.prefill(jnp.asarray(tokens_BP), jnp.asarray(pad_B), key, knobs, is_stop_V,
-                     spec=spec, S=P + N, N=N)
+                     spec=spec, S=C if slide else P + N, N=N, H=P + N if slide else 0)
     chunk = max_new_tokens if chunk_size is None else max(1, int(chunk_size))
     # Everything above runs (and raises) on the call; the loop below runs on iteration.
-    return _stream(gen, st, knobs, is_stop_V, spec, P, max_new_tokens, chunk, stop_tokens)
+    return _stream(gen, st, knobs, is_stop_V, spec, P, max_new_tokens, chunk, stop_tokens,
+                   int(slide_every) if slide else 0)
 
 
-def _stream(gen, st, knobs, is_stop_V, spec, P, max_new_tokens, chunk, stop_tokens):
+def _stream(gen, st, knobs, is_stop_V, spec, P, max_new_tokens, chunk, stop_tokens, slide_every):
     done = 0
     while True:
         target = min(done + chunk, max_new_tokens)
-        st = gen.decode(st, jnp.int32(target), knobs, is_stop_V, spec=spec, P=P)
+        st = gen.decode(st, jnp.int32(target), knobs, is_stop_V, spec=spec, P=P, slide_every=slide_every)
         step = int(st["step"])
         if step > done:
             yield done, np.asarray(st["tokens_BN"][:, done:step])
@@ -373,7 +436,8 @@ def _stream(gen, st, knobs, is_stop_V, spec, P, max_new_tokens, chunk, stop_toke
 def generate(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 1.0,
              top_k: Optional[int] = None, top_p: Optional[float] = None, key=None,
              stop_tokens: Sequence[int] = (), return_logprobs: bool = False, top_n: int = 0,
-             repetition_penalty: Optional[float] = None, return_logits: bool = False) -> Generation:
+             repetition_penalty: Optional[float] = None, return_logits: bool = False,
+             slide_every: int = 1) -> Generation:
     """Generate up to ``max_new_tokens`` tokens after each prompt with a KV cache.
 
     ``model``: a :class:`jaxformer.GPT` (or a ``(params, config)`` pair).
@@ -388,13 +452,17 @@ def generate(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 
     ``return_logprobs``: the model's log-probability of each chosen token; ``top_n``:
     also the ``top_n`` most likely alternatives at each step; ``return_logits``: the raw
     logits at every step (``[B, N, V]``, for tests and inspection).
-    Returns a :class:`Generation`. Raises :class:`GenerationError` for a prompt that does
-    not fit (``len + max_new_tokens > max_len``), bad token ids or sampling parameters.
+    Past the context (``len + max_new_tokens > max_len``) the model sees the last
+    ``max_len`` tokens, as nanoGPT's crop does; ``slide_every`` (default 1: exactly the
+    crop) trades exactness for speed, see the module docstring.
+    Returns a :class:`Generation`. Raises :class:`GenerationError` for bad token ids or
+    sampling parameters.
     """
     it = generate_stream(model, prompt_tokens, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_k=top_k, top_p=top_p, key=key,
                          stop_tokens=stop_tokens, return_logprobs=return_logprobs, top_n=top_n,
-                         repetition_penalty=repetition_penalty, return_logits=return_logits)
+                         repetition_penalty=repetition_penalty, return_logits=return_logits,
+                         slide_every=slide_every)
     while True:
         try:
             next(it)
@@ -426,31 +494,21 @@ def _score(params, tokens_BT, *, config):
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
-                temperature: float = 0.8, top_k: Optional[int] = 40) -> str:
-    """``prompt`` followed by ``n_tokens`` sampled tokens, as text, however small the context.
+                temperature: float = 0.8, top_k: Optional[int] = 40, slide_every: int = 1) -> str:
+    """``prompt`` followed by up to ``n_tokens`` sampled tokens, as text, however small the
+    context (past it the model sees the last ``max_len`` tokens, see :func:`generate`).
 
-    A sliding window: each :func:`generate` call sees the last ``max_len // 2`` tokens and
-    adds as many as fit in the context, so the text may be much longer than ``max_len``.
     Stops early at the tokenizer's end-of-text token (``eos_id``, included). An empty
     prompt starts from :func:`jaxformer.data.start_ids` (not part of the returned text).
     ``seed`` makes the text reproducible; ``top_k`` larger than the vocabulary (or None)
     keeps every token.
     """
-    gen = model if isinstance(model, Generator) else Generator(model)   # weights copied once
-    cfg = gen.config
     from .data import start_ids   # the one documented start token of an empty prompt
+    _, cfg = _parts(model)
     ids = tokenizer.encode(prompt) if prompt else start_ids(tokenizer)
-    window = max(1, cfg.max_len // 2)
-    key, out = jax.random.key(seed), list(ids)
     stops = () if tokenizer.eos_id is None else (tokenizer.eos_id,)
     top_k = None if top_k is None else min(top_k, cfg.vocab_size)
-    while len(out) - len(ids) < n_tokens:
-        ctx = out[-window:]
-        n = min(cfg.max_len - len(ctx), n_tokens - (len(out) - len(ids)))
-        key, sub = jax.random.split(key)
-        g = generate(gen, ctx, max_new_tokens=n, temperature=temperature, top_k=top_k,
-                     key=sub, stop_tokens=stops)
-        out.extend(int(t) for t in g.sequences[0])
-        if g.stopped[0]:
-            break
+    g = generate(model, ids, max_new_tokens=n_tokens, temperature=temperature, top_k=top_k,
+                 key=jax.random.key(seed), stop_tokens=stops, slide_every=slide_every)
+    out = list(ids) + list(g.sequences[0])
     return tokenizer.decode(out if prompt else out[1:])

@@ -10,8 +10,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="", help="text to continue (default: empty, i.e. start from "
                    "the tokenizer's start token: end-of-text for BPE, a newline for char/byte; "
                    "it is not printed)")
-    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="tokens to generate (default: 200, or what fits in the context)")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="tokens to generate (default 200; past the model's context it sees the "
+                   "last max_len tokens, as nanoGPT's crop does)")
+    p.add_argument("--slide-every", type=int, default=1, metavar="N",
+                   help="past the context, re-read the window every N tokens (default 1: exactly "
+                   "the last max_len tokens for every token; larger is faster, each token then "
+                   "sees between max_len-N+1 and max_len tokens)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling threshold in (0, 1]")
@@ -58,16 +63,14 @@ def run(args) -> int:
     r = load_run(args.run, args.step)
     tok = r.tokenizer
     ids = _prompt_ids(r, args.prompt)
-    room = r.config.model.max_len - len(ids)
-    if room < 1:
-        raise GenerationError(f"prompt of {len(ids)} tokens leaves no room in the model's context "
-                              f"max_len={r.config.model.max_len}")
-    n_new = min(200, room) if args.max_new_tokens is None else args.max_new_tokens
+    if args.slide_every < 1:
+        raise GenerationError(f"--slide-every={args.slide_every} must be >= 1")
+    n_new = args.max_new_tokens
     eos = getattr(tok, "eos_id", None)
     stop = () if (args.no_stop or eos is None) else (eos,)
     kw = dict(max_new_tokens=n_new, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-              key=jax.random.key(args.seed), stop_tokens=stop)
+              key=jax.random.key(args.seed), stop_tokens=stop, slide_every=args.slide_every)
     prompts = [ids] * args.num_samples
     text_of = lambda seq: tok.decode([t for t in seq if t not in stop])  # noqa: E731
 
