@@ -459,7 +459,8 @@ def test_start_ids_per_tokenizer():
 
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 def test_cli_sample_from_an_empty_prompt(kind, tmp_path, capsys):
-    """No --prompt samples for every tokenizer, and the start token is not in the text."""
+    """No --prompt samples for every tokenizer, far past the 32-token context, and the
+    start token is not in the text."""
     import json
 
     from jaxformer.cli import main
@@ -467,12 +468,12 @@ def test_cli_sample_from_an_empty_prompt(kind, tmp_path, capsys):
 
     tok = build_tokenizer(kind, "to be or not to be\nthat is the question\n" * 10, vocab_size=280)
     run = small_run(tmp_path / kind, tok)
-    assert main(["sample", "--run", str(run), "--max-new-tokens", "6", "--temperature", "0",
+    assert main(["sample", "--run", str(run), "--max-new-tokens", "200", "--temperature", "0",
                  "--no-stop", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
-    assert obj["prompt_ids"] == start_ids(tok) and len(obj["samples"][0]["token_ids"]) == 6
+    assert obj["prompt_ids"] == start_ids(tok) and len(obj["samples"][0]["token_ids"]) == 200
     assert obj["samples"][0]["text"] == tok.decode(obj["samples"][0]["token_ids"])
-    assert main(["sample", "--run", str(run), "--max-new-tokens", "6", "--temperature", "0",
+    assert main(["sample", "--run", str(run), "--max-new-tokens", "200", "--temperature", "0",
                  "--no-stop"]) == 0
     assert capsys.readouterr().out == obj["samples"][0]["text"] + "\n"
 
