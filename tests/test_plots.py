@@ -83,7 +83,7 @@ def test_heatmap_labels_annotations_and_colorbar():
     assert ax.get_xlabel().startswith("key") and ax.get_ylabel().startswith("query")
     cells = [t.get_text() for t in ax.texts]
     assert len(cells) == 36 and cells[0] == "1.00" and cells[1] == "0.00"
-    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "weight"        # the colour bar
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "attention weight (0-1)"  # the colour bar
     big = P.attention_heatmap(np.full((20, 20), 0.05), [str(i) for i in range(20)])
     assert not big.axes[0].texts                                              # no numbers when large
 
@@ -205,3 +205,190 @@ def test_cli_attention_not_a_run_folder(tmp_path, capsys):
 
     assert main(["attention", "--run", str(tmp_path), "--text", "hi", "--out", str(tmp_path / "a.html")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- legible text
+from jaxformer import plot_text as PT  # noqa: E402
+
+CJK_EMOJI = ["你", "好", "世", "界", "\U0001F642", "ab\U0001F642", "$x$", "\u2423the"]
+
+
+def drawn(fig, tmp_path, name="f.png"):
+    """Save ``fig`` as the library does and return it (tick labels, extents are then final)."""
+    P.save(fig, tmp_path / name)
+    return fig
+
+
+def visible_labels(ax, which):
+    return PT.label_texts(ax, which)
+
+
+def assert_legible(ax, which, n, numbered=True):
+    """At least 7 pt, no two neighbours overlapping, first and last position labelled, and
+    not thinned more than needed (at least min(n, 8) labels)."""
+    labels = visible_labels(ax, which)
+    assert labels, f"no {which} labels"
+    assert min(t.get_fontsize() for t in labels) >= PT.MIN_PT
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0 if which == "x" else -b.y1)
+    for a, b in zip(boxes, boxes[1:]):
+        if which == "x":
+            assert a.x1 <= b.x0 + 0.5, f"x labels overlap: {a} {b}"
+        else:
+            assert a.y0 >= b.y1 - 0.5, f"y labels overlap: {a} {b}"
+    locs = list((ax.xaxis if which == "x" else ax.yaxis).get_majorticklocs())
+    assert locs[0] == 0 and locs[-1] == n - 1
+    assert len(labels) >= min(n, 8)
+    if len(labels) < n and numbered:                       # thinned labels carry their position
+        assert labels[1].get_text().split(" ")[0] == str(int(locs[1]))
+
+
+@pytest.mark.parametrize("n", [4, 40, 256])
+def test_token_labels_stay_legible_at_any_length(n, tmp_path):
+    labels = [f"\u2423tok{i}" for i in range(n)]
+    w = causal_weights(L=2, H=2, T=n)
+    heat = drawn(P.attention_heatmap(w[0, 0], labels), tmp_path)
+    assert_legible(heat.axes[0], "x", n)
+    assert_legible(heat.axes[0], "y", n)
+    if n == 40:                                            # grows with the tokens: all 40 shown
+        assert len(visible_labels(heat.axes[0], "x")) == 40
+    bars = drawn(P.token_logprobs(-np.linspace(0.1, 3, n), labels, second=-np.linspace(1, 4, n)), tmp_path)
+    assert_legible(bars.axes[0], "x", n)
+    line = drawn(P.line_plot({"log p": -np.linspace(0.1, 3, n)}, xticklabels=labels), tmp_path)
+    assert_legible(line.axes[0], "x", n)
+
+
+def test_grid_labels_keys_queries_layers_and_heads(tmp_path):
+    T = 40
+    labels = [f"t{i}" for i in range(T)]
+    fig = drawn(P.layer_head_grid(causal_weights(L=2, H=3, T=T), labels), tmp_path)
+    assert fig._supxlabel.get_text().startswith("key") and fig._supylabel.get_text().startswith("query")
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    grid = np.array(axes).reshape(2, 3)
+    for ax in grid[-1]:                                    # keys under the bottom row
+        assert_legible(ax, "x", T)
+    for ax in grid[:, 0]:                                  # queries left of the first column
+        assert_legible(ax, "y", T)
+    assert not visible_labels(grid[0, 1], "x") and not visible_labels(grid[0, 1], "y")
+    assert [ax.get_title() for ax in grid[0]] == ["head 0", "head 1", "head 2"]
+    assert [ax.get_ylabel() for ax in grid[:, -1]] == ["layer 0", "layer 1"]
+    # without labels the positions label the axes
+    fig = drawn(P.layer_head_grid(causal_weights(L=1, H=2, T=T)), tmp_path)
+    shown = [t.get_text() for t in visible_labels(fig.axes[0], "y")]
+    assert shown[0] == "0" and shown[-1] == str(T - 1) and all(s.isdigit() for s in shown)
+    assert_legible(fig.axes[0], "y", T, numbered=False)
+    fig = drawn(P.head_grid(causal_weights(L=1, H=5, T=T)[0], labels), tmp_path)
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.get_visible() and ax.images]
+    assert len(axes) == 5 and fig._supylabel.get_text().startswith("query")
+    assert visible_labels(axes[1], "x"), "panel above an empty slot shows its key labels"
+
+
+def overlaps(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: P.attention_heatmap(causal_weights(T=3)[0, 0], ["the", "cat", "sleeps"], size=4.5,
+                                title="'the cat sleeps': attention weights with a causal mask"),
+    lambda: P.attention_heatmap(causal_weights(T=40)[0, 0], [str(i) for i in range(40)],
+                                title="run step 500: layer 3, head 1 of a model with a long name " * 2),
+    lambda: P.layer_head_grid(causal_weights(L=2, H=2, T=8), list("abcdefgh"), title="x" * 150),
+    lambda: P.matrix_heatmap(np.eye(5), xlabels=list("abcde"), title="a long title " * 8, cbar_label="v (1)"),
+])
+def test_titles_clear_of_colour_bars_and_inside_the_figure(make, tmp_path):
+    fig = drawn(make(), tmp_path)
+    figbox = fig.bbox
+    titles = [fig._suptitle] + [ax.title for ax in fig.axes if ax.get_title()]
+    bars = [ax.get_window_extent() for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert bars and fig._suptitle is not None
+    for t in titles:
+        box = t.get_window_extent()
+        assert box.x0 >= figbox.x0 - 1 and box.x1 <= figbox.x1 + 1 and box.y1 <= figbox.y1 + 1, "title cut off"
+        assert not any(overlaps(box, b) for b in bars), f"title {t.get_text()!r} overlaps a colour bar"
+
+
+def glyph_warnings(record):
+    return [str(w.message) for w in record if "missing from font" in str(w.message)]
+
+
+def draw_cjk_everything(tmp_path):
+    w = causal_weights(L=1, H=2, T=len(CJK_EMOJI))
+    figs = [P.attention_heatmap(w[0, 0], CJK_EMOJI, title="\u4e2d\u6587 \U0001F642 prompt"),
+            P.layer_head_grid(w, CJK_EMOJI, title="\u4f60\u597d: every layer x head"),
+            P.token_logprobs(-np.arange(len(CJK_EMOJI)) / 3, CJK_EMOJI, title="\U0001F642"),
+            P.sampling_comparison({"T=1": np.full(8, 1 / 8)}, lambda i: CJK_EMOJI[i]),
+            P.logit_lens_heatmap(np.random.default_rng(0).normal(size=(2, 8, 8)), CJK_EMOJI,
+                                 lambda i: CJK_EMOJI[i])]
+    for k, fig in enumerate(figs):
+        drawn(fig, tmp_path, f"cjk{k}.png")
+    return figs
+
+
+def test_cjk_and_emoji_without_a_font_are_escaped_and_never_warn(tmp_path, monkeypatch):
+    monkeypatch.setattr(PT, "FALLBACK_FONTS", ())          # a bare machine: DejaVu Sans only
+    import warnings
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        heat = draw_cjk_everything(tmp_path)[0]
+    assert not glyph_warnings(record)
+    shown = [t.get_text() for t in heat.axes[0].get_yticklabels()]
+    assert shown[:5] == ["<U+4F60>", "<U+597D>", "<U+4E16>", "<U+754C>", "<U+1F642>"]
+    assert shown[5:] == ["ab<U+1F642>", r"\$x\$", "\u2423the"]     # $ kept literal, ␣ drawn
+    assert heat._suptitle.get_text() == "<U+4E2D><U+6587> <U+1F642> prompt"
+
+
+def cjk_font_installed():
+    return "\u4f60" == PT.displayable("\u4f60")
+
+
+@pytest.mark.skipif(not cjk_font_installed(), reason="no CJK font installed (e.g. Debian fonts-noto-cjk)")
+def test_cjk_drawn_with_an_installed_font(tmp_path):
+    import warnings
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        heat = draw_cjk_everything(tmp_path)[0]
+    assert not glyph_warnings(record)
+    assert [t.get_text() for t in heat.axes[0].get_yticklabels()][:4] == list("你好世界")
+
+
+def test_displayable_and_thinning_rules():
+    assert PT.displayable("abc \u2423\u21b5") == "abc \u2423\u21b5"
+    assert PT.displayable("x\U0010FFFDy", ["DejaVu Sans"]) == "x<U+10FFFD>y"
+    for n, k in [(1, 3), (2, 5), (10, 3), (11, 3), (256, 7), (40, 1)]:
+        ticks = PT.thinned_positions(n, k)
+        assert ticks[0] == 0 and (ticks[-1] == n - 1 or n - 1 < k)
+        assert all(b - a >= k for a, b in zip(ticks, ticks[1:])) and ticks == sorted(set(ticks))
+
+
+def head_stats():
+    from jaxformer.inspect import head_statistics
+
+    return head_statistics(causal_weights(L=2, H=3, T=10))
+
+
+def test_head_summary_one_quantity_per_colour_bar(tmp_path):
+    from jaxformer.inspect import describe_heads
+
+    stats = head_stats()
+    fig = drawn(P.head_summary(stats), tmp_path)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    names = [ax.get_xlabel().replace("\n", " ") for ax in bars]
+    assert len(names) == 4 and len(set(names)) == 4 and all("(" in s for s in names), names
+    assert "attention weight (0-1)" in names[0] and names[1] == "entropy (nats)"
+    panels = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    ent_cells = [float(t.get_text()) for t in panels[1].texts]
+    np.testing.assert_allclose(ent_cells, stats["entropy"].reshape(-1), atol=0.006)
+    # the number describe_heads prints is the one the entropy panel shows
+    printed = float(describe_heads(stats)[0][1].split("entropy ")[1].split(",")[0])
+    assert printed == pytest.approx(ent_cells[1], abs=0.006)
+    assert panels[0].images[0].get_clim() == (0.0, 1.0) and panels[2].images[0].get_clim() == (0.0, 1.0)
+
+
+def test_cli_attention_notes_characters_drawn_as_codes(capsys, monkeypatch):
+    from jaxformer.commands.attention import _note_missing_glyphs
+
+    monkeypatch.setattr(PT, "FALLBACK_FONTS", ())          # as on a machine without CJK fonts
+    _note_missing_glyphs(["你", "好", "␣a", "ab🙂", "你"])
+    err = capsys.readouterr().err
+    assert "3 character(s)" in err and "fonts-noto-cjk" in err and err.count("\n") == 1
+    _note_missing_glyphs(["␣the", "<e4>", "↵"])                     # all drawable: silent
+    assert capsys.readouterr().err == ""

@@ -65,4 +65,21 @@ def run(args) -> int:
                               path=args.out)
         drawn = f"all layers and heads ({L} x {H})"
     print(f"wrote {args.out}: attention of {drawn}, {len(ids)} tokens")
+    if ext == ".png":
+        _note_missing_glyphs(labels)
     return 0
+
+
+def _note_missing_glyphs(labels) -> None:
+    """One line on stderr when some token characters have no installed font and were drawn
+    as ``<U+XXXX>``, naming the fonts that would draw them."""
+    import sys
+
+    from jaxformer.plot_text import displayable
+
+    missing = sorted({ch for s in labels for ch in s if displayable(ch) != ch})
+    if missing:
+        shown = " ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        print(f"note: {len(missing)} character(s) of the text ({shown}) have no glyph in the installed "
+              "fonts and are drawn as <U+XXXX>; install a CJK / emoji font (Debian: fonts-noto-cjk, "
+              "fonts-symbola) to see them", file=sys.stderr)
