@@ -25,9 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status after Ctrl-C, wherever it lands (the shell's 128 + SIGINT).
+INTERRUPTED = 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("jaxformer: interrupted", file=sys.stderr)
+        return INTERRUPTED
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
@@ -38,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"jaxformer {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import os
+import pathlib
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Sequence
 
@@ -302,12 +304,39 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return raw
 
 
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``jaxformer/configs/NAME.yaml``)."""
+    folder = importlib.resources.files("jaxformer") / "configs"
+    return sorted(f.name[:-len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+
+
+def config_source(path: str | os.PathLike):
+    """Where the config ``path`` is read from: an existing file always wins; a bare name
+    (no ``.yaml``/``.yml`` suffix, no folder) is a shipped config, read as package data;
+    anything else is taken as a file path. An unknown bare name is a :class:`ConfigError`
+    listing the shipped names."""
+    text = os.fspath(path)
+    p = pathlib.Path(text).expanduser()
+    if p.is_file():
+        return p
+    bare = text != "" and "/" not in text and os.sep not in text and not text.endswith((".yaml", ".yml"))
+    if not bare:
+        return p
+    names = shipped_configs()
+    if text not in names:
+        raise ConfigError(f"config {text!r} is neither a file nor a shipped config "
+                          f"(shipped: {', '.join(names)})")
+    return importlib.resources.files("jaxformer") / "configs" / f"{text}.yaml"
+
+
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (``yaml.safe_load``), apply ``section.key=value`` overrides, validate.
 
-    ``path=None`` starts from the defaults. Raises :class:`ConfigError` for every problem.
+    ``path`` is a YAML file or the name of a shipped config (``"toy"``, ``"default"``, ...:
+    see :func:`shipped_configs`); an existing file of that name wins. ``path=None`` starts
+    from the defaults. Raises :class:`ConfigError` for every problem.
     """
-    raw = _read_yaml(path) if path is not None else {}
+    raw = _read_yaml(config_source(path)) if path is not None else {}
     return config_from_dict(apply_overrides(raw or {}, overrides))
 
 
@@ -322,11 +351,15 @@ def _yaml_error_where(e: Exception) -> str:
 
 def _read_yaml(path) -> Any:
     """The mapping in a YAML config file (``yaml.safe_load``); ConfigError for every problem."""
+    source = path if hasattr(path, "read_text") else pathlib.Path(path)  # a file or package data
     try:
-        with open(path, encoding="utf-8") as fh:
+        with source.open("r", encoding="utf-8") as fh:
             raw = yaml.safe_load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        stem = pathlib.PurePath(str(path)).stem
+        hint = f" (did you mean the shipped config {stem!r}?)" \
+            if stem in shipped_configs() else ""
+        raise ConfigError(f"config file {str(path)!r} does not exist{hint}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
     except yaml.YAMLError as e:

@@ -219,29 +219,39 @@ def pydoc_text() -> str:
     return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
 
 
-def _shakespeare_candidates() -> list[pathlib.Path]:
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    env = os.environ.get("JAXFORMER_SHAKESPEARE")
-    paths = [pathlib.Path(env)] if env else []
-    return paths + [cache_dir() / "tinyshakespeare.txt",
-                    pathlib.Path.cwd().parent / "shared" / "data" / "tinyshakespeare.txt",
-                    repo.parent / "shared" / "data" / "tinyshakespeare.txt"]
+#: Environment variable naming a local copy of Tiny Shakespeare (read instead of the cache).
+SHAKESPEARE_ENV = "JAXFORMER_SHAKESPEARE"
+
+
+def _local_shakespeare() -> pathlib.Path:
+    """``$JAXFORMER_SHAKESPEARE`` when set (it must then be a file), else the cache's copy."""
+    env = os.environ.get(SHAKESPEARE_ENV)
+    if env:
+        path = pathlib.Path(env).expanduser()
+        if not path.is_file():
+            raise DataError(f"{SHAKESPEARE_ENV}={env!r} is not a file; point it at a copy of "
+                            f"tinyshakespeare.txt or unset it")
+        return path
+    return cache_dir() / "tinyshakespeare.txt"
 
 
 def shakespeare_text(download: bool = True) -> str:
-    """Tiny Shakespeare: a local copy if there is one, else downloaded once into the cache."""
-    for p in _shakespeare_candidates():
-        if p.is_file():
-            return p.read_text(encoding="utf-8")
-    target = cache_dir() / "tinyshakespeare.txt"
+    """Tiny Shakespeare: the file named by ``$JAXFORMER_SHAKESPEARE``, else the copy in
+    :func:`cache_dir`, else (``download``) downloaded once into the cache. No other place is
+    searched."""
+    target = _local_shakespeare()
+    if target.is_file():
+        return target.read_text(encoding="utf-8")
+    offline = (f"put the file at {target}, set {SHAKESPEARE_ENV}=/path/to/tinyshakespeare.txt, or set "
+               "data.path to a local text file")
     if not download:
-        raise DataError(f"Tiny Shakespeare is not cached at {target}")
+        raise DataError(f"Tiny Shakespeare is not available locally; {offline}")
     try:
         with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
             raw = r.read()
     except OSError as e:
         raise DataError(f"cannot download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}); when offline, "
-                        f"put the file at {target} or set data.path to a local text file") from None
+                        f"{offline}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(raw)

@@ -66,26 +66,64 @@ def _check_same_run(saved: Config, config: Config, run_dir) -> None:
                     f"from the run's {getattr(a, f.name)!r}")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train` at once (before the loop began, or a second Ctrl-C in
+    it). ``step``: the last completed step (None before the run's position was known),
+    ``start``: the step this call began from, ``checkpoint``: the latest complete checkpoint
+    step (None if there is none), ``run_dir``: the run folder."""
+
+    def __init__(self, run_dir, step: Optional[int], start: Optional[int], checkpoint: Optional[int]):
+        super().__init__(f"training in {str(run_dir)!r} interrupted")
+        self.run_dir, self.step, self.start, self.checkpoint = pathlib.Path(run_dir), step, start, checkpoint
+
+
 class _StopFlag:
-    """First Ctrl-C sets ``requested`` (the loop saves and stops); a second one raises."""
+    """First Ctrl-C sets ``requested`` (the loop saves and stops); a second one raises
+    KeyboardInterrupt, except inside :meth:`hold` (a checkpoint save, a metrics line), where
+    it is raised when the block is complete, so nothing is left half-written."""
 
     def __init__(self):
-        self.requested, self._old = False, None
+        self.requested, self._old, self._held, self._deferred = False, None, 0, False
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        # Only the main thread may set handlers; an ignored SIGINT (a background job) stays ignored.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._old = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if not self.requested:
+            self.requested = True
+        elif self._held:
+            self._deferred = True
+        else:
             raise KeyboardInterrupt
-        self.requested = True
+
+    @contextlib.contextmanager
+    def hold(self):
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+        if self._deferred and not self._held:
+            self._deferred = False
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
         return False
+
+
+@dataclass
+class _Position:
+    """How far a :func:`train` call got (read when Ctrl-C stops it at once)."""
+
+    start: Optional[int] = None
+    step: Optional[int] = None
+    checkpoint: Optional[int] = None
 
 
 def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Optional[str]):
@@ -125,12 +163,30 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
       checkpoints is an error.
     - ``data_text``: train on this text instead of ``config.data.path``.
     - ``stop_after``: stop after this many steps as if interrupted (checkpoint, then return).
-    - Ctrl-C saves a checkpoint and returns with ``interrupted=True``.
+    - Ctrl-C during the steps saves a checkpoint and returns with ``interrupted=True``. Ctrl-C
+      before the first step, or a second Ctrl-C, raises :class:`TrainingInterrupted` (a
+      ``KeyboardInterrupt`` saying how far the run got); a checkpoint being written when it
+      comes is completed first.
     - A non-finite loss raises :class:`NonFiniteLossError` naming the step (with
       ``train.on_nonfinite="stop"``); checkpoints are only written after every loss before
       them was checked, so the last checkpoint is a good one.
     """
     run_dir = pathlib.Path(out_dir)
+    at = _Position()
+    try:
+        return _train(config, run_dir, at, resume=resume, progress=progress, data_text=data_text,
+                      stop_after=stop_after, log=log)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        if at.checkpoint is None:
+            at.checkpoint = (checkpoint_steps(run_dir) or [None])[-1]
+        raise TrainingInterrupted(run_dir, at.step, at.start, at.checkpoint) from None
+
+
+def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool, progress: bool,
+           data_text: Optional[str], stop_after: Optional[int],
+           log: Optional[Callable[[str], None]]) -> TrainResult:
     config, tokenizer, data = _prepare(config, run_dir, resume, data_text)
     tc, mc = config.train, config.model
     B, T, K = tc.batch_size, mc.max_len, tc.grad_accum
@@ -158,7 +214,7 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
             raise CheckpointError(f"checkpoint step {ck['step']} of {str(run_dir)!r} has no optimizer "
                                   "state (parameters only): it cannot be resumed")
         params, opt_state = ck["params"], ck["opt_state"]  # restored shard-wise onto the mesh
-        start = ck["step"]
+        start = at.checkpoint = ck["step"]
         elapsed0 = float((ck["meta"] or {}).get("elapsed_s", 0.0))
         truncate_metrics(run_dir, start)
     else:
@@ -180,8 +236,10 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     last_ckpt = checkpoint_steps(run_dir)[-1] if start else None
     t_begin = time.perf_counter()
     elapsed = lambda: round(elapsed0 + time.perf_counter() - t_begin, 3)  # noqa: E731
+    at.start = start
     if start == 0:
         record({"step": 0, "val_loss": run_eval(params), "lr": 0.0, "elapsed_s": elapsed()})
+    at.step = start
 
     pending, interrupted, last_val, completed = [], False, None, start
     n_since, t_last = 0, time.perf_counter()
@@ -190,12 +248,12 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
     # Batches are built and copied to the device by a background thread, two steps ahead.
     batches = prefetch(put(micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s), K))
                        for s in range(start, tc.max_steps))
-    with _StopFlag() as stop, contextlib.closing(batches):
+    with _StopFlag() as stop, contextlib.closing(batches), contextlib.closing(bar):
         for s, batch in zip(range(start, tc.max_steps), batches):
             params, opt_state, m = step_fn(params, opt_state, batch, np.int32(s))
             pending.append(m)
             n_since += 1
-            done = completed = s + 1
+            done = completed = at.step = s + 1
             bar.update(1)
             interrupted = stop.requested or (stop_after is not None and done >= stop_after)
             last = done == tc.max_steps
@@ -225,7 +283,8 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
             if do_eval:
                 last_val = rec["val_loss"] = run_eval(params)
             rec["elapsed_s"] = elapsed()
-            record(rec)
+            with stop.hold():
+                record(rec)
             post = {"loss": f"{rec['train_loss']:.4f}" if rec["train_loss"] is not None else "nan",
                     "tok/s": f"{rec['tokens_per_s']:.0f}"}
             if last_val is not None:
@@ -234,11 +293,14 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
             if do_eval:
                 say(f"step {done}: train loss {rec['train_loss']:.4f}, val loss {last_val:.4f}")
                 loss_curves(all_records(), path=run_dir / LOSS_FIGURE)
+            if stop.requested and not interrupted:   # Ctrl-C came during the eval: stop now
+                interrupted = do_ckpt = True
             if do_ckpt:
-                save_checkpoint(run_dir, done, params, opt_state, keep=tc.keep_checkpoints,
-                                extra={"seed": tc.seed, "elapsed_s": rec["elapsed_s"],
-                                       "tokens_seen": done * B * T, "config": config.to_dict()})
-                last_ckpt = done
+                with stop.hold():   # a second Ctrl-C waits until the checkpoint is complete
+                    save_checkpoint(run_dir, done, params, opt_state, keep=tc.keep_checkpoints,
+                                    extra={"seed": tc.seed, "elapsed_s": rec["elapsed_s"],
+                                           "tokens_seen": done * B * T, "config": config.to_dict()})
+                    last_ckpt = at.checkpoint = done
             n_since, t_last = 0, time.perf_counter()
             if interrupted:
                 break

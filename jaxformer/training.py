@@ -191,7 +191,7 @@ def init_params(config: Config):
 def __getattr__(name):
     # The run loop lives in train_loop.py (imported lazily to avoid an import cycle);
     # ``jaxformer.training.train`` is its entry point.
-    if name in ("train", "TrainResult"):
+    if name in ("train", "TrainResult", "TrainingInterrupted"):
         from . import train_loop
         return getattr(train_loop, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

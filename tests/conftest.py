@@ -8,7 +8,11 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-SHAKESPEARE = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+#: Where the tests look for Tiny Shakespeare: $JAXFORMER_SHAKESPEARE (the variable the library
+#: reads too), else the sibling folder ../shared/data/ of this repository. Only the
+#: ``shakespeare_path`` fixture below uses it; tests without the file are skipped.
+SHAKESPEARE = pathlib.Path(os.environ.get("JAXFORMER_SHAKESPEARE") or
+                           pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt")
 
 
 def randomize(params, seed=0, scale=0.3):
@@ -28,7 +32,7 @@ def randomize(params, seed=0, scale=0.3):
 
 @pytest.fixture
 def shakespeare_path():
-    path = pathlib.Path(os.environ.get("JAXFORMER_SHAKESPEARE", SHAKESPEARE))
-    if not path.exists():
-        pytest.skip(f"Tiny Shakespeare not found at {path}")
-    return path
+    """The Tiny Shakespeare text file (see ``SHAKESPEARE``); skips the test when it is absent."""
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"Tiny Shakespeare not found at {SHAKESPEARE} (set JAXFORMER_SHAKESPEARE)")
+    return SHAKESPEARE

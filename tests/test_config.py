@@ -109,3 +109,27 @@ def test_bad_yaml_names_line_and_column(tmp_path):
         load_config(path)
     assert str(e.value) == (f"config file {str(path)!r} is not valid YAML at line 3, column 13: "
                             "mapping values are not allowed here")
+
+
+SHIPPED = {"default", "gpt2_small", "pydoc_char_cpu", "shakespeare_char", "shakespeare_char_cpu", "toy"}
+
+
+def test_shipped_configs_are_package_data_loaded_by_name(tmp_path, monkeypatch):
+    import importlib.resources
+
+    from jaxformer.config import shipped_configs
+    folder = importlib.resources.files("jaxformer") / "configs"
+    assert {f.name for f in folder.iterdir() if f.name.endswith(".yaml")} == {f"{n}.yaml" for n in SHIPPED}
+    assert set(shipped_configs()) == SHIPPED
+    # the repository's top-level configs/ is a symlink to the package's folder
+    assert CONFIGS.resolve() == pathlib.Path(str(folder)).resolve()
+    monkeypatch.chdir(tmp_path)                    # names resolve with no repository around
+    for name in SHIPPED:
+        assert load_config(name) == load_config(CONFIGS / f"{name}.yaml")
+    (tmp_path / "toy").write_text("model: {n_layer: 1}\n", encoding="utf-8")
+    assert load_config("toy").model.n_layer == 1   # an existing file of that name wins
+    with pytest.raises(ConfigError, match=r"^config 'nope' is neither a file nor a shipped config "
+                                          r"\(shipped: default, gpt2_small, .*, toy\)$"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match=r"'toy.yaml' does not exist \(did you mean the shipped config 'toy'\?\)$"):
+        load_config("toy.yaml")

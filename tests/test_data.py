@@ -141,3 +141,23 @@ def test_prefetch_stops_its_thread_when_closed():
     assert not any(t.name == "jaxformer-prefetch" and t.is_alive() for t in threading.enumerate())
     with pytest.raises(ValueError, match="size"):
         next(prefetch([1], size=0))
+
+
+def test_shakespeare_is_found_only_where_it_is_named(tmp_path, monkeypatch):
+    """$JAXFORMER_SHAKESPEARE or the cache, never a guess at the folders around the
+    repository or the working directory; offline, the error says how to point at a copy."""
+    from jaxformer.data import shakespeare_text
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "tinyshakespeare.txt").write_text("sibling", encoding="utf-8")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("JAXFORMER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("JAXFORMER_SHAKESPEARE", raising=False)
+    with pytest.raises(DataError, match="not available locally; put the file at .*cache.*, set "
+                                        "JAXFORMER_SHAKESPEARE=/path/to/tinyshakespeare.txt"):
+        shakespeare_text(download=False)
+    monkeypatch.setenv("JAXFORMER_SHAKESPEARE", str(tmp_path / "shared" / "data" / "tinyshakespeare.txt"))
+    assert shakespeare_text(download=False) == "sibling"
+    monkeypatch.setenv("JAXFORMER_SHAKESPEARE", str(tmp_path / "missing.txt"))
+    with pytest.raises(DataError, match="JAXFORMER_SHAKESPEARE='.*missing.txt' is not a file"):
+        shakespeare_text()

@@ -215,7 +215,7 @@ def test_train_command_interrupted_run_names_the_flag(tmp_path, capsys, monkeypa
     data.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "run"
     assert _train_command(["--data", str(data), "--out", str(out), "--no-progress"] +
-                          [x for o in TINY + ["train.max_steps=10"] for x in ("--set", o)]) == 0
+                          [x for o in TINY + ["train.max_steps=10"] for x in ("--set", o)]) == 130
     text = capsys.readouterr().out
     assert "continue with --resume" in text and "resume=True" not in text
     assert f"jaxformer train --out {out} --resume" in text

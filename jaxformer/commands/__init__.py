@@ -13,8 +13,15 @@ COMMANDS = {
 }
 
 
+def config_names() -> str:
+    """The shipped config names, comma-separated (for ``--config`` help texts)."""
+    from jaxformer.config import shipped_configs
+    return ", ".join(shipped_configs())
+
+
 def add_config_arguments(p) -> None:
     """``--config FILE`` and repeatable ``--set section.key=value`` (shared by the commands)."""
-    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--config", metavar="FILE|NAME", help=f"YAML config file, or the name of a shipped "
+                   f"config ({config_names()}) (default: built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set model.n_layer=2 (repeatable)")

@@ -4,37 +4,41 @@ from __future__ import annotations
 import argparse
 import datetime
 import pathlib
+from typing import Optional
+
+from . import config_names
 
 HELP = "train a model from a config (default: a small model on the built-in pydoc corpus, a few minutes on CPU)"
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "pydoc_char_cpu.yaml"
+#: The shipped config (``jaxformer/configs/NAME.yaml``) trained when no --config is given.
+DEFAULT_CONFIG = "pydoc_char_cpu"
+INTERRUPTED = 130   # the exit status after Ctrl-C (jaxformer.cli.INTERRUPTED)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help=f"YAML config file (default: configs/{DEFAULT_CONFIG.name}; with "
-                   "--resume, the run's own config.yaml)")
+    p.add_argument("--config", metavar="FILE|NAME", help=f"YAML config file, or the name of a shipped "
+                   f"config ({config_names()}) (default: {DEFAULT_CONFIG}; with --resume, the run's own "
+                   "config.yaml)")
     p.add_argument("--data", metavar="PATH", help="text file, folder of text files, 'pydoc' or "
                    "'shakespeare' (overrides data.path)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config>-<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last "
+                   "checkpoint (a finished run stays as it is: raise train.max_steps to train further)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--prompt", default="", help="prompt of the sample printed at the end")
 
 
 def _config(args):
     from jaxformer import load_config
-    from jaxformer.errors import ConfigError
 
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
     path = args.config
     if path is None and args.resume and args.out and (pathlib.Path(args.out) / "config.yaml").is_file():
-        path = pathlib.Path(args.out) / "config.yaml"
+        path = str(pathlib.Path(args.out) / "config.yaml")
     if path is None:
-        if not DEFAULT_CONFIG.is_file():
-            raise ConfigError(f"default config {str(DEFAULT_CONFIG)!r} is missing; pass --config FILE")
         path = DEFAULT_CONFIG
-    return load_config(path, overrides), pathlib.Path(path)
+    return load_config(path, overrides), str(path)
 
 
 #: Engine wording -> this command's flags: the library names settings and arguments, the
@@ -50,22 +54,71 @@ def in_flags(message: str) -> str:
     return message
 
 
+def losses(records: list, upto: Optional[int] = None) -> str:
+    """``train loss X (step s), val loss Y (step t)``: the last of each in ``records``
+    (metrics.jsonl) at or before step ``upto``; a val loss of step 0 is marked as untrained."""
+    records = [r for r in records if upto is None or r.get("step", 0) <= upto]
+    parts = []
+    for key, name in (("train_loss", "train loss"), ("val_loss", "val loss")):
+        r = next((r for r in reversed(records) if r.get(key) is not None), None)
+        if r is not None:
+            parts.append(f"{name} {r[key]:.4f} (step {r['step']}{', before training' if r['step'] == 0 else ''})")
+    return ", ".join(parts) or "no loss logged yet"
+
+
+def summary(out, state: str, step: Optional[int], checkpoint: Optional[int], n_params: Optional[int] = None) -> str:
+    """One truthful line about a run folder: how it ended (``finished`` / ``interrupted``), at
+    which step, its last train and val losses from metrics.jsonl, and its checkpoint."""
+    from jaxformer.checkpoint import read_metrics
+
+    records = read_metrics(out)
+    if step is None or (state == "interrupted" and step == 0):
+        head, upto = f"{state} before the first step", step if step is not None else checkpoint
+        if upto is None:
+            records = []
+    else:
+        head, upto = f"{state} at step {step}", step
+    line = f"{head}: {losses(records, upto)}"
+    if state == "finished":
+        return line + (f"; {n_params:,} parameters" if n_params is not None else "") + f"; run folder {out}"
+    if checkpoint is None:
+        return line + f"; no checkpoint was written in {out}"
+    if checkpoint == step:
+        return line + f"; checkpoint saved at step {checkpoint} in {out}"
+    return line + f"; the last checkpoint is step {checkpoint} in {out}"
+
+
+def _finished(out, config) -> Optional[int]:
+    """The last checkpoint step of run folder ``out`` when it reached ``train.max_steps``."""
+    from jaxformer.checkpoint import checkpoint_steps
+
+    steps = checkpoint_steps(out) if pathlib.Path(out).is_dir() else []
+    return steps[-1] if steps and steps[-1] >= config.train.max_steps else None
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from jaxformer.errors import JaxformerError
-    from jaxformer.generation import sample_text
-    from jaxformer.modules import count_params
+    from jaxformer.errors import ConfigError, JaxformerError
     from jaxformer.parallel import maybe_initialize_distributed
-    from jaxformer.training import train
 
     maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
 
     config, path = _config(args)
     if args.resume and not args.out:
-        from jaxformer.errors import ConfigError
         raise ConfigError("--resume needs --out DIR, the run folder to continue")
-    out = args.out or f"runs/{path.stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    out = args.out or f"runs/{pathlib.PurePath(path).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if args.resume:
+        done = _finished(out, config)
+        if done is not None:
+            print(f"run {out} is already finished at step {done} (train.max_steps={config.train.max_steps}); "
+                  f"nothing to do (sample it with `jaxformer sample --run {out}`; train further with "
+                  f"--resume --set train.max_steps=N)")
+            return 0
+    from jaxformer.generation import sample_text
+    from jaxformer.modules import count_params
+    from jaxformer.training import TrainingInterrupted, train
+
     print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {config.data.tokenizer})")
     write = print if args.no_progress else tqdm.write   # tqdm.write keeps the progress bar intact
     try:
@@ -74,18 +127,23 @@ def run(args) -> int:
     except JaxformerError as e:
         e.args = (in_flags(str(e)),)   # same error type, the CLI's words
         raise
-    n = count_params(result.params)
-    last = next((r for r in reversed(result.metrics) if r.get("val_loss") is not None), None)
-    summary = f"step {result.step}, {n:,} parameters"
-    if last is not None:
-        summary += f", val loss {last['val_loss']:.4f} at step {last['step']}"
-    print(summary + f"; run folder {out}")
+    except TrainingInterrupted as e:
+        print(summary(out, "interrupted", e.step, e.checkpoint))
+        if e.checkpoint is not None:
+            print(f"resume with: jaxformer train --out {out} --resume")
+        return INTERRUPTED
     if result.interrupted:
+        print(summary(out, "interrupted", result.step, result.step))
         print(f"resume with: jaxformer train --out {out} --resume")
-        return 0
+        return INTERRUPTED
+    print(summary(out, "finished", result.step, result.step, count_params(result.params)))
     if config.train.sample_tokens > 0:
-        text = sample_text(result.model, result.tokenizer, args.prompt, config.train.sample_tokens,
-                           seed=config.train.seed)
+        try:
+            text = sample_text(result.model, result.tokenizer, args.prompt, config.train.sample_tokens,
+                               seed=config.train.seed)
+        except KeyboardInterrupt:
+            print(f"sample interrupted (training finished; `jaxformer sample --run {out}` samples it)")
+            return INTERRUPTED
         print("--- sample ---")
         print(text)
         print("--------------")
