@@ -3,8 +3,10 @@ saved summary, the corpus, and a tiny model trained in seconds for the labs that
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
+import shlex
 import sys
 from typing import Callable, Optional
 
@@ -13,17 +15,37 @@ if str(ROOT) not in sys.path:           # run from a fresh clone without install
     sys.path.insert(0, str(ROOT))
 
 
-def parse(script: str, description: str, argv=None,
+ARGS_ENV = "JAXFORMER_EXPERIMENT_ARGS"
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (the experiments also run as notebooks: ``jupytext --to ipynb``)."""
+    if "IPython" not in sys.modules:          # never import IPython from a plain script
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def parse(name: str, description: str, argv=None,
           extra: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> argparse.Namespace:
-    """``--out DIR`` (default ``outputs/<script name>/``) and ``--small`` (tiny sizes, for smoke
-    tests), plus what ``extra`` adds. Creates the output folder; ``args.out`` is a Path."""
-    name = pathlib.Path(script).stem
+    """``--out DIR`` (default ``outputs/<name>/``) and ``--small`` (tiny sizes, for smoke
+    tests), plus what ``extra`` adds. Creates the output folder; ``args.out`` is a Path.
+
+    The arguments are ``$JAXFORMER_EXPERIMENT_ARGS`` (split like a shell line) followed by
+    ``argv``, which defaults to the command line (``sys.argv[1:]``) in a script and to nothing
+    in a notebook kernel, whose own command line is not ours: set that variable to run a
+    notebook with other settings, e.g. ``JAXFORMER_EXPERIMENT_ARGS="--small"``.
+    """
     ap = argparse.ArgumentParser(prog=f"{name}.py", description=description)
     ap.add_argument("--out", default=os.path.join("outputs", name), help="output folder (default %(default)s)")
     ap.add_argument("--small", action="store_true", help="tiny sizes: a smoke test in seconds")
     if extra:
         extra(ap)
-    args = ap.parse_args(argv)
+    if argv is None:
+        argv = [] if in_notebook() else sys.argv[1:]
+    args = ap.parse_args(shlex.split(os.environ.get(ARGS_ENV, "")) + list(argv))
     args.out = pathlib.Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     return args
@@ -41,7 +63,12 @@ class Report:
         self.lines.append(line)
 
     def figure(self, fig_path) -> None:
+        """Name a saved figure; in a notebook, also show it below the cell."""
         self(f"  figure: {fig_path}")
+        if in_notebook():
+            from IPython.display import Image, display
+
+            display(Image(filename=str(fig_path)))
 
     def save(self) -> pathlib.Path:
         path = self.out / "summary.txt"
@@ -64,8 +91,9 @@ def corpus(path: Optional[str] = None) -> tuple[str, str]:
         return load_corpus("pydoc"), "pydoc"
 
 
-def tiny_config(small: bool, *, n_layer: int = 2, n_head: int = 4, steps: int = 600):
-    """A byte-level model that trains in well under a minute on 2 CPU cores (``small``: seconds)."""
+def tiny_config(small: bool, *, n_layer: int = 2, n_head: int = 4, steps: int = 600, data: str = "pydoc"):
+    """A byte-level model that trains in well under a minute on 2 CPU cores (``small``: seconds).
+    ``data`` is recorded as ``data.path`` so that the run folder says what it was trained on."""
     from jaxformer import load_config
 
     if small:
@@ -79,28 +107,61 @@ def tiny_config(small: bool, *, n_layer: int = 2, n_head: int = 4, steps: int = 
             f"train.warmup_steps={max(steps // 20, 1)}", f"train.eval_interval={max(steps // 6, 1)}",
             "train.eval_steps=5", f"train.checkpoint_interval={steps}", f"train.log_interval={max(steps // 60, 1)}",
             "train.sample_tokens=0", "train.weight_decay=0.01"]
-    return load_config(None, over)
+    cfg = load_config(None, over)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data))
+
+
+# Prompts written in the style of each corpus, so that a model trained on it has something to
+# continue (a model trained on the Python docs has never seen "ROMEO:").
+PROMPTS = {
+    "shakespeare": {"short": "ROMEO:\n", "long": "ROMEO:\nWhat is th"},
+    "pydoc": {"short": "The ", "long": "For example, the "},
+}
+
+
+def prompt_for(name: str, text: Optional[str] = None, kind: str = "long") -> str:
+    """A prompt that fits the corpus ``name``: a written one for Tiny Shakespeare and the Python
+    docs; for any other text, the start of a line from its last tenth (the validation part)."""
+    if name in PROMPTS:
+        return PROMPTS[name][kind]
+    if text:
+        tail = text[len(text) * 9 // 10:]
+        for line in tail.splitlines():
+            line = line.strip()
+            if len(line) >= 24 and line[0].isalpha():
+                cut = line.find(" ", 12)
+                return line[:cut + 1] if 0 < cut < 40 else line[:16]
+    return "The "
 
 
 def trained_model(args, report: Report, *, n_layer: int = 2, n_head: int = 4, steps: int = 600):
     """``args.run`` loaded with :func:`jaxformer.checkpoint.load_run`, or a tiny model trained
-    now into ``<out>/run``. Returns ``(model, tokenizer, run_dir)``."""
+    now into ``<out>/run``. Returns ``(model, tokenizer, run_dir, corpus_name, corpus_text)``;
+    the text is ``None`` when a run's corpus cannot be read here."""
     from jaxformer.checkpoint import load_run
+    from jaxformer.errors import JaxformerError
     from jaxformer.training import train
 
     if getattr(args, "run", None):
         run = load_run(args.run)
-        report(f"model: {args.run} (step {run.step})")
-        return run.model, run.tokenizer, pathlib.Path(args.run)
+        name = run.config.data.path
+        report(f"model: {args.run} (step {run.step}, trained on {name})")
+        text = None
+        if name not in PROMPTS:                   # a written prompt needs no text
+            try:
+                text = corpus(name)[0]
+            except JaxformerError:
+                pass
+        return run.model, run.tokenizer, pathlib.Path(args.run), name, text
     text, name = corpus(getattr(args, "data", None))
-    cfg = tiny_config(args.small, n_layer=n_layer, n_head=n_head, steps=steps)
+    cfg = tiny_config(args.small, n_layer=n_layer, n_head=n_head, steps=steps, data=name)
     report(f"training a tiny byte-level model on {name} ({len(text):,} characters): "
            f"{cfg.model.n_layer} layers x {cfg.model.n_head} heads, width {cfg.model.d_model}, "
            f"{cfg.train.max_steps} steps of {cfg.train.batch_size} x {cfg.model.max_len} tokens")
     res = train(cfg, fresh(args.out / "run"), progress=False, data_text=text)
     vals = [m["val_loss"] for m in res.metrics if m.get("val_loss") is not None]
     report(f"  val loss {vals[0]:.3f} -> {vals[-1]:.3f} nats/byte")
-    return res.model, res.tokenizer, res.run_dir
+    return res.model, res.tokenizer, res.run_dir, name, text
 
 
 def fresh(run_dir: pathlib.Path) -> pathlib.Path:
@@ -116,3 +177,64 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--run", help="use this trained run folder instead of training a tiny model")
     ap.add_argument("--data", help="text file or folder for the tiny model (default: Tiny Shakespeare "
                                    "if present locally, else the Python docs)")
+
+
+# ----------------------------------------------------------------------------- head detectors
+# Candidates for jaxformer.inspect (beside head_statistics / describe_heads); kept here until then.
+def previous_token_scores(weights_BLHTT) -> "np.ndarray":
+    """Previous-token score of every head: the mean attention from query ``i`` to key ``i - 1``
+    over the queries ``i >= 1`` and the examples. ``[B, L, H, T, T]`` -> ``[L, H]`` in [0, 1]
+    (1 = a head that always looks exactly one token back)."""
+    import numpy as np
+
+    w = np.asarray(weights_BLHTT, np.float64)
+    return np.diagonal(w, offset=-1, axis1=-2, axis2=-1).mean(axis=(0, -1))
+
+
+def induction_targets(tokens_T) -> "np.ndarray":
+    """For each position ``i``: ``j + 1`` where ``j < i`` is the latest earlier position holding
+    the same token as ``i`` (the token that followed it last time), or ``-1`` when the token
+    at ``i`` has not occurred before. ``[T]`` -> ``[T]`` int."""
+    import numpy as np
+
+    last, out = {}, np.full(len(tokens_T), -1, np.int64)
+    for i, t in enumerate(np.asarray(tokens_T).tolist()):
+        if t in last:
+            out[i] = last[t] + 1
+        last[t] = i
+    return out
+
+
+def induction_scores(weights_BLHTT, tokens_BT) -> "np.ndarray":
+    """Induction score of every head: the mean attention from a query ``i`` whose token occurred
+    before to the key right after that earlier occurrence (:func:`induction_targets`), over all
+    such queries of all examples. ``[B, L, H, T, T]``, ``[B, T]`` -> ``[L, H]`` in [0, 1]
+    (1 = a head that always looks up "what came next last time"). On a sequence repeated
+    with period P this is the mean weight on key ``i - P + 1``."""
+    import numpy as np
+
+    w = np.asarray(weights_BLHTT, np.float64)
+    total, count = 0.0, 0
+    for b, toks in enumerate(np.asarray(tokens_BT)):
+        tgt = induction_targets(toks[: w.shape[-1]])
+        q = np.nonzero(tgt >= 0)[0]
+        total = total + w[b][..., q, tgt[q]].sum(-1)
+        count += len(q)
+    if count == 0:
+        raise ValueError("no token repeats in the examples: the induction score is undefined")
+    return total / count
+
+
+def name_heads(scores: dict, threshold: float = 0.4) -> list:
+    """``[(layer, head, name, score)]`` for each head whose largest score in ``scores``
+    (``{"previous-token": [L, H], "induction": [L, H]}``) is at least ``threshold``."""
+    import numpy as np
+
+    names = list(scores)
+    stack = np.stack([np.asarray(scores[k], np.float64) for k in names])      # [S, L, H]
+    found = []
+    for layer, head in np.ndindex(*stack.shape[1:]):
+        k = int(np.argmax(stack[:, layer, head]))
+        if stack[k, layer, head] >= threshold:
+            found.append((layer, head, names[k], float(stack[k, layer, head])))
+    return found
