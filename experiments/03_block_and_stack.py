@@ -137,8 +137,8 @@ for pos in ("pre", "post", "none"):
     sims[pos] = layer_cosine_similarity(resids[pos])
     tok_sim = np.array([mean_offdiag(r) for r in resids[pos]])
     report(f"  {nice(pos):>9s}: mean token norm by depth " + " ".join(f"{v:6.2f}" for v in mean_norms[pos]))
-    report(f"             cos(embedding, layer l)     " + " ".join(f"{v:6.2f}" for v in sims[pos][0]))
-    report(f"             mean cos between tokens     " + " ".join(f"{v:6.2f}" for v in tok_sim))
+    report("             cos(embedding, layer l)     " + " ".join(f"{v:6.2f}" for v in sims[pos][0]))
+    report("             mean cos between tokens     " + " ".join(f"{v:6.2f}" for v in tok_sim))
 
 # %% [markdown]
 # What to look for: in the pre-norm stack each block adds to the stream, so norms grow with

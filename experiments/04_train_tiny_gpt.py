@@ -76,7 +76,7 @@ report(f"parameters: {res.model.num_params():,}")
 train_losses = [r["train_loss"] for r in res.metrics if r.get("train_loss") is not None]
 vals = [(r["step"], r["val_loss"]) for r in res.metrics if r.get("val_loss") is not None]
 speeds = [r["tokens_per_s"] for r in res.metrics if r.get("tokens_per_s")]
-report(f"val loss by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in vals))
+report("val loss by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in vals))
 report(f"final train loss {train_losses[-1]:.3f}, val loss {vals[-1][1]:.3f} nats/byte "
        f"(perplexity {math.exp(vals[-1][1]):.2f}; a uniform guess is ln 256 = {math.log(256):.3f})")
 if speeds:

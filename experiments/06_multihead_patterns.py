@@ -174,7 +174,8 @@ def measure(params) -> dict:
     previous occurrence" is unambiguous)."""
     nll = token_losses(params, held_out)
     _, w = forward(params, probe)                                          # [B, L, H, T, T]
-    return {"loss_first": float(nll[~repeats].mean()), "loss_repeat": float(nll[repeats].mean()),
+    return {"loss_unpredictable": float(nll[~repeats].mean()),
+            "loss_predictable": float(nll[repeats].mean()),
             "prev": previous_token_scores(w), "induction": induction_scores(w, probe), "weights": w}
 
 
@@ -189,12 +190,13 @@ if not args.run:
     start = time.perf_counter()
     for step in range(steps + 1):
         if step % every == 0 or step == steps:
-            m_ = measure(params)
-            history.append({"step": step, "seconds": time.perf_counter() - start,
-                            **{k: m_[k] for k in ("loss_first", "loss_repeat", "prev", "induction")}})
+            now = measure(params)
+            now.pop("weights")
+            history.append({"step": step, "seconds": time.perf_counter() - start, **now})
             report(f"  step {step:5d} ({history[-1]['seconds']:5.1f} s): loss unpredictable "
-                   f"{m_['loss_first']:.2f}, predictable {m_['loss_repeat']:.2f} nats; best previous-token "
-                   f"score {m_['prev'].max():.2f}, best induction score {m_['induction'].max():.2f}")
+                   f"{now['loss_unpredictable']:.2f}, predictable {now['loss_predictable']:.2f} nats; "
+                   f"best previous-token score {now['prev'].max():.2f}, "
+                   f"best induction score {now['induction'].max():.2f}")
         if step == steps:
             break
         batch = letter_ids[repeated_letters(rng, t.batch_size, T + 1)].astype(np.int32)
@@ -217,8 +219,8 @@ if not args.run:
 if history:
     steps_seen = [h["step"] for h in history]
     path = args.out / "training_loss.png"
-    plots.line_plot({"loss on unpredictable letters (first period)": [h["loss_first"] for h in history],
-                     "loss on letters predictable by induction": [h["loss_repeat"] for h in history]},
+    plots.line_plot({"loss on unpredictable letters (first period)": [h["loss_unpredictable"] for h in history],
+                     "loss on letters predictable by induction": [h["loss_predictable"] for h in history]},
                     x=steps_seen, xlabel="training step", ylabel="loss (nats per letter)",
                     title="the repeats become predictable all at once", path=path)
     report.figure(path)
@@ -336,6 +338,7 @@ report.figure(path)
 # %%
 report.save()
 result = {"named": named, "previous_token": final["prev"].tolist(), "induction": final["induction"].tolist(),
-          "history": [{"step": h["step"], "loss_repeat": h["loss_repeat"], "prev": float(h["prev"].max()),
-                       "induction": float(h["induction"].max())} for h in history]}
+          "history": [{"step": h["step"], "loss_predictable": h["loss_predictable"],
+                       "prev": float(h["prev"].max()), "induction": float(h["induction"].max())}
+                      for h in history]}
 result["named"]

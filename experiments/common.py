@@ -10,6 +10,8 @@ import shlex
 import sys
 from typing import Callable, Optional
 
+import numpy as np
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:           # run from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
@@ -100,7 +102,7 @@ def tiny_config(small: bool, *, n_layer: int = 2, n_head: int = 4, steps: int = 
         n_layer, d, T, steps, B = min(n_layer, 2), 32, 32, 30, 8
     else:
         d, T, B = 64, 64, 16
-    over = [f"model.vocab_size=256", f"model.d_model={d}", f"model.n_head={n_head}",
+    over = ["model.vocab_size=256", f"model.d_model={d}", f"model.n_head={n_head}",
             f"model.n_layer={n_layer}", f"model.d_ff={4 * d}", f"model.max_len={T}",
             "model.positions=learned", "data.tokenizer=byte", f"train.batch_size={B}",
             f"train.max_steps={steps}", "train.lr=3e-3", "train.min_lr=3e-4",
@@ -181,22 +183,18 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- head detectors
 # Candidates for jaxformer.inspect (beside head_statistics / describe_heads); kept here until then.
-def previous_token_scores(weights_BLHTT) -> "np.ndarray":
+def previous_token_scores(weights_BLHTT) -> np.ndarray:
     """Previous-token score of every head: the mean attention from query ``i`` to key ``i - 1``
     over the queries ``i >= 1`` and the examples. ``[B, L, H, T, T]`` -> ``[L, H]`` in [0, 1]
     (1 = a head that always looks exactly one token back)."""
-    import numpy as np
-
     w = np.asarray(weights_BLHTT, np.float64)
     return np.diagonal(w, offset=-1, axis1=-2, axis2=-1).mean(axis=(0, -1))
 
 
-def induction_targets(tokens_T) -> "np.ndarray":
+def induction_targets(tokens_T) -> np.ndarray:
     """For each position ``i``: ``j + 1`` where ``j < i`` is the latest earlier position holding
     the same token as ``i`` (the token that followed it last time), or ``-1`` when the token
     at ``i`` has not occurred before. ``[T]`` -> ``[T]`` int."""
-    import numpy as np
-
     last, out = {}, np.full(len(tokens_T), -1, np.int64)
     for i, t in enumerate(np.asarray(tokens_T).tolist()):
         if t in last:
@@ -205,14 +203,12 @@ def induction_targets(tokens_T) -> "np.ndarray":
     return out
 
 
-def induction_scores(weights_BLHTT, tokens_BT) -> "np.ndarray":
+def induction_scores(weights_BLHTT, tokens_BT) -> np.ndarray:
     """Induction score of every head: the mean attention from a query ``i`` whose token occurred
     before to the key right after that earlier occurrence (:func:`induction_targets`), over all
     such queries of all examples. ``[B, L, H, T, T]``, ``[B, T]`` -> ``[L, H]`` in [0, 1]
     (1 = a head that always looks up "what came next last time"). On a sequence repeated
     with period P this is the mean weight on key ``i - P + 1``."""
-    import numpy as np
-
     w = np.asarray(weights_BLHTT, np.float64)
     total, count = 0.0, 0
     for b, toks in enumerate(np.asarray(tokens_BT)):
@@ -228,8 +224,6 @@ def induction_scores(weights_BLHTT, tokens_BT) -> "np.ndarray":
 def name_heads(scores: dict, threshold: float = 0.4) -> list:
     """``[(layer, head, name, score)]`` for each head whose largest score in ``scores``
     (``{"previous-token": [L, H], "induction": [L, H]}``) is at least ``threshold``."""
-    import numpy as np
-
     names = list(scores)
     stack = np.stack([np.asarray(scores[k], np.float64) for k in names])      # [S, L, H]
     found = []

@@ -77,7 +77,7 @@ def test_06_multihead_patterns(tmp_path, monkeypatch):
     found = {(layer, kind) for layer, _, kind, _ in result["named"]}
     assert {(0, "previous-token"), (1, "induction")} <= found
     assert max(max(row) for row in result["induction"]) > 0.8
-    assert result["history"][-1]["loss_repeat"] < 0.5 < result["history"][0]["loss_repeat"]
+    assert result["history"][-1]["loss_predictable"] < 0.5 < result["history"][0]["loss_predictable"]
     assert (out / "explorer.html").is_file()
     for name in ("previous_token_scores", "induction_scores", "all_heads", "named_heads", "training_scores"):
         assert (out / f"{name}.png").is_file()
