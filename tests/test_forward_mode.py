@@ -165,16 +165,3 @@ def test_every_kernels_mode_trains_the_toy_config_to_the_same_loss_curve():
     assert curves["textbook"][-1] < curves["textbook"][0] - 1.0   # it learns
     for k in ("cpu", "auto"):
         np.testing.assert_allclose(curves[k], curves["textbook"], atol=1e-4, rtol=0)
-
-
-def test_readme_quick_tour_runs(monkeypatch):
-    """The README's quick tour (including its jvp and hessian lines) runs as written."""
-    import re
-    root = pathlib.Path(__file__).resolve().parents[1]
-    block = re.search(r"## Quick tour\n\n```python\n(.*?)```", (root / "README.md").read_text(), re.S)
-    assert block, "README has no quick-tour code block"
-    monkeypatch.chdir(root)
-    env: dict = {}
-    exec(compile(block.group(1), "README quick tour", "exec"), env)
-    assert env["logits"].shape == (2, 16, 256) and env["H"].shape == (64, 64)
-    np.testing.assert_array_equal(np.asarray(env["logits"]), np.asarray(env["logits3"]))

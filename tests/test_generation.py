@@ -366,9 +366,10 @@ def _crop_forward(cfg):
 def crop_logits(model, prompt, new_tokens, windows):
     """Teacher-forced logits of step t from the tokens in ``windows[t]`` = (start, end) of
     prompt + new tokens (a forward pass over exactly those tokens, positions from 0)."""
-    seq = list(prompt) + list(new_tokens)
+    seq, C = list(prompt) + list(new_tokens), model.config.max_len
     fwd = _crop_forward(model.config)
-    return np.stack([np.asarray(fwd(model.params(), jnp.asarray([seq[a:b]], jnp.int32))[0, -1])
+    # Right-padded to max_len (one compiled shape); by causality the padding is not seen.
+    return np.stack([np.asarray(fwd(model.params(), jnp.asarray([seq[a:b] + [0] * (C - b + a)], jnp.int32))[0, b - a - 1])
                      for a, b in windows])
 
 
