@@ -433,6 +433,30 @@ def test_sampling_past_the_context_streams_and_reproduces():
         G.generate(gen, [1], max_new_tokens=20, temperature=0, slide_every=0)
 
 
+@pytest.mark.parametrize("stride", [1, 5, 16])
+def test_score_past_the_context_in_strided_windows(stride):
+    """A text 3.5x the context: stride=1 gives every token's log-prob given exactly the last
+    max_len tokens (the crop); other strides match the window each token falls in."""
+    model = random_model(seed=6, max_len=16, positions="learned")
+    rng = np.random.default_rng(0)
+    ids = [int(x) for x in rng.integers(0, 37, 56)]
+    lp = G.score(model, ids, stride=stride, batch_size=3)
+    assert lp.shape == (55,)
+    C, fwd, ref = 16, _crop_forward(model.config), []
+    for j in range(1, 56):
+        # Target j is scored by the first window (tokens [k*stride, k*stride + C)) that predicts it.
+        k = max(0, -(-(j - C) // stride))
+        ctx = ids[k * stride:j]
+        logits = np.asarray(fwd(model.params(), jnp.asarray([ctx + [0] * (C - len(ctx))], jnp.int32))[0, len(ctx) - 1], np.float64)
+        ref.append(logits[ids[j]] - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+        if stride == 1 and j >= C:
+            assert len(ctx) == C
+    np.testing.assert_allclose(lp, ref, atol=2e-5)
+    assert np.array_equal(G.score(model, ids[:16]), G.score(model, ids[:16], stride=stride))  # fits: one pass
+    with pytest.raises(GenerationError, match="stride=0"):
+        G.score(model, ids, stride=0)
+
+
 # ----------------------------------------------------------------------------- start token
 def small_run(path, tokenizer):
     """A run folder with a small random model over ``tokenizer`` (the way `train` writes one)."""

@@ -49,22 +49,22 @@ def run(args) -> int:
     if ext == ".html":
         write_attention_explorer(args.out, labels, weights_LHTT, title=f"attention: {where}",
                                  subtitle=f"{L} layers x {H} heads, {len(ids)} tokens")
-        drawn = f"explorer of all {L} layers x {H} heads"
+        drawn = f"an interactive explorer of all {L} layers x {H} heads"
     elif args.layer is not None and args.head is not None:
         plots.attention_heatmap(weights_LHTT[args.layer, args.head], labels,
                                 title=f"{where}: layer {args.layer}, head {args.head}", path=args.out)
-        drawn = f"layer {args.layer}, head {args.head}"
+        drawn = f"attention of layer {args.layer}, head {args.head}"
     elif args.layer is not None or L * H > 48:
         layer = L - 1 if args.layer is None else args.layer
         plots.head_grid(weights_LHTT[layer], labels, layer=layer,
                         title=f"{where}: layer {layer}, all {H} heads", path=args.out)
-        drawn = f"layer {layer}, all {H} heads" + ("" if args.layer is not None else
+        drawn = f"attention of layer {layer}, all {H} heads" + ("" if args.layer is not None else
                                                    f" (the last layer: {L} x {H} is too many to draw)")
     else:
         plots.layer_head_grid(weights_LHTT, labels, title=f"{where}: every layer (rows) x head (columns)",
                               path=args.out)
-        drawn = f"all layers and heads ({L} x {H})"
-    print(f"wrote {args.out}: attention of {drawn}, {len(ids)} tokens")
+        drawn = f"attention of all layers and heads ({L} x {H})"
+    print(f"wrote {args.out}: {drawn}, {len(ids)} tokens")
     if ext == ".png":
         _note_missing_glyphs(labels)
     return 0

@@ -8,8 +8,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `jaxformer train`")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="the text to score (at least two tokens, at most the model's context)")
+    src.add_argument("--text", help="the text to score (at least two tokens; longer than the model's "
+                     "context, it is scored in overlapping windows, see --stride)")
     src.add_argument("--file", metavar="PATH", help="score the text of this UTF-8 file instead of --text")
+    p.add_argument("--stride", type=int, default=None, metavar="N",
+                   help="past the context: windows of max_len tokens every N tokens (default "
+                        "max_len/2; each token then sees at least max_len-N+1 tokens; 1 = the last "
+                        "max_len tokens for every token, slowest)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -38,7 +43,7 @@ def run(args) -> int:
     text = args.text if args.file is None else read_text_file(args.file)
     r = load_run(args.run, args.step)
     ids = r.tokenizer.encode(text)
-    logp = [float(x) for x in score(r.model, ids)]
+    logp = [float(x) for x in score(r.model, ids, stride=args.stride)]
     total = sum(logp)
     nll = -total / len(logp)
     pieces = [r.tokenizer.decode([i]) for i in ids]
