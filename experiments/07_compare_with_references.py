@@ -100,14 +100,9 @@ if importlib.util.find_spec("torch") is None:
 else:
     import torch
 
-    mha = torch.nn.MultiheadAttention(D, H, bias=True, batch_first=True).double()
-    ww = [np.asarray(p[n], np.float64).reshape(D, D).T for n in ("wq", "wk", "wv")]
-    bb = [np.asarray(p[n], np.float64).reshape(D) for n in ("bq", "bk", "bv")]
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.from_numpy(np.concatenate(ww, 0)))
-        mha.in_proj_bias.copy_(torch.from_numpy(np.concatenate(bb, 0)))
-        mha.out_proj.weight.copy_(torch.from_numpy(np.asarray(p["wo"], np.float64).reshape(D, D).T))
-        mha.out_proj.bias.copy_(torch.from_numpy(np.asarray(p["bo"], np.float64)))
+    from jaxformer.torch_reference import torch_mha_from_params
+
+    mha = torch_mha_from_params(p, D, H)
     xt = torch.from_numpy(np.asarray(x, np.float64))
     causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)          # torch: True = masked out
     ref, ref_w = mha(xt, xt, xt, attn_mask=causal, average_attn_weights=False)

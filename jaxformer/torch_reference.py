@@ -102,6 +102,24 @@ def build_torch_gpt(cfg, seed: int = 0):
     return model
 
 
+def torch_mha_from_params(p, d_model: int, n_head: int):
+    """A float64 ``torch.nn.MultiheadAttention`` (``batch_first``) holding jaxformer attention
+    parameters ``p`` (``wq/wk/wv [D, H, K]``, ``wo [H, K, D]``, biases): jaxformer multiplies
+    ``x W``, torch ``x W^T``, so every matrix is transposed on the way in."""
+    import torch
+
+    D = d_model
+    mha = torch.nn.MultiheadAttention(D, n_head, bias=True, batch_first=True).double()
+    w = [np.asarray(p[n], np.float64).reshape(D, D).T for n in ("wq", "wk", "wv")]
+    b = [np.asarray(p[n], np.float64).reshape(D) for n in ("bq", "bk", "bv")]
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.from_numpy(np.concatenate(w, 0)))
+        mha.in_proj_bias.copy_(torch.from_numpy(np.concatenate(b, 0)))
+        mha.out_proj.weight.copy_(torch.from_numpy(np.asarray(p["wo"], np.float64).reshape(D, D).T))
+        mha.out_proj.bias.copy_(torch.from_numpy(np.asarray(p["bo"], np.float64)))
+    return mha
+
+
 def load_jax_params(model, params) -> None:
     """Copy a jaxformer parameter pytree (``GPT.params()``) into a :func:`build_torch_gpt` module."""
     import torch

@@ -10,21 +10,10 @@ from flax import nnx  # noqa: E402
 from conftest import randomize  # noqa: E402
 from jaxformer import GPT, ModelConfig  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
+from jaxformer.torch_reference import torch_mha_from_params  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
-
-def to_torch_mha(p, D, H):
-    """Copy jaxformer attention params into torch.nn.MultiheadAttention (x W convention -> W x)."""
-    mha = torch.nn.MultiheadAttention(D, H, bias=True, batch_first=True).double()
-    w = [np.asarray(p[n], np.float64).reshape(D, D).T for n in ("wq", "wk", "wv")]
-    b = [np.asarray(p[n], np.float64).reshape(D) for n in ("bq", "bk", "bv")]
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.from_numpy(np.concatenate(w, 0)))
-        mha.in_proj_bias.copy_(torch.from_numpy(np.concatenate(b, 0)))
-        mha.out_proj.weight.copy_(torch.from_numpy(np.asarray(p["wo"], np.float64).reshape(D, D).T))
-        mha.out_proj.bias.copy_(torch.from_numpy(np.asarray(p["bo"], np.float64)))
-    return mha
 
 
 def test_mha_matches_torch():
@@ -34,7 +23,7 @@ def test_mha_matches_torch():
     p = {k: v[0] for k, v in p.items()}
     x = np.random.default_rng(0).normal(size=(2, T, D)).astype(np.float32)
     ours, w = F.multi_head_attention(p, jnp.asarray(x), mask=F.causal_mask(T))[:2]
-    mha = to_torch_mha(p, D, H)
+    mha = torch_mha_from_params(p, D, H)
     causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)  # torch: True = masked out
     ref, ref_w = mha(*(torch.from_numpy(x).double(),) * 3, attn_mask=causal, average_attn_weights=False)
     np.testing.assert_allclose(np.asarray(ours), ref.detach().numpy(), atol=1e-5, rtol=1e-5)
@@ -51,7 +40,7 @@ def test_block_matches_torch_pre_norm_block():
 
     t = lambda a: torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
     ln = lambda y, q: torch.nn.functional.layer_norm(y, (D,), t(q["scale"]), t(q["bias"]), 1e-5)  # noqa: E731
-    mha = to_torch_mha(p["attn"], D, H)
+    mha = torch_mha_from_params(p["attn"], D, H)
     causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
     xt = t(x)
     h = ln(xt, p["ln1"])
