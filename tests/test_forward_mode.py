@@ -15,7 +15,7 @@ from flax import nnx
 from conftest import randomize
 from jaxformer import GPT, ModelConfig, load_config
 from jaxformer import functional as F
-from jaxformer import generation, inspect, training
+from jaxformer import inspect, scoring, training
 
 EPS = 1e-5
 
@@ -140,7 +140,7 @@ def test_inference_entry_points_support_forward_mode_in_every_kernels_mode(kerne
             "call": lambda p: GPT.from_params(cfg, p)(TOKENS),
             "capture": lambda p: inspect.capture_fn(p, TOKENS, cfg)["resid"],
             "attention_maps": lambda p: inspect.attention_maps_fn(p, TOKENS, cfg),
-            "score": lambda p: generation._score(p, TOKENS, config=cfg),
+            "score": lambda p: scoring._score(p, TOKENS, config=cfg),
         }
         for name, f in fns.items():
             _, tangent = jax.jvp(f, (params,), (d,))

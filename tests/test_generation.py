@@ -11,6 +11,7 @@ from flax import nnx
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
 from jaxformer import generation as G
+from jaxformer import scoring
 from jaxformer.errors import GenerationError
 
 BASE = dict(vocab_size=37, d_model=32, n_head=4, n_layer=2, d_ff=48, max_len=48)
@@ -190,7 +191,7 @@ def test_params_tuple_and_single_prompt_forms(model):
 
 def test_score_matches_the_forward_pass(model):
     ids = [1, 5, 2, 7, 3, 3, 9]
-    lp = G.score(model, ids)
+    lp = scoring.score(model, ids)
     logits = np.asarray(model(jnp.asarray([ids])), np.float64)[0]
     ref = logits - logits.max(-1, keepdims=True)
     ref = ref - np.log(np.exp(ref).sum(-1, keepdims=True))
@@ -291,7 +292,7 @@ def test_cli_score_and_errors(run_dir, capsys):
 
     assert main(["score", "--run", str(run_dir), "--text", "abcab", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
-    ref = G.score(load_run(run_dir).model, list(b"abcab"))
+    ref = scoring.score(load_run(run_dir).model, list(b"abcab"))
     np.testing.assert_allclose(obj["logprobs"], ref, atol=1e-6)
     np.testing.assert_allclose(obj["perplexity"], np.exp(-ref.mean()), rtol=1e-5)
     assert main(["score", "--run", str(run_dir), "--text", "abcab"]) == 0
@@ -440,7 +441,7 @@ def test_score_past_the_context_in_strided_windows(stride):
     model = random_model(seed=6, max_len=16, positions="learned")
     rng = np.random.default_rng(0)
     ids = [int(x) for x in rng.integers(0, 37, 56)]
-    lp = G.score(model, ids, stride=stride, batch_size=3)
+    lp = scoring.score(model, ids, stride=stride, batch_size=3)
     assert lp.shape == (55,)
     C, fwd, ref = 16, _crop_forward(model.config), []
     for j in range(1, 56):
@@ -452,9 +453,9 @@ def test_score_past_the_context_in_strided_windows(stride):
         if stride == 1 and j >= C:
             assert len(ctx) == C
     np.testing.assert_allclose(lp, ref, atol=2e-5)
-    assert np.array_equal(G.score(model, ids[:16]), G.score(model, ids[:16], stride=stride))  # fits: one pass
+    assert np.array_equal(scoring.score(model, ids[:16]), scoring.score(model, ids[:16], stride=stride))  # fits: one pass
     with pytest.raises(GenerationError, match="stride=0"):
-        G.score(model, ids, stride=0)
+        scoring.score(model, ids, stride=0)
 
 
 # ----------------------------------------------------------------------------- start token

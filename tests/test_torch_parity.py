@@ -15,7 +15,6 @@ from jaxformer.torch_reference import torch_mha_from_params  # noqa: E402
 pytestmark = pytest.mark.hf
 
 
-
 def test_mha_matches_torch():
     D, H, T = 16, 4, 7
     cfg = ModelConfig(vocab_size=11, d_model=D, n_head=H, n_layer=1, d_ff=32, max_len=T)

@@ -38,7 +38,7 @@ def run(args) -> int:
     import math
 
     from jaxformer.checkpoint import load_run
-    from jaxformer.generation import score
+    from jaxformer.scoring import score
 
     text = args.text if args.file is None else read_text_file(args.file)
     r = load_run(args.run, args.step)
