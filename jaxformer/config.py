@@ -14,7 +14,7 @@ import math
 import os
 import pathlib
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import yaml
 
@@ -57,13 +57,30 @@ class ModelConfig:
     d_ff: Optional[int] = None          # default 4 * d_model
     max_len: int = 256                  # context length (size of the position table)
     n_kv_head: Optional[int] = None     # grouped-query attention when < n_head; default n_head
-    norm_position: str = "pre"          # pre | post | none
+    head_dim: Optional[int] = None      # head width K; default d_model // n_head
+    norm_position: str = "pre"          # pre | post | none | sandwich (pre + a norm on each branch output)
     norm: str = "layernorm"             # layernorm | rmsnorm
     norm_eps: float = 1e-5
-    activation: str = "gelu"            # relu | gelu (tanh approximation) | swiglu
+    norm_offset: float = 0.0            # norms multiply by (norm_offset + scale); Gemma: 1.0
+    activation: str = "gelu"            # relu | gelu (tanh approx.) | gelu_exact (erf) | swiglu | geglu
     positions: str = "learned"          # learned | sinusoidal | rope | none
     rope_theta: float = 10000.0
+    rope_fraction: float = 1.0          # fraction of each head's dims that rotate (GPT-NeoX rotary_pct)
+    rope_scaling: str = "none"          # none | linear | llama3
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0   # llama3 scaling only
+    rope_high_freq_factor: float = 4.0  # llama3 scaling only
+    rope_original_max_len: int = 8192   # llama3 scaling only
+    sliding_window: Optional[int] = None  # query t sees keys s with 0 <= t - s < sliding_window
+    layer_types: Optional[Tuple[str, ...]] = None  # per layer "full" | "sliding" (default: all sliding if a window is set)
+    attn_scale: Optional[float] = None  # score multiplier; default head_dim ** -0.5
+    attn_softcap: Optional[float] = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    final_softcap: Optional[float] = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
+    qk_norm: bool = False               # norm each head's q and k before RoPE (Qwen3)
+    parallel_residual: bool = False     # x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX)
+    scale_embeddings: bool = False      # token embeddings times sqrt(d_model) (Gemma)
     bias: bool = True
+    qkv_bias: Optional[bool] = None     # biases on q/k/v only; default: bias (Qwen2: bias=False, qkv_bias=True)
     tie_embeddings: bool = True
     dropout: float = 0.0
     dtype: str = "float32"              # compute dtype
@@ -79,17 +96,22 @@ class ModelConfig:
         if self.d_ff is None:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         _positive_int("model.d_ff", self.d_ff)
-        _check(self.d_model % self.n_head == 0,
-               f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
-        head_dim = self.d_model // self.n_head
+        if self.head_dim is None:
+            _check(self.d_model % self.n_head == 0,
+                   f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head} "
+                   "(set model.head_dim to choose the head width)")
+            object.__setattr__(self, "head_dim", self.d_model // self.n_head)
+        _positive_int("model.head_dim", self.head_dim)
+        head_dim = self.head_dim
         if self.n_kv_head is not None:
             _positive_int("model.n_kv_head", self.n_kv_head)
             _check(self.n_head % self.n_kv_head == 0,
                    f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
-        _choice("model.norm_position", self.norm_position, ("pre", "post", "none"))
+        _choice("model.norm_position", self.norm_position, ("pre", "post", "none", "sandwich"))
         _choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
-        _choice("model.activation", self.activation, ("relu", "gelu", "swiglu"))
+        _choice("model.activation", self.activation, ("relu", "gelu", "gelu_exact", "swiglu", "geglu"))
         _choice("model.positions", self.positions, ("learned", "sinusoidal", "rope", "none"))
+        _choice("model.rope_scaling", self.rope_scaling, ("none", "linear", "llama3"))
         _choice("model.dtype", self.dtype, DTYPES)
         _choice("model.param_dtype", self.param_dtype, DTYPES)
         _choice("model.remat", self.remat, ("none", "full", "dots"))
@@ -97,13 +119,46 @@ class ModelConfig:
         _finite_number("model.dropout", self.dropout, 0.0, 1.0)
         _check(self.dropout < 1.0, f"model.dropout={self.dropout!r} must be < 1")
         _finite_number("model.norm_eps", self.norm_eps, 0.0, 1.0, include_min=False)
+        _finite_number("model.norm_offset", self.norm_offset, -10.0, 10.0)
         _finite_number("model.init_std", self.init_std, 0.0, 10.0, include_min=False)
         _finite_number("model.rope_theta", self.rope_theta, 1.0)
-        for name in ("bias", "tie_embeddings", "scan_layers"):
+        _finite_number("model.rope_fraction", self.rope_fraction, 0.0, 1.0, include_min=False)
+        _finite_number("model.rope_scaling_factor", self.rope_scaling_factor, 1.0)
+        _finite_number("model.rope_low_freq_factor", self.rope_low_freq_factor, 0.0, include_min=False)
+        _finite_number("model.rope_high_freq_factor", self.rope_high_freq_factor, 0.0, include_min=False)
+        _positive_int("model.rope_original_max_len", self.rope_original_max_len)
+        if self.rope_scaling == "llama3":
+            _check(self.rope_high_freq_factor > self.rope_low_freq_factor,
+                   f"model.rope_high_freq_factor={self.rope_high_freq_factor!r} must be > "
+                   f"model.rope_low_freq_factor={self.rope_low_freq_factor!r}")
+        for name in ("attn_scale", "attn_softcap", "final_softcap"):
+            if getattr(self, name) is not None:
+                _finite_number(f"model.{name}", getattr(self, name), 0.0, include_min=False)
+        for name in ("bias", "tie_embeddings", "scan_layers", "qk_norm", "parallel_residual",
+                     "scale_embeddings"):
             _check(isinstance(getattr(self, name), bool),
                    f"model.{name}={getattr(self, name)!r} must be true or false")
+        if self.qkv_bias is None:
+            object.__setattr__(self, "qkv_bias", self.bias)
+        _check(isinstance(self.qkv_bias, bool), f"model.qkv_bias={self.qkv_bias!r} must be true or false")
+        if self.sliding_window is not None:
+            _positive_int("model.sliding_window", self.sliding_window)
+        if self.layer_types is not None:
+            types = self.layer_types
+            _check(isinstance(types, (list, tuple)) and len(types) == self.n_layer
+                   and all(t in ("full", "sliding") for t in types),
+                   f"model.layer_types={types!r} must list 'full' or 'sliding' for each of the "
+                   f"{self.n_layer} layers")
+            object.__setattr__(self, "layer_types", tuple(types))
+            _check(self.sliding_window is not None or "sliding" not in types,
+                   "model.layer_types has 'sliding' layers but model.sliding_window is null")
+        if self.parallel_residual:
+            _check(self.norm_position == "pre",
+                   f"model.parallel_residual=true needs model.norm_position='pre', not {self.norm_position!r}")
         if self.positions == "rope":
-            _check(head_dim % 2 == 0, f"model.d_model/n_head={head_dim} must be even for rope positions")
+            _check(self.rotary_dim >= 2 and self.rotary_dim % 2 == 0,
+                   f"model.head_dim * model.rope_fraction = {head_dim} * {self.rope_fraction} rotary dims "
+                   "must be even for rope positions (and >= 2)")
         if self.positions == "sinusoidal":
             _check(self.d_model % 2 == 0, f"model.d_model={self.d_model} must be even for sinusoidal positions")
 
@@ -113,8 +168,18 @@ class ModelConfig:
         return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
+    def rotary_dim(self) -> int:
+        """How many of each head's dims RoPE rotates (``int(head_dim * rope_fraction)``)."""
+        return int(self.head_dim * self.rope_fraction)
+
+    @property
+    def sliding_layers(self) -> Tuple[bool, ...]:
+        """Per layer: True where attention is limited to ``sliding_window`` keys."""
+        if self.sliding_window is None:
+            return (False,) * self.n_layer
+        if self.layer_types is None:
+            return (True,) * self.n_layer
+        return tuple(t == "sliding" for t in self.layer_types)
 
 
 @dataclass(frozen=True)
@@ -210,7 +275,10 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["model"]["layer_types"] is not None:  # YAML has lists, not tuples
+            d["model"]["layer_types"] = list(d["model"]["layer_types"])
+        return d
 
 
 #: Keys that no longer exist, with what to use instead.
@@ -239,6 +307,10 @@ def _coerce(section: str, cls, key: str, value: Any) -> Any:
         if "Optional" in typ:
             return None
         raise ConfigError(f"{section}.{key}=null is not allowed")
+    if "Tuple" in typ:  # a list of strings (model.layer_types)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{section}.{key}={value!r} must be a list of strings")
+        return tuple(value)
     if "float" in typ and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if "float" in typ and isinstance(value, str):

@@ -12,20 +12,22 @@ Shape legend (used in names such as ``x_BTD`` and ``weights_BHTS``):
     B  batch                     T  query time (tokens in this call)
     S  key time (= T without a cache; the cache length with one)
     D  model width (d_model)     H  query heads        G  kv heads (n_kv_head)
-    R  query heads per kv head   K  head width (D // H)
+    R  query heads per kv head   K  head width (head_dim, default D // H)
     F  feed-forward width        V  vocabulary         L  layers
 
 Parameter pytrees are plain nested dicts of arrays:
 
     norm   {"scale": [D], "bias": [D]}            (rmsnorm / bias=False: no "bias")
     attn   {"wq": [D,H,K], "wk": [D,G,K], "wv": [D,G,K], "wo": [H,K,D],
-            "bq": [H,K], "bk": [G,K], "bv": [G,K], "bo": [D]}   (biases optional)
+            "bq": [H,K], "bk": [G,K], "bv": [G,K] (qkv_bias), "bo": [D] (bias),
+            "q_norm", "k_norm": {"scale": [K]} (qk_norm)}
     mlp    {"w_in": [D,F], "w_out": [F,D], "b_in": [F], "b_out": [D],
-            "w_gate": [D,F] (swiglu only)}
-    block  {"ln1": norm, "attn": attn, "ln2": norm, "mlp": mlp}   (no ln* when norm_position="none")
+            "w_gate": [D,F] (gated activations: swiglu, geglu)}
+    block  {"ln1": norm, "attn": attn, "ln2": norm, "mlp": mlp,   (no ln* when norm_position="none")
+            "ln_attn_out", "ln_mlp_out": norm (norm_position="sandwich")}
     model  {"tok_emb": [V,D], "pos_emb": [max_len,D] (learned positions only),
             "blocks": block with a leading [L] axis on every leaf,
-            "ln_f": norm (pre-norm only), "lm_head": [D,V] (untied only)}
+            "ln_f": norm (pre / sandwich), "lm_head": [D,V] (untied only)}
 
 Functions that describe the architecture take ``config``: any object with the
 attributes of :class:`jaxformer.ModelConfig` (this module never imports it).
@@ -41,12 +43,14 @@ from jax import lax
 
 Params = Mapping[str, Any]
 
-__all__ = ["causal_mask", "masked_softmax", "scaled_dot_product_attention", "split_heads",
-           "merge_heads", "sinusoidal_positions", "learned_positions", "rope_frequencies",
-           "apply_rope", "linear", "attention_projections", "multi_head_attention", "layer_norm",
-           "rms_norm", "norm", "gelu_tanh", "activation", "feed_forward", "dropout",
-           "decoder_block", "embed", "unembed", "init_cache", "decoder_hidden", "decoder",
-           "token_log_probs", "cross_entropy", "unembed_cross_entropy", "next_token_loss"]
+__all__ = ["causal_mask", "masked_softmax", "soft_cap", "scaled_dot_product_attention",
+           "split_heads", "merge_heads", "sinusoidal_positions", "learned_positions",
+           "rope_inv_freq", "llama3_rope_scaling", "rope_frequencies", "rope_for", "apply_rope",
+           "linear", "attention_projections", "multi_head_attention", "layer_norm", "rms_norm",
+           "norm", "gelu_tanh", "gelu_exact", "activation", "feed_forward", "dropout",
+           "decoder_block", "embed", "final_norm", "unembed", "init_cache", "attention_masks",
+           "decoder_hidden", "decoder", "token_log_probs", "cross_entropy",
+           "unembed_cross_entropy", "next_token_loss"]
 
 
 def _acc(dtype):
@@ -62,14 +66,19 @@ def _kernel(kernels, name: str, textbook):
 
 
 # ----------------------------------------------------------------------------- attention
-def causal_mask(T: int, S: Optional[int] = None, offset: int = 0) -> jax.Array:
+def causal_mask(T: int, S: Optional[int] = None, offset: int = 0,
+                window: Optional[int] = None) -> jax.Array:
     """Boolean lower-triangular mask ``[T, S]``: True where query t may attend key s.
 
     ``S`` defaults to ``T``. With ``offset`` (queries start at absolute position
     ``offset`` in a longer key sequence) query t may attend keys ``s <= t + offset``.
+    With a sliding ``window`` W (Mistral, Gemma 2) only the last W of those:
+    ``t + offset - W < s <= t + offset``.
     """
     S = T if S is None else S
-    return jnp.arange(S)[None, :] <= jnp.arange(T)[:, None] + offset
+    t, s = jnp.arange(T)[:, None] + offset, jnp.arange(S)[None, :]
+    keep = s <= t
+    return keep if window is None else keep & (s > t - window)
 
 
 def masked_softmax(scores, mask=None):
@@ -88,18 +97,26 @@ def masked_softmax(scores, mask=None):
     return e / jnp.where(denom == 0.0, 1.0, denom)
 
 
-def scaled_dot_product_attention(q, k, v, *, mask=None, scale=None):
+def soft_cap(x, cap: Optional[float]):
+    """``cap * tanh(x / cap)``: squashes ``x`` smoothly into ``(-cap, cap)`` (Gemma 2's
+    attention-score and final-logit capping). Identity when ``cap`` is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def scaled_dot_product_attention(q, k, v, *, mask=None, scale=None, softcap=None):
     """Softmax attention ``softmax(q k^T / sqrt(K)) v``.
 
     Shapes: ``q [..., T, K]``, ``k [..., S, K]``, ``v [..., S, Kv]`` (leading axes
     broadcast, so grouped K/V heads can share keys without copying);
     ``mask`` boolean, True = may attend, broadcastable to ``[..., T, S]``.
+    ``scale`` replaces ``1/sqrt(K)``; ``softcap`` caps the scaled scores with
+    :func:`soft_cap` before the mask.
     Returns ``(out [..., T, Kv], weights [..., T, S])``. The softmax runs in float32
     whatever the input dtype. A fully-masked row gives zero weights and a zero output.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=_acc(q.dtype)) * scale
-    weights = masked_softmax(scores, mask)
+    weights = masked_softmax(soft_cap(scores, softcap), mask)
     out = jnp.einsum("...ts,...sk->...tk", weights.astype(v.dtype), v)
     return out, weights
 
@@ -133,19 +150,53 @@ def learned_positions(pos_emb_PD, positions_BT):
     return jnp.take(pos_emb_PD, positions_BT, axis=0)
 
 
-def rope_frequencies(positions_BT, head_dim: int, theta: float = 10000.0):
-    """Rotary angles ``(cos, sin)``, each ``[B, T, head_dim // 2]`` (float32)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+def rope_inv_freq(rot_dim: int, theta: float = 10000.0):
+    """RoPE's angular frequencies ``theta^(-2i / rot_dim)``, ``i < rot_dim / 2`` (float32)."""
+    return 1.0 / (theta ** (jnp.arange(0, rot_dim, 2, dtype=jnp.float32) / rot_dim))
+
+
+def llama3_rope_scaling(inv_freq, factor: float, low_freq_factor: float, high_freq_factor: float,
+                        original_max_len: int):
+    """Llama 3.1's context extension of RoPE frequencies: wavelengths longer than
+    ``original_max_len / low_freq_factor`` are slowed by ``factor``, those shorter than
+    ``original_max_len / high_freq_factor`` kept, and those between interpolated smoothly."""
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    scaled = jnp.where(wavelen > original_max_len / low_freq_factor, inv_freq / factor, inv_freq)
+    medium = (wavelen >= original_max_len / high_freq_factor) & (wavelen <= original_max_len / low_freq_factor)
+    return jnp.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def rope_frequencies(positions_BT, head_dim: int, theta: float = 10000.0, inv_freq=None):
+    """Rotary angles ``(cos, sin)``, each ``[B, T, head_dim // 2]`` (float32).
+    ``inv_freq`` ``[head_dim // 2]`` replaces :func:`rope_inv_freq` (e.g. scaled ones)."""
+    inv_freq = rope_inv_freq(head_dim, theta) if inv_freq is None else inv_freq
     angle = positions_BT.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angle), jnp.sin(angle)
 
 
+def rope_for(config, positions_BT):
+    """The ``(cos, sin)`` a model of ``config`` uses at ``positions [B, T]``: over
+    ``config.rotary_dim`` dims, base ``rope_theta``, scaled per ``rope_scaling``."""
+    inv_freq = rope_inv_freq(config.rotary_dim, config.rope_theta)
+    if config.rope_scaling == "linear":
+        inv_freq = inv_freq / config.rope_scaling_factor
+    elif config.rope_scaling == "llama3":
+        inv_freq = llama3_rope_scaling(inv_freq, config.rope_scaling_factor, config.rope_low_freq_factor,
+                                       config.rope_high_freq_factor, config.rope_original_max_len)
+    return rope_frequencies(positions_BT, config.rotary_dim, inv_freq=inv_freq)
+
+
 def apply_rope(x_BTHK, cos_BTk, sin_BTk):
-    """Rotate pairs ``(x[..., i], x[..., i + K/2])`` by the position's angle (GPT-NeoX / Llama
-    "rotate half" layout). ``x [B, T, H, K]``, ``cos/sin [B, T, K/2]`` -> ``[B, T, H, K]``."""
-    x1, x2 = jnp.split(x_BTHK.astype(_acc(x_BTHK.dtype)), 2, axis=-1)
+    """Rotate pairs ``(x[..., i], x[..., i + r/2])`` by the position's angle (GPT-NeoX / Llama
+    "rotate half" layout) over the first ``r = 2 * cos.shape[-1]`` dims; the rest pass
+    unchanged (partial rotary, GPT-NeoX). ``x [B, T, H, K]``, ``cos/sin [B, T, r/2]``."""
+    r = 2 * cos_BTk.shape[-1]
+    x_rot, x_pass = x_BTHK[..., :r], x_BTHK[..., r:]
+    x1, x2 = jnp.split(x_rot.astype(_acc(x_BTHK.dtype)), 2, axis=-1)
     c, s = cos_BTk[:, :, None, :], sin_BTk[:, :, None, :]
-    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHK.dtype)
+    rotated = jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHK.dtype)
+    return rotated if r == x_BTHK.shape[-1] else jnp.concatenate([rotated, x_pass], axis=-1)
 
 
 # ----------------------------------------------------------------------------- attention layer
@@ -165,7 +216,8 @@ def attention_projections(params: Params, x_BTD, kernels=None):
 
 def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=None,
                          cache_index=None, dropout_rate: float = 0.0, key=None,
-                         kernels=None, is_causal: bool = False):
+                         kernels=None, is_causal: bool = False, scale=None, softcap=None,
+                         qk_norm=None):
     """Multi-head (optionally grouped-query) self-attention.
 
     ``x [B, T, D]``; ``mask`` boolean broadcastable to ``[B, 1, T, S]`` (True = may
@@ -175,9 +227,14 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     ``cache_index`` and queries attend over all S cache slots (``mask`` must then be
     ``[.., T, S]``). Dropout on the weights when ``key`` is given. ``kernels`` may replace
     the softmax by a fused kernel that returns no weights (``is_causal``: the mask is causal).
+    ``scale`` (default ``1/sqrt(K)``) and ``softcap`` as in :func:`scaled_dot_product_attention`;
+    ``qk_norm(norm_params, x)`` normalises each head's q and k with ``params["q_norm"]`` /
+    ``params["k_norm"]`` before RoPE (Qwen3), when those are present.
     Returns ``(out [B, T, D], weights [B, H, T, S] or None, new_cache or None)``.
     """
     q, k, v = attention_projections(params, x_BTD, kernels)
+    if "q_norm" in params:
+        q, k = qk_norm(params["q_norm"], q), qk_norm(params["k_norm"], k)
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     B, T, H, K = q.shape
@@ -188,8 +245,11 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     if mask is not None:  # [B, 1, T, S] -> [B, 1, 1, T, S]
         mask = jnp.asarray(mask)
         mask = mask.reshape((1,) * (5 - mask.ndim) + mask.shape) if mask.ndim < 4 else mask[:, :, None]
-    scale, weights_BHTS, new_cache = 1.0 / math.sqrt(K), None, None
-    fused = None if (key is not None and dropout_rate > 0.0) else _kernel(kernels, "attention", None)
+    scale = 1.0 / math.sqrt(K) if scale is None else scale
+    weights_BHTS, new_cache = None, None
+    # Fused kernels neither cap scores nor drop weights: those calls take the textbook.
+    plain = softcap is None and not (key is not None and dropout_rate > 0.0)
+    fused = _kernel(kernels, "attention", None) if plain else None
     cached = _kernel(kernels, "cached_attention", None)
     if cache is not None:  # write the new keys/values into their slots
         new_cache = {n: lax.dynamic_update_slice(cache[n], a.astype(cache[n].dtype), (0, 0, cache_index, 0))
@@ -203,7 +263,8 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
         if fused is not None:
             out = fused(q_BGRTK, k_BGSK, v_BGSK, mask, scale, is_causal and cache is None)
         else:
-            out, w = scaled_dot_product_attention(q_BGRTK, k_BGSK[:, :, None], v_BGSK[:, :, None], mask=mask)
+            out, w = scaled_dot_product_attention(q_BGRTK, k_BGSK[:, :, None], v_BGSK[:, :, None], mask=mask,
+                                                  scale=scale, softcap=softcap)
             weights_BHTS = w.reshape(B, H, T, -1)
             if key is not None and dropout_rate > 0.0:  # dropout on the weights (as GPT-2)
                 w = dropout(w, dropout_rate, key)
@@ -214,26 +275,31 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
 
 
 # ----------------------------------------------------------------------------- norms, MLP
-def layer_norm(x, scale, bias=None, eps: float = 1e-5):
-    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis (statistics in float32)."""
+def layer_norm(x, scale, bias=None, eps: float = 1e-5, offset: float = 0.0):
+    """``(x - mean) / sqrt(var + eps) * (offset + scale) + bias`` over the last axis
+    (statistics in float32)."""
     xf = x.astype(_acc(x.dtype))
     mean = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-    y = (xf - mean) * lax.rsqrt(var + eps) * scale
+    y = (xf - mean) * lax.rsqrt(var + eps) * (offset + scale.astype(xf.dtype))
     return (y if bias is None else y + bias).astype(x.dtype)
 
 
-def rms_norm(x, scale, eps: float = 1e-5):
-    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis (statistics in float32)."""
+def rms_norm(x, scale, eps: float = 1e-5, offset: float = 0.0):
+    """``x / sqrt(mean(x^2) + eps) * (offset + scale)`` over the last axis (in float32 at
+    least). Gemma stores ``scale - 1`` and uses ``offset=1``."""
     xf = x.astype(_acc(x.dtype))
-    y = xf * lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps) * scale
-    return y.astype(x.dtype)
+    y = xf * lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps)
+    return (y * (offset + scale.astype(xf.dtype))).astype(x.dtype)
 
 
-def norm(params: Params, x, kind: str = "layernorm", eps: float = 1e-5, kernels=None):
+def norm(params: Params, x, kind: str = "layernorm", eps: float = 1e-5, kernels=None,
+         offset: float = 0.0):
     """Apply the norm named by ``kind`` (``layernorm`` | ``rmsnorm``) with its params."""
     if kind == "rmsnorm":
-        return rms_norm(x, params["scale"], eps)
+        return rms_norm(x, params["scale"], eps, offset)
+    if offset:
+        return layer_norm(x, params["scale"], params.get("bias"), eps, offset)
     return _kernel(kernels, "layer_norm", layer_norm)(x, params["scale"], params.get("bias"), eps)
 
 
@@ -242,25 +308,34 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def gelu_exact(x):
+    """GELU as defined, ``x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))`` (GPT-NeoX / Pythia)."""
+    return 0.5 * x * (1.0 + lax.erf(x / math.sqrt(2.0)))
+
+
+GATED = ("swiglu", "geglu")  # activations that multiply a gate branch into the up projection
+
+
 def activation(name: str, kernels=None):
-    """The elementwise non-linearity for ``relu`` | ``gelu`` (tanh approx.) | ``swiglu`` (SiLU gate)."""
-    if name == "gelu":
+    """The elementwise non-linearity for ``relu`` | ``gelu`` (tanh approx.) | ``gelu_exact``
+    (erf) | ``swiglu`` (its SiLU gate) | ``geglu`` (its tanh-GELU gate, Gemma)."""
+    if name in ("gelu", "geglu"):
         return _kernel(kernels, "gelu", gelu_tanh)
-    return {"relu": jax.nn.relu, "swiglu": jax.nn.silu}[name]
+    return {"relu": jax.nn.relu, "swiglu": jax.nn.silu, "gelu_exact": gelu_exact}[name]
 
 
 def feed_forward(params: Params, x_BTD, act: str = "gelu", kernels=None):
     """Position-wise MLP ``[B, T, D] -> [B, T, D]``.
 
-    ``relu`` / ``gelu``: ``act(x W_in + b_in) W_out + b_out``; ``swiglu``:
-    ``(silu(x W_gate) * (x W_in)) W_out``.
+    ``relu`` / ``gelu`` / ``gelu_exact``: ``act(x W_in + b_in) W_out + b_out``; gated
+    ``swiglu`` / ``geglu``: ``(act(x W_gate) * (x W_in)) W_out`` (SiLU / tanh-GELU gate).
     """
     dense = _kernel(kernels, "dense", linear)
     h = dense(x_BTD, params["w_in"])
     if "b_in" in params:
         h = h + params["b_in"]
-    if act == "swiglu":
-        h = jax.nn.silu(dense(x_BTD, params["w_gate"])) * h
+    if act in GATED:
+        h = activation(act, kernels)(dense(x_BTD, params["w_gate"])) * h
     else:
         h = activation(act, kernels)(h)
     y = dense(h, params["w_out"])
@@ -282,32 +357,47 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
     """One decoder block ``[B, T, D] -> [B, T, D]``.
 
     ``config.norm_position``: ``pre`` (GPT-2: ``x + attn(norm(x))``, ``x + mlp(norm(x))``),
-    ``post`` (original Transformer: ``norm(x + attn(x))``, ``norm(x + mlp(x))``) or
-    ``none`` (``x + attn(x)``, ``x + mlp(x)``). Dropout (``config.dropout``) on attention
-    weights and on both residual branches when ``key`` is given.
+    ``post`` (original Transformer: ``norm(x + attn(x))``, ``norm(x + mlp(x))``),
+    ``none`` (``x + attn(x)``, ``x + mlp(x)``) or ``sandwich`` (Gemma 2: pre-norm, and each
+    branch's output normed again before it is added: ``x + norm(attn(norm(x)))``).
+    ``config.parallel_residual`` (GPT-NeoX): ``x + attn(norm1(x)) + mlp(norm2(x))``.
+    Dropout (``config.dropout``) on attention weights and on both residual branches when
+    ``key`` is given.
 
     Returns ``(y [B, T, D], aux)`` with ``aux = {"weights": [B, H, T, S] (None when a
-    kernel attended), "attn_out": [B, T, D], "mlp_out": [B, T, D], "cache": new cache or None}``.
+    kernel attended), "attn_out": [B, T, D], "mlp_out": [B, T, D], "cache": new cache or None}``
+    (``attn_out`` / ``mlp_out``: what each branch adds to the residual stream).
     """
     pos, rate = config.norm_position, config.dropout
+    pre = pos in ("pre", "sandwich")
     keys = jax.random.split(key, 3) if key is not None else (None, None, None)
-    nrm = lambda p, h: norm(p, h, config.norm, config.norm_eps, kernels)  # noqa: E731
+    nrm = lambda p, h: norm(p, h, config.norm, config.norm_eps, kernels, config.norm_offset)  # noqa: E731
     # A kernel set may mark the residual stream (XLA:CPU gradient fences); the textbook does not.
     mark = _kernel(kernels, "residual", lambda x: x)
 
     x_BTD = mark(x_BTD)
-    h = nrm(params["ln1"], x_BTD) if pos == "pre" else x_BTD
+    h = nrm(params["ln1"], x_BTD) if pre else x_BTD
     a, weights, new_cache = multi_head_attention(
         params["attn"], h, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
-        dropout_rate=rate, key=keys[0], kernels=kernels, is_causal=is_causal)
+        dropout_rate=rate, key=keys[0], kernels=kernels, is_causal=is_causal,
+        scale=config.attn_scale, softcap=config.attn_softcap, qk_norm=nrm)
+    if pos == "sandwich":
+        a = nrm(params["ln_attn_out"], a)
     a = dropout(a, rate, keys[1])
+    if config.parallel_residual:  # both branches read the block's input
+        m = dropout(feed_forward(params["mlp"], nrm(params["ln2"], x_BTD), config.activation, kernels),
+                    rate, keys[2])
+        return x_BTD + a + m, {"weights": weights, "attn_out": a, "mlp_out": m, "cache": new_cache}
     x = x_BTD + a
     if pos == "post":
         x = nrm(params["ln1"], x)
 
     x = mark(x)
-    h = nrm(params["ln2"], x) if pos == "pre" else x
-    m = dropout(feed_forward(params["mlp"], h, config.activation, kernels), rate, keys[2])
+    h = nrm(params["ln2"], x) if pre else x
+    m = feed_forward(params["mlp"], h, config.activation, kernels)
+    if pos == "sandwich":
+        m = nrm(params["ln_mlp_out"], m)
+    m = dropout(m, rate, keys[2])
     x = x + m
     if pos == "post":
         x = nrm(params["ln2"], x)
@@ -315,8 +405,11 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
 
 
 def embed(params: Params, tokens_BT, config, positions_BT):
-    """Token embedding plus absolute positions (learned or sinusoidal) ``-> [B, T, D]``."""
+    """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus
+    absolute positions (learned or sinusoidal) ``-> [B, T, D]``."""
     x = jnp.take(params["tok_emb"], tokens_BT, axis=0)
+    if config.scale_embeddings:  # the factor is rounded to the compute dtype, as Gemma does
+        x = x * jnp.asarray(math.sqrt(config.d_model), x.dtype)
     if config.positions == "learned":
         x = x + learned_positions(params["pos_emb"], positions_BT)
     elif config.positions == "sinusoidal":
@@ -324,21 +417,42 @@ def embed(params: Params, tokens_BT, config, positions_BT):
     return x
 
 
+def final_norm(params: Params, x_BTD, config, kernels=None):
+    """The norm after the last block (``ln_f``; pre-norm and sandwich models only)."""
+    if config.norm_position in ("pre", "sandwich"):
+        return norm(params["ln_f"], x_BTD, config.norm, config.norm_eps, kernels, config.norm_offset)
+    return x_BTD
+
+
 def unembed(params: Params, x_BTD, config):
-    """Final norm (pre-norm models) and output projection ``-> logits [B, T, V]`` in float32."""
-    if config.norm_position == "pre":
-        x_BTD = norm(params["ln_f"], x_BTD, config.norm, config.norm_eps)
+    """:func:`final_norm` and the output projection ``-> logits [B, T, V]`` in float32
+    (soft-capped when ``config.final_softcap``, Gemma 2)."""
+    x_BTD = final_norm(params, x_BTD, config)
     # Tied: contract with the [V, D] table as stored (a transposed view made XLA:CPU copy
     # the whole table on every decode step).
     eq, w = ("btd,vd->btv", params["tok_emb"]) if config.tie_embeddings else ("btd,dv->btv", params["lm_head"])
-    return jnp.einsum(eq, x_BTD, w.astype(x_BTD.dtype), preferred_element_type=_acc(x_BTD.dtype))
+    logits = jnp.einsum(eq, x_BTD, w.astype(x_BTD.dtype), preferred_element_type=_acc(x_BTD.dtype))
+    return soft_cap(logits, config.final_softcap)
 
 
 def init_cache(config, batch_size: int, max_len: Optional[int] = None, dtype=jnp.float32):
     """An empty KV cache ``{"k", "v": [L, B, G, S, K]}`` for :func:`decoder`."""
     S = config.max_len if max_len is None else max_len
-    shape = (config.n_layer, batch_size, config.kv_heads, S, config.d_model // config.n_head)
+    shape = (config.n_layer, batch_size, config.kv_heads, S, config.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def attention_masks(config, T: int, S: int, offset=0, key_mask_BS=None):
+    """The boolean masks ``[B or 1, 1, T, S]`` of a model's layers: ``(full, sliding)``,
+    causal (queries start at ``offset``) and, for ``sliding``, limited to the last
+    ``config.sliding_window`` keys (None when no layer slides). ``key_mask_BS`` (False =
+    padding) is applied to both."""
+    full = causal_mask(T, S, offset)[None, None]
+    sliding = causal_mask(T, S, offset, config.sliding_window)[None, None] if any(config.sliding_layers) else None
+    if key_mask_BS is not None:
+        pad = key_mask_BS[:, None, None, :]
+        full, sliding = full & pad, None if sliding is None else sliding & pad
+    return full, sliding
 
 
 def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS=None,
@@ -376,16 +490,18 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
                 None if keys is None else keys[-1])
     per_layer = isinstance(params["blocks"], (list, tuple))
     S = T if cache is None else (cache[0] if per_layer else cache)["v"].shape[-2]
-    mask = causal_mask(T, S, offset=cache_index if cache is not None else 0)[None, None]
-    if key_mask_BS is not None:
-        mask = mask & key_mask_BS[:, None, None, :]
-    rope = (rope_frequencies(positions_BT, config.d_model // config.n_head, config.rope_theta)
-            if config.positions == "rope" else None)
+    full, sliding = attention_masks(config, T, S, cache_index if cache is not None else 0, key_mask_BS)
+    slides = config.sliding_layers  # per layer: does it use the sliding-window mask?
+    rope = rope_for(config, positions_BT) if config.positions == "rope" else None
 
     def layer(x, xs):
-        p, c, k = xs
+        p, c, k, i = xs
+        if all(slides) or not any(slides):
+            mask = sliding if any(slides) else full
+        else:  # a traced layer index under scan: pick this layer's mask
+            mask = jnp.where(jnp.asarray(slides)[i], sliding, full)
         y, aux = decoder_block(p, x, config, mask=mask, rope=rope, cache=c, cache_index=cache_index,
-                               key=k, kernels=kernels, is_causal=key_mask_BS is None)
+                               key=k, kernels=kernels, is_causal=key_mask_BS is None and not any(slides))
         keep = {"cache": aux["cache"]}
         if capture:
             keep.update(weights=aux["weights"], attn_out=aux["attn_out"], mlp_out=aux["mlp_out"], resid=x)
@@ -400,13 +516,14 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
         take = lambda tree, i: None if tree is None else (tree[i] if per_layer else jax.tree.map(lambda a: a[i], tree))  # noqa: E731
         outs = []
         for i in range(config.n_layer):
-            x, y = layer(x, (take(params["blocks"], i), take(cache, i), None if keys is None else keys[i]))
+            x, y = layer(x, (take(params["blocks"], i), take(cache, i), None if keys is None else keys[i], i))
             outs.append(y)
         ys = {k: jnp.stack([o[k] for o in outs]) for k in outs[0] if k != "cache"}
         caches = [o["cache"] for o in outs]
         ys["cache"] = None if cache is None else caches if per_layer else jax.tree.map(lambda *a: jnp.stack(a), *caches)
     else:
-        x, ys = lax.scan(layer, x, (params["blocks"], cache, None if keys is None else keys[:-1]))
+        x, ys = lax.scan(layer, x, (params["blocks"], cache, None if keys is None else keys[:-1],
+                                    jnp.arange(config.n_layer)))
     aux = {"cache": ys["cache"]}
     if capture:
         aux.update(weights=ys["weights"], attn_out=ys["attn_out"], mlp_out=ys["mlp_out"],

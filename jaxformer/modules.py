@@ -45,50 +45,64 @@ class LayerNorm(ParamsMixin, nnx.Module):
     """Layer norm (or RMS norm with ``kind="rmsnorm"``) over the last axis."""
 
     def __init__(self, dim: int, *, kind: str = "layernorm", bias: bool = True, eps: float = 1e-5,
-                 param_dtype=jnp.float32):
-        self.kind, self.eps = kind, eps
-        self.scale = _const((dim,), 1.0, param_dtype)
+                 offset: float = 0.0, param_dtype=jnp.float32):
+        self.kind, self.eps, self.offset = kind, eps, offset
+        self.scale = _const((dim,), 1.0 - offset, param_dtype)  # applied as offset + scale = 1
         if bias and kind == "layernorm":
             self.bias = _const((dim,), 0.0, param_dtype)
 
     def __call__(self, x):
-        return F.norm(self.params(), x, self.kind, self.eps)
+        return F.norm(self.params(), x, self.kind, self.eps, offset=self.offset)
+
+    @classmethod
+    def of(cls, config: ModelConfig, dim: Optional[int] = None, bias: Optional[bool] = None) -> "LayerNorm":
+        """The norm ``config`` asks for (kind, epsilon, offset, bias), over ``dim`` (default D)."""
+        return cls(dim or config.d_model, kind=config.norm, bias=config.bias if bias is None else bias,
+                   eps=config.norm_eps, offset=config.norm_offset, param_dtype=jnp.dtype(config.param_dtype))
 
 
 class MultiHeadAttention(ParamsMixin, nnx.Module):
     """Multi-head self-attention with optional grouped K/V heads (``n_kv_head < n_head``)."""
 
     def __init__(self, d_model: int, n_head: int, *, n_kv_head: Optional[int] = None,
-                 bias: bool = True, rngs: nnx.Rngs, init_std: float = 0.02,
+                 head_dim: Optional[int] = None, bias: bool = True, qkv_bias: Optional[bool] = None,
+                 qk_norm: Optional["LayerNorm"] = None, rngs: nnx.Rngs, init_std: float = 0.02,
                  out_std: Optional[float] = None, param_dtype=jnp.float32):
         G = n_head if n_kv_head is None else n_kv_head
-        K = d_model // n_head
+        K = d_model // n_head if head_dim is None else head_dim
         self.wq = _normal(rngs, (d_model, n_head, K), init_std, param_dtype)
         self.wk = _normal(rngs, (d_model, G, K), init_std, param_dtype)
         self.wv = _normal(rngs, (d_model, G, K), init_std, param_dtype)
         self.wo = _normal(rngs, (n_head, K, d_model), out_std or init_std, param_dtype)
-        if bias:
+        if bias if qkv_bias is None else qkv_bias:
             self.bq = _const((n_head, K), 0.0, param_dtype)
             self.bk = _const((G, K), 0.0, param_dtype)
             self.bv = _const((G, K), 0.0, param_dtype)
+        if bias:
             self.bo = _const((d_model,), 0.0, param_dtype)
+        if qk_norm is not None:  # a LayerNorm over K, copied for q and for k (Qwen3)
+            self.q_norm, self.k_norm = qk_norm, nnx.clone(qk_norm)
 
     def __call__(self, x_BTD, *, mask=None, rope=None):
         """``x [B, T, D]``, boolean ``mask`` broadcastable to ``[B, 1, T, T]`` ->
         ``(out [B, T, D], weights [B, H, T, T])``."""
-        out, weights, _ = F.multi_head_attention(self.params(), x_BTD, mask=mask, rope=rope)
+        qk_norm = getattr(self, "q_norm", None)
+        out, weights, _ = F.multi_head_attention(
+            self.params(), x_BTD, mask=mask, rope=rope,
+            qk_norm=None if qk_norm is None else (lambda p, h: F.norm(p, h, qk_norm.kind, qk_norm.eps,
+                                                                      offset=qk_norm.offset)))
         return out, weights
 
 
 class FeedForward(ParamsMixin, nnx.Module):
-    """Position-wise MLP with ``relu`` | ``gelu`` | ``swiglu``."""
+    """Position-wise MLP with ``relu`` | ``gelu`` | ``gelu_exact`` | ``swiglu`` | ``geglu``."""
 
     def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu", bias: bool = True,
                  rngs: nnx.Rngs, init_std: float = 0.02, out_std: Optional[float] = None,
                  param_dtype=jnp.float32):
         self.activation = activation
         self.w_in = _normal(rngs, (d_model, d_ff), init_std, param_dtype)
-        if activation == "swiglu":
+        if activation in F.GATED:
             self.w_gate = _normal(rngs, (d_model, d_ff), init_std, param_dtype)
         self.w_out = _normal(rngs, (d_ff, d_model), out_std or init_std, param_dtype)
         if bias:
@@ -109,10 +123,13 @@ class DecoderBlock(ParamsMixin, nnx.Module):
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
         out_std = c.init_std / (2 * c.n_layer) ** 0.5
         if c.norm_position != "none":
-            self.ln1 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, param_dtype=pdt)
-            self.ln2 = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, param_dtype=pdt)
-        self.attn = MultiHeadAttention(c.d_model, c.n_head, n_kv_head=c.n_kv_head, bias=c.bias, rngs=rngs,
-                                       init_std=c.init_std, out_std=out_std, param_dtype=pdt)
+            self.ln1, self.ln2 = LayerNorm.of(c), LayerNorm.of(c)
+        if c.norm_position == "sandwich":
+            self.ln_attn_out, self.ln_mlp_out = LayerNorm.of(c), LayerNorm.of(c)
+        self.attn = MultiHeadAttention(c.d_model, c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
+                                       bias=c.bias, qkv_bias=c.qkv_bias,
+                                       qk_norm=LayerNorm.of(c, c.head_dim, bias=False) if c.qk_norm else None,
+                                       rngs=rngs, init_std=c.init_std, out_std=out_std, param_dtype=pdt)
         self.mlp = FeedForward(c.d_model, c.d_ff, activation=c.activation, bias=c.bias, rngs=rngs,
                                init_std=c.init_std, out_std=out_std, param_dtype=pdt)
 
@@ -149,8 +166,8 @@ class GPT(ParamsMixin, nnx.Module):
             return DecoderBlock(c, rngs=rngs)
 
         self.blocks = stacked_blocks(rngs)
-        if c.norm_position == "pre":
-            self.ln_f = LayerNorm(c.d_model, kind=c.norm, bias=c.bias, eps=c.norm_eps, param_dtype=pdt)
+        if c.norm_position in ("pre", "sandwich"):
+            self.ln_f = LayerNorm.of(c)
         if not c.tie_embeddings:
             self.lm_head = _normal(rngs, (c.d_model, c.vocab_size), c.init_std, pdt)
 

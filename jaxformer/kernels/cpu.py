@@ -237,8 +237,9 @@ residual.defvjp(lambda x: (x, None), lambda _, g: (_materialize(g),))
 def unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT=None):
     """:func:`functional.unembed_cross_entropy` with one hand-written backward pass for the
     output projection and the loss."""
-    if config.norm_position == "pre":
-        x_BTD = F.norm(params["ln_f"], x_BTD, config.norm, config.norm_eps, kernels=CPU)
+    if config.final_softcap is not None:  # capped logits: the textbook's autodiff
+        return F.unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT)
+    x_BTD = F.final_norm(params, x_BTD, config, kernels=CPU)
     B, T, D = x_BTD.shape
     acc = _acc(x_BTD.dtype)
     if mask_BT is None:
