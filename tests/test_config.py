@@ -18,6 +18,7 @@ def n_params(cfg):
 
 @pytest.mark.parametrize("name,total,blocks", [
     ("toy", 224_640, 199_936),                 # "about 250K"
+    ("toy_llama", 201_280, 184_832),           # "about 200K"
     ("default", 25_337_856, 18_914_304),       # ~19M in the blocks, ~25M with a 12,288 vocabulary
     ("shakespeare_char", 10_745_088, 10_621_440),
     ("gpt2_small", 124_439_808, 85_054_464),   # exactly Hugging Face's GPT-2 small
@@ -111,7 +112,8 @@ def test_bad_yaml_names_line_and_column(tmp_path):
                             "mapping values are not allowed here")
 
 
-SHIPPED = {"default", "gpt2_small", "pydoc_char_cpu", "shakespeare_char", "shakespeare_char_cpu", "toy"}
+SHIPPED = {"default", "gpt2_small", "pydoc_char_cpu", "shakespeare_char", "shakespeare_char_cpu", "toy",
+           "toy_llama"}
 
 
 def test_shipped_configs_are_package_data_loaded_by_name(tmp_path, monkeypatch):
@@ -129,7 +131,7 @@ def test_shipped_configs_are_package_data_loaded_by_name(tmp_path, monkeypatch):
     (tmp_path / "toy").write_text("model: {n_layer: 1}\n", encoding="utf-8")
     assert load_config("toy").model.n_layer == 1   # an existing file of that name wins
     with pytest.raises(ConfigError, match=r"^config 'nope' is neither a file nor a shipped config "
-                                          r"\(shipped: default, gpt2_small, .*, toy\)$"):
+                                          r"\(shipped: default, gpt2_small, .*, toy, toy_llama\)$"):
         load_config("nope")
     with pytest.raises(ConfigError, match=r"'toy.yaml' does not exist \(did you mean the shipped config 'toy'\?\)$"):
         load_config("toy.yaml")
