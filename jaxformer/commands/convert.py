@@ -1,23 +1,31 @@
-"""``jaxformer convert``: a Hugging Face GPT-2 folder (or cached name) -> a jaxformer run folder,
-or a run folder -> a Hugging Face GPT-2 folder."""
+"""``jaxformer convert``: a Hugging Face folder (or cached name) of any supported family
+(Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, GPT-NeoX, GPT-2) -> a jaxformer run folder, or a
+run folder -> a Hugging Face folder that ``transformers.AutoModelForCausalLM`` loads."""
 import argparse
 
-HELP = "convert a Hugging Face GPT-2 checkpoint into a run folder (--from-hf), or back (--from-run)"
+HELP = ("convert a Hugging Face checkpoint (Llama, Mistral, Qwen2/3, Gemma 1/2, GPT-NeoX, GPT-2) "
+        "into a run folder (--from-hf), or back (--from-run)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="PATH",
-                     help="a Hugging Face GPT-2 folder (config.json + model.safetensors or "
-                          "pytorch_model.bin) or a model name already in the local HF cache, e.g. gpt2")
+                     help="a Hugging Face folder (config.json + model.safetensors, sharded safetensors "
+                          "or pytorch_model.bin) or a model name already in the local HF cache, e.g. gpt2")
     src.add_argument("--from-run", metavar="DIR",
-                     help="a jaxformer run folder to export as a Hugging Face GPT-2 folder")
+                     help="a jaxformer run folder to export as a Hugging Face folder")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--step", type=int, default=None, help="with --from-run: checkpoint step (default: latest)")
     p.add_argument("--tokenizer", metavar="PATH", default=None,
                    help="with --from-hf: tokenizer to use when the HF folder has none (a folder with "
                         "tokenizer.json or vocab.json + merges.txt, or a tokenizer JSON file)")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF's own)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="parameter dtype of the run's checkpoint (--from-hf) or of the exported "
+                        "model.safetensors (--from-run); default float32")
+    p.add_argument("--architecture", default=None, metavar="NAME",
+                   help="with --from-run: the Hugging Face class to write, e.g. MistralForCausalLM "
+                        "(default: the one the run was converted from, else the one its config matches)")
 
 
 def _tokenizer_from_path(path):
@@ -54,10 +62,11 @@ def _from_hf(args) -> int:
     from jaxformer.checkpoint import save_checkpoint, save_run_folder
     from jaxformer.config import Config, DataConfig
     from jaxformer.errors import CheckpointError
-    from jaxformer.interop import load_hf_gpt2
+    from jaxformer.interop import load_hf
 
     t0 = time.perf_counter()
-    model, mcfg, tok = load_hf_gpt2(args.from_hf, cache_dir=args.cache_dir)
+    loaded = load_hf(args.from_hf, cache_dir=args.cache_dir, dtype=args.dtype)
+    model, mcfg, tok = loaded
     if args.tokenizer is not None:
         tok = _tokenizer_from_path(args.tokenizer)
     if tok is None:
@@ -73,22 +82,28 @@ def _from_hf(args) -> int:
     data = DataConfig(tokenizer=kind, vocab_size=max(mcfg.vocab_size, 258))
     config = Config(model=mcfg, data=data)
     save_run_folder(args.out, config, tok)
-    save_checkpoint(args.out, 0, model.params(), extra={"source": str(args.from_hf)})
-    print(f"converted {args.from_hf} -> {args.out}: {model.num_params():,} parameters, "
+    save_checkpoint(args.out, 0, model.params(),
+                    extra={"source": str(args.from_hf), "hf_architecture": loaded.architecture})
+    print(f"converted {args.from_hf} ({loaded.architecture}) -> {args.out}: {model.num_params():,} parameters, "
           f"{mcfg.n_layer} layers, width {mcfg.d_model}, context {mcfg.max_len}, "
           f"vocabulary {mcfg.vocab_size} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def _from_run(args) -> int:
+    import json
+    import pathlib
+
     from jaxformer.checkpoint import load_run
-    from jaxformer.interop import save_hf_gpt2
+    from jaxformer.interop import save_hf
 
     run = load_run(args.from_run, step=args.step)
     tok = run.tokenizer if run.tokenizer.to_dict().get("type") == "bpe" else None
-    save_hf_gpt2(run.model, args.out, tokenizer=tok)
-    print(f"exported {args.from_run} (step {run.step}) -> {args.out} "
-          f"(transformers.GPT2LMHeadModel.from_pretrained loads it"
+    hint = args.architecture or (run.meta or {}).get("hf_architecture")
+    out = save_hf(run.model, args.out, tokenizer=tok, architecture=hint, dtype=args.dtype)
+    arch = json.loads((pathlib.Path(out) / "config.json").read_text())["architectures"][0]
+    print(f"exported {args.from_run} (step {run.step}) -> {args.out} as {arch} "
+          f"(transformers.AutoModelForCausalLM.from_pretrained loads it"
           f"{'' if tok else '; tokenizer not exported: only BPE tokenizers can be'})")
     return 0
 

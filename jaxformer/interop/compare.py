@@ -1,4 +1,5 @@
-"""Compare jaxformer with Hugging Face ``transformers`` on a GPT-2 checkpoint (needs the hf extra).
+"""Compare jaxformer with Hugging Face ``transformers`` on a checkpoint of any supported family
+(Llama, Mistral, Qwen2/3, Gemma 1/2, GPT-NeoX, GPT-2; needs the hf extra).
 
     python -m jaxformer.interop.compare PATH_OR_NAME [--batch 2] [--seq 1024] [--new-tokens 50]
     python -m jaxformer.interop.compare --random-124m      # GPT-2 small shape, random weights
@@ -19,12 +20,12 @@ import time
 import numpy as np
 
 from ..errors import JaxformerError
-from .hf_files import load_hf_gpt2, resolve_hf_path
+from .hf_files import load_hf, resolve_hf_path
 
 
 def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, prompt=None,
             seed: int = 0, out=print) -> dict:
-    """Run the comparison on a local GPT-2 folder; returns the figures it prints."""
+    """Run the comparison on a local Hugging Face folder; returns the figures it prints."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -34,15 +35,15 @@ def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, pr
     from ..generation import generate
 
     t0 = time.perf_counter()
-    model, cfg, tok = load_hf_gpt2(folder)
+    model, cfg, tok = load_hf(folder)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).float().eval()
     hf_load_s = time.perf_counter() - t0
     out(f"checkpoint: {folder}")
     out(f"  {model.num_params():,} parameters; {cfg.n_layer} layers, {cfg.n_head} heads, width "
         f"{cfg.d_model}, context {cfg.max_len}, vocabulary {cfg.vocab_size}")
-    out(f"  load: jaxformer.interop.load_hf_gpt2 {load_s:.2f} s, transformers.from_pretrained {hf_load_s:.2f} s")
+    out(f"  load: jaxformer.interop.load_hf {load_s:.2f} s, transformers.from_pretrained {hf_load_s:.2f} s")
 
     seq = min(seq, cfg.max_len)
     tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
@@ -84,7 +85,7 @@ def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, pr
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxformer.interop.compare", description=__doc__.split("\n")[0])
-    p.add_argument("path", nargs="?", help="a GPT-2 folder or a name in the local Hugging Face cache")
+    p.add_argument("path", nargs="?", help="a Hugging Face folder or a name in the local Hugging Face cache")
     p.add_argument("--random-124m", action="store_true",
                    help="build GPT-2 small (124M) with random weights in a temporary folder instead")
     p.add_argument("--batch", type=int, default=2)

@@ -1,10 +1,12 @@
-"""Reading and writing Hugging Face GPT-2 folders: ``load_hf_gpt2`` and ``save_hf_gpt2``.
+"""Reading and writing Hugging Face model folders: :func:`load_hf` and :func:`save_hf`.
 
-A GPT-2 folder holds ``config.json`` and the weights as ``model.safetensors`` (or shards
-listed in ``model.safetensors.index.json``) or ``pytorch_model.bin`` (read with
+A folder holds ``config.json`` and the weights as ``model.safetensors`` (or shards listed in
+``model.safetensors.index.json``) or ``pytorch_model.bin`` (read with
 ``torch.load(weights_only=True)``, never plain pickle), plus optionally the tokenizer
-(``tokenizer.json`` or ``vocab.json`` + ``merges.txt``). A name instead of a path is looked
-up in the local Hugging Face cache only (no network).
+(``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``). A name instead of a path is
+looked up in the local Hugging Face cache only (no network). The architectures and their
+config mapping are in ``hf_families.py``, the tensor tables in ``hf_layouts.py``.
+``load_hf_gpt2`` / ``save_hf_gpt2`` are the GPT-2-era names, kept working.
 """
 from __future__ import annotations
 
@@ -15,13 +17,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CheckpointError
-from .hf_gpt2 import hf_config_from_model, hf_from_params, model_config_from_hf, params_from_hf
+from ..errors import CheckpointError, ConfigError
+from .hf_families import GPT2, detect_architecture, hf_config_for, model_config_from_hf_family
+from .hf_layouts import hf_specs, iter_hf_tensors, layout_for, load_params
+from .hf_tensors import SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, open_tensors, write_safetensors  # noqa: F401
 
-__all__ = ["load_hf_gpt2", "save_hf_gpt2", "resolve_hf_path", "read_hf_state_dict",
-           "load_hf_tokenizer"]
-
-SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
+__all__ = ["load_hf", "save_hf", "HFModel", "load_hf_gpt2", "save_hf_gpt2", "resolve_hf_path",
+           "read_hf_config", "read_hf_state_dict", "load_hf_tokenizer"]
 
 
 # ----------------------------------------------------------------------------- locating
@@ -56,7 +58,7 @@ def resolve_hf_path(path_or_name: str | os.PathLike, cache_dir=None,
     p = pathlib.Path(path_or_name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise CheckpointError(f"{str(p)!r} is not a Hugging Face GPT-2 folder (no config.json)")
+            raise CheckpointError(f"{str(p)!r} is not a Hugging Face model folder (no config.json)")
         return p
     if p.exists():
         raise CheckpointError(f"{str(p)!r} is a file; pass the folder that holds config.json")
@@ -69,68 +71,32 @@ def resolve_hf_path(path_or_name: str | os.PathLike, cache_dir=None,
 
 
 # ----------------------------------------------------------------------------- reading
-def read_hf_config(folder: pathlib.Path) -> Dict[str, Any]:
+def read_hf_config(folder) -> Dict[str, Any]:
+    """``config.json`` of a folder as a dict (CheckpointError when unreadable)."""
+    path = pathlib.Path(folder) / "config.json"
     try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{str(folder / 'config.json')!r} cannot be read as JSON: {e}") from None
+        raise CheckpointError(f"{str(path)!r} cannot be read as JSON: {e}") from None
     if not isinstance(cfg, dict):
-        raise CheckpointError(f"{str(folder / 'config.json')!r} must hold a JSON object")
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object")
     return cfg
 
 
-def _read_safetensors(path: pathlib.Path) -> Dict[str, np.ndarray]:
-    from safetensors import SafetensorError, safe_open
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
-
-
-def _read_torch_bin(path: pathlib.Path) -> Dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(f"{str(path)!r} needs PyTorch to read (pip install 'jaxformer[hf]'), "
-                              "or convert it to model.safetensors") from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for anything but plain tensors
-        raise CheckpointError(f"{str(path)!r} cannot be loaded with weights_only=True: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{str(path)!r} does not hold a state dict")
-    return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
-            for k, v in state.items()}
-
-
 def read_hf_state_dict(folder: str | os.PathLike) -> Dict[str, np.ndarray]:
-    """All tensors of a HF folder as NumPy arrays: safetensors (single or sharded) preferred,
-    else ``pytorch_model.bin`` with weights-only loading."""
-    folder = pathlib.Path(folder)
-    if (folder / SAFETENSORS).is_file():
-        return _read_safetensors(folder / SAFETENSORS)
-    if (folder / SAFETENSORS_INDEX).is_file():
-        try:
-            index = json.loads((folder / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
-            shards = sorted(set(index["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{str(folder / SAFETENSORS_INDEX)!r} is not a valid index: {e}") from None
-        state: Dict[str, np.ndarray] = {}
-        for shard in shards:
-            state.update(_read_safetensors(folder / pathlib.Path(shard).name))
-        return state
-    if (folder / TORCH_BIN).is_file():
-        return _read_torch_bin(folder / TORCH_BIN)
-    raise CheckpointError(f"{str(folder)!r} holds no weights (expected {SAFETENSORS}, "
-                          f"{SAFETENSORS_INDEX} or {TORCH_BIN})")
+    """All tensors of a HF folder as NumPy arrays in their stored dtype (``bfloat16`` as
+    ``ml_dtypes.bfloat16``): safetensors (single or sharded) preferred, else
+    ``pytorch_model.bin`` with weights-only loading. Holds the whole checkpoint in memory;
+    :func:`load_hf` streams instead."""
+    source = open_tensors(folder)
+    return {name: source.read(name) for name in source.names()}
 
 
 def load_hf_tokenizer(folder: str | os.PathLike):
-    """The GPT-2 tokenizer of a folder wrapped as :class:`jaxformer.data.BPETokenizer`, read
-    with the ``tokenizers`` library from ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``
-    (byte-level BPE, as GPT-2); None when neither is present."""
+    """The tokenizer of a folder wrapped as :class:`jaxformer.data.BPETokenizer`, read with the
+    ``tokenizers`` library from ``tokenizer.json`` (any model: byte-level BPE, Llama's
+    byte-fallback BPE, ...) or GPT-2's ``vocab.json`` + ``merges.txt``; None when neither is
+    present (e.g. a SentencePiece ``tokenizer.model`` alone)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     from ..data import BPETokenizer
@@ -146,61 +112,113 @@ def load_hf_tokenizer(folder: str | os.PathLike):
         else:
             return None
     except Exception as e:  # the tokenizers library raises plain Exception subclasses
-        raise CheckpointError(f"GPT-2 tokenizer files in {str(folder)!r} cannot be read: {e}") from None
+        raise CheckpointError(f"tokenizer files in {str(folder)!r} cannot be read: {e}") from None
     return BPETokenizer(tk)
+
+
+class HFModel(tuple):
+    """What :func:`load_hf` returns: the tuple ``(model, config, tokenizer)``, plus
+    ``.architecture`` (the Hugging Face class name, e.g. ``"LlamaForCausalLM"``)."""
+
+    def __new__(cls, model, config, tokenizer, architecture: str):
+        self = super().__new__(cls, (model, config, tokenizer))
+        self.architecture = architecture
+        return self
+
+    model = property(lambda self: self[0])
+    config = property(lambda self: self[1])
+    tokenizer = property(lambda self: self[2])
+
+
+def load_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32", cache_dir=None,
+            revision: Optional[str] = None, **config_overrides) -> HFModel:
+    """Load a Hugging Face causal LM (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, GPT-NeoX
+    or GPT-2) as ``(model, config, tokenizer_or_None)`` (an :class:`HFModel`).
+
+    ``path_or_name``: a folder with ``config.json`` and weights, or a model name already in
+    the local Hugging Face cache (``cache_dir`` defaults to HF's; nothing is downloaded).
+    ``model`` is a :class:`jaxformer.GPT` built without a random init and filled tensor by
+    tensor in ``dtype`` (the parameter dtype, "float32" or "bfloat16"), so the peak memory
+    stays close to the model's own size; ``config`` its :class:`jaxformer.ModelConfig`
+    (``config_overrides`` such as ``scan_layers=False`` or ``dtype="bfloat16"`` for the
+    compute dtype are applied); ``tokenizer`` a ``BPETokenizer`` from ``tokenizer.json`` or
+    None. The family comes from ``config.json`` (``architectures``, else ``model_type``).
+    Errors (missing folder, unsupported architecture or config value, unknown/missing
+    tensors, shape mismatches) raise :class:`CheckpointError` in one line.
+    """
+    from ..config import DTYPES
+    from ..modules import GPT
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(map(repr, DTYPES))}")
+    folder = resolve_hf_path(path_or_name, cache_dir, revision)
+    hf = read_hf_config(folder)
+    arch = detect_architecture(hf)
+    config = model_config_from_hf_family(hf, arch, param_dtype=dtype, **config_overrides)
+    source = open_tensors(folder)
+    params = load_params(source, arch, config, dtype)
+    return HFModel(GPT.from_params(config, params), config, load_hf_tokenizer(folder), arch)
 
 
 def load_hf_gpt2(path_or_name: str | os.PathLike, *, cache_dir=None, revision: Optional[str] = None,
                  dtype: str = "float32", **config_overrides) -> Tuple[Any, Any, Any]:
-    """Load a Hugging Face GPT-2 checkpoint as ``(model, config, tokenizer_or_None)``.
-
-    ``path_or_name``: a folder with ``config.json`` and weights, or a model name already in
-    the local Hugging Face cache (e.g. ``"gpt2"``; ``cache_dir`` defaults to HF's). ``model``
-    is a :class:`jaxformer.GPT` holding the checkpoint's weights, ``config`` its
-    :class:`jaxformer.ModelConfig` (``config_overrides`` such as ``scan_layers=False`` or
-    ``dtype="bfloat16"`` are applied), ``tokenizer`` a ``BPETokenizer`` or None. ``dtype``
-    is the parameter dtype. Errors (missing folder, unknown/missing tensors, shape
-    mismatches, unsupported variants) raise :class:`CheckpointError`.
-    """
-    import jax.numpy as jnp
-
-    from ..modules import GPT
-    folder = resolve_hf_path(path_or_name, cache_dir, revision)
-    config = model_config_from_hf(read_hf_config(folder), param_dtype=dtype, **config_overrides)
-    params = params_from_hf(read_hf_state_dict(folder), config, dtype=np.float32)
-    # Built without drawing a random init for 124M parameters, then filled.
-    model = GPT.from_params(config, _to_jax(params, jnp.dtype(dtype)))
-    return model, config, load_hf_tokenizer(folder)
-
-
-def _to_jax(tree, dtype):
-    import jax
-    import jax.numpy as jnp
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
+    """:func:`load_hf` under its GPT-2-era name (any supported architecture loads)."""
+    return load_hf(path_or_name, cache_dir=cache_dir, revision=revision, dtype=dtype, **config_overrides)
 
 
 # ----------------------------------------------------------------------------- writing
-def save_hf_gpt2(model, path: str | os.PathLike, tokenizer=None) -> pathlib.Path:
-    """Write ``model`` (a :class:`jaxformer.GPT` with a GPT-2-shaped config) as a folder that
-    ``transformers.GPT2LMHeadModel.from_pretrained(path)`` loads: ``config.json`` and
-    ``model.safetensors`` (float32). A BPE ``tokenizer`` (``jaxformer.data.BPETokenizer``)
-    is written as ``tokenizer.json`` + ``tokenizer_config.json``. Returns the folder.
-    Raises :class:`ConfigError` when the architecture has no GPT-2 equivalent."""
-    from safetensors.numpy import save_file
-    config = model.config
-    hf_config = hf_config_from_model(config)
-    state = hf_from_params(model.params(), config)
+def _write_tokenizer(tokenizer, out: pathlib.Path, max_len: int) -> None:
+    d = tokenizer.to_dict()
+    if d.get("type") != "bpe":
+        raise CheckpointError(f"tokenizer type {d.get('type')!r} cannot be exported to Hugging Face "
+                              "(allowed: 'bpe')")
+    (out / "tokenizer.json").write_text(d["tokenizer"], encoding="utf-8")
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len}
+    if getattr(tokenizer, "eos_id", None) is not None:
+        cfg["eos_token"] = tokenizer.tk.id_to_token(tokenizer.eos_id)
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def save_hf(model, path: str | os.PathLike, tokenizer=None, *, architecture: Optional[str] = None,
+            dtype: str = "float32") -> pathlib.Path:
+    """Write a jaxformer model as a Hugging Face folder that
+    ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads: ``config.json`` and
+    ``model.safetensors`` (``dtype``: "float32" or "bfloat16"; written tensor by tensor).
+
+    ``model``: a :class:`jaxformer.GPT` or a ``(params, config)`` pair. ``architecture``: the
+    Hugging Face class to write (e.g. ``"MistralForCausalLM"``); by default the one the
+    config matches (see ``hf_families.infer_architecture``). A BPE ``tokenizer`` is written as
+    ``tokenizer.json`` + ``tokenizer_config.json``. Returns the folder. Raises
+    :class:`ConfigError` naming the first field the architecture cannot express.
+    """
+    import jax.numpy as jnp
+    if isinstance(model, tuple):
+        params, config = model
+    else:
+        params, config = model.params(), model.config
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype={dtype!r} is not one of 'float32', 'bfloat16'")
+    hf_config = hf_config_for(config, architecture)
+    arch = hf_config["architectures"][0]
+    hf_config["dtype"] = dtype
+    if arch == GPT2:
+        hf_config["torch_dtype"] = dtype
+    if tokenizer is not None and getattr(tokenizer, "eos_id", None) is not None and arch != GPT2:
+        hf_config["eos_token_id"] = int(tokenizer.eos_id)
+    layout = layout_for(arch, config)
+    specs = hf_specs(layout, config)
     out = pathlib.Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / SAFETENSORS), metadata={"format": "pt"})
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    write_safetensors(out / SAFETENSORS, {k: (v, np_dtype) for k, v in specs.items()},
+                      iter_hf_tensors(params, layout, config), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     if tokenizer is not None:
-        d = tokenizer.to_dict()
-        if d.get("type") != "bpe":
-            raise CheckpointError(f"tokenizer type {d.get('type')!r} cannot be exported to Hugging Face "
-                                  "(allowed: 'bpe')")
-        (out / "tokenizer.json").write_text(d["tokenizer"], encoding="utf-8")
-        (out / "tokenizer_config.json").write_text(json.dumps(
-            {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.max_len},
-            indent=2) + "\n", encoding="utf-8")
+        _write_tokenizer(tokenizer, out, config.max_len)
     return out
+
+
+def save_hf_gpt2(model, path: str | os.PathLike, tokenizer=None) -> pathlib.Path:
+    """Write ``model`` (a :class:`jaxformer.GPT` with a GPT-2-shaped config) as a folder that
+    ``transformers.GPT2LMHeadModel.from_pretrained(path)`` loads (float32). Raises
+    :class:`ConfigError` when the architecture has no GPT-2 equivalent."""
+    return save_hf(model, path, tokenizer, architecture=GPT2)
