@@ -12,7 +12,7 @@ from .config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig,  
 from .modules import (GPT, DecoderBlock, FeedForward, LayerNorm,  # noqa: F401
                       MultiHeadAttention, count_params)
 from .inspect import attention_maps, capture  # noqa: F401
-from .interop import load_hf_gpt2, save_hf_gpt2  # noqa: F401
+from .interop import load_hf, load_hf_gpt2, save_hf, save_hf_gpt2  # noqa: F401
 from .training import evaluate, make_train_step, train  # noqa: F401
 from .checkpoint import load_run, save_checkpoint  # noqa: F401
 from .generation import Generation, Generator, generate, generate_stream  # noqa: F401
