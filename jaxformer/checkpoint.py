@@ -8,6 +8,7 @@ A run folder holds everything needed to resume or sample::
     RUN/loss.png           train/val loss curve
     RUN/checkpoints/<step>/{params, opt_state, meta}   Orbax; only complete steps are listed
     RUN/data/              the encoded corpus (train.bin / val.bin memmaps), re-creatable
+    RUN/init_from.json     a run started from another run's weights: {"run", "step"} (finetune.py)
 
 Orbax writes each step to a temporary folder and renames it when complete, so an interrupted
 save never shows up as a checkpoint; the manager keeps the last ``keep`` steps. A checkpoint

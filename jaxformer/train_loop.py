@@ -23,7 +23,9 @@ from .checkpoint import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metri
                          restore_checkpoint, save_checkpoint, save_run_folder, truncate_metrics)
 from .config import Config, load_run_config
 from .data import build_tokenizer, encode_corpus, get_batch, load_corpus, load_tokenizer, prefetch
-from .errors import CheckpointError, RunExistsError
+from .errors import CheckpointError, ConfigError, DataError, RunExistsError
+from .finetune import (INIT_FILE, InitSource, check_init_compatible, load_init_params, open_init_source,
+                       read_init_record, write_init_record)
 from .plots import loss_curves
 from .training import (NonFiniteLossError, compute_config, evaluate, init_params, make_eval_step,
                        make_optimizer, make_train_step, micro_batches, step_kernels)
@@ -126,21 +128,38 @@ class _Position:
     checkpoint: Optional[int] = None
 
 
-def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Optional[str]):
-    """Tokenizer, resolved config and token data (re-using the run's tokenizer on resume)."""
+def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Optional[str],
+             source: Optional[InitSource]):
+    """Tokenizer, resolved config, token data, the run to take the initial parameters from
+    (``source``; on resume, the recorded one when no checkpoint was written yet) and the
+    ``init_from`` record of the run (None for a run with a random init). The tokenizer is
+    the run's own on resume, ``source``'s for a new run started from it."""
     has_run = (run_dir / CONFIG_FILE).is_file() and (run_dir / TOKENIZER_FILE).is_file()
     if not resume and checkpoint_steps(run_dir):
         raise RunExistsError(run_dir)
+    record = source.record() if source is not None else read_init_record(run_dir) if resume and has_run else None
+    if source is None and record is not None and not checkpoint_steps(run_dir):
+        source = open_init_source(record["run"], record["step"])   # stopped before its first checkpoint
     text = data_text if data_text is not None else load_corpus(config.data.path)
     if resume and has_run:
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
-        config = resolve_config(config, tokenizer)
+        if record is None:   # a started-from run keeps its source's vocab_size
+            config = resolve_config(config, tokenizer)
         _check_same_run(load_run_config(run_dir / CONFIG_FILE), config, run_dir)
+    elif source is not None:
+        check_init_compatible(config, source)
+        tokenizer = source.tokenizer
     else:
         tokenizer = build_tokenizer(config.data.tokenizer, text, config.data.vocab_size)
         config = resolve_config(config, tokenizer)
-    data = encode_corpus(text, tokenizer, val_fraction=config.data.val_fraction, folder=run_dir / "data")
-    return config, tokenizer, data
+    try:
+        data = encode_corpus(text, tokenizer, val_fraction=config.data.val_fraction, folder=run_dir / "data")
+    except DataError as e:
+        if record is None:
+            raise
+        raise DataError(f"{e}; the data of a run started from init_from={record['run']!r} is encoded "
+                        "with that run's tokenizer") from None
+    return config, tokenizer, data, source, record
 
 
 def _mesh(config: Config):
@@ -155,12 +174,18 @@ def _mesh(config: Config):
 
 def train(config: Config, out_dir, *, resume: bool = False, progress: bool = True,
           data_text: Optional[str] = None, stop_after: Optional[int] = None,
-          log: Optional[Callable[[str], None]] = None) -> TrainResult:
+          log: Optional[Callable[[str], None]] = None, init_from=None,
+          init_step: Optional[int] = None) -> TrainResult:
     """Train ``config`` into the run folder ``out_dir`` and return a :class:`TrainResult`.
 
     - ``resume``: continue from the folder's latest checkpoint (exactly: data order and
       dropout keys are functions of the step). Without it, a folder that already holds
       checkpoints is an error.
+    - ``init_from``: a run folder; the new run starts from its checkpoint (the latest, or
+      ``init_step``) instead of a random init, at step 0 with a fresh optimizer state, and
+      encodes the data with its tokenizer. ``config.model`` may change only fields that keep
+      the parameter shapes (:func:`jaxformer.finetune.init_from_config` builds such a
+      config); ``init_from.json`` and checkpoint meta record the run and step.
     - ``data_text``: train on this text instead of ``config.data.path``.
     - ``stop_after``: stop after this many steps as if interrupted (checkpoint, then return).
     - Ctrl-C during the steps saves a checkpoint and returns with ``interrupted=True``. Ctrl-C
@@ -172,10 +197,16 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
       them was checked, so the last checkpoint is a good one.
     """
     run_dir = pathlib.Path(out_dir)
+    if init_from is not None and resume:
+        raise ConfigError("init_from and resume=True cannot be combined: init_from starts a new run, "
+                          "resume=True continues the one in out_dir")
+    if init_step is not None and init_from is None:
+        raise ConfigError(f"init_step={init_step!r} needs init_from, the run whose checkpoint it names")
+    source = open_init_source(init_from, init_step) if init_from is not None else None
     at = _Position()
     try:
         return _train(config, run_dir, at, resume=resume, progress=progress, data_text=data_text,
-                      stop_after=stop_after, log=log)
+                      stop_after=stop_after, log=log, source=source)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:
@@ -186,13 +217,14 @@ def train(config: Config, out_dir, *, resume: bool = False, progress: bool = Tru
 
 def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool, progress: bool,
            data_text: Optional[str], stop_after: Optional[int],
-           log: Optional[Callable[[str], None]]) -> TrainResult:
-    config, tokenizer, data = _prepare(config, run_dir, resume, data_text)
+           log: Optional[Callable[[str], None]], source: Optional[InitSource]) -> TrainResult:
+    config, tokenizer, data, source, origin = _prepare(config, run_dir, resume, data_text, source)
     tc, mc = config.train, config.model
     B, T, K = tc.batch_size, mc.max_len, tc.grad_accum
     from tqdm.auto import tqdm
 
-    params = init_params(config)
+    restoring = resume and bool(checkpoint_steps(run_dir))
+    params = load_init_params(source, mc) if source is not None and not restoring else init_params(config)
     optimizer = make_optimizer(tc, params)
     opt_state = optimizer.init(params)
     mesh = _mesh(config)
@@ -208,7 +240,7 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
         params, opt_state = parallel.shard(params, p_sh), parallel.shard(opt_state, s_sh)
         put = lambda b: parallel.put_batch(b, b_sh)  # noqa: E731
     start, elapsed0 = 0, 0.0
-    if resume and checkpoint_steps(run_dir):
+    if restoring:
         ck = restore_checkpoint(run_dir, params_like=params, opt_state_like=opt_state)
         if ck["opt_state"] is None:
             raise CheckpointError(f"checkpoint step {ck['step']} of {str(run_dir)!r} has no optimizer "
@@ -221,6 +253,10 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / METRICS_FILE).unlink(missing_ok=True)
     save_run_folder(run_dir, config, tokenizer)
+    if origin is not None:
+        write_init_record(run_dir, origin)
+    elif not resume:
+        (run_dir / INIT_FILE).unlink(missing_ok=True)   # left by an earlier attempt in this folder
     say = log or (lambda msg: tqdm.write(msg) if progress else None)
 
     def run_eval(p):
@@ -299,7 +335,8 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
                 with stop.hold():   # a second Ctrl-C waits until the checkpoint is complete
                     save_checkpoint(run_dir, done, params, opt_state, keep=tc.keep_checkpoints,
                                     extra={"seed": tc.seed, "elapsed_s": rec["elapsed_s"],
-                                           "tokens_seen": done * B * T, "config": config.to_dict()})
+                                           "tokens_seen": done * B * T, "config": config.to_dict(),
+                                           **({"init_from": origin} if origin else {})})
                     last_ckpt = at.checkpoint = done
             n_since, t_last = 0, time.perf_counter()
             if interrupted:

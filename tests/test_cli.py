@@ -28,7 +28,8 @@ def test_bad_config_is_one_line_exit_2():
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "jaxformer info: error: model.d_model=128 is not divisible by model.n_head=7"]
+        "jaxformer info: error: model.d_model=128 is not divisible by model.n_head=7 "
+        "(set model.head_dim to choose the head width)"]
 
 
 # ----------------------------------------------------------------------------- shipped configs
@@ -40,7 +41,7 @@ def test_train_config_names_and_unknown_name_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "jaxformer train: error: config 'nope' is neither a file nor a shipped config (shipped: default, "
-        "gpt2_small, pydoc_char_cpu, shakespeare_char, shakespeare_char_cpu, toy)"]
+        "gpt2_small, pydoc_char_cpu, shakespeare_char, shakespeare_char_cpu, toy, toy_llama)"]
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and resume

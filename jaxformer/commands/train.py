@@ -17,7 +17,7 @@ INTERRUPTED = 130   # the exit status after Ctrl-C (jaxformer.cli.INTERRUPTED)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE|NAME", help=f"YAML config file, or the name of a shipped "
                    f"config ({config_names()}) (default: {DEFAULT_CONFIG}; with --resume, the run's own "
-                   "config.yaml)")
+                   "config.yaml; with --init-from, RUN's)")
     p.add_argument("--data", metavar="PATH", help="text file, folder of text files, 'pydoc' or "
                    "'shakespeare' (overrides data.path)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -25,6 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last "
                    "checkpoint (a finished run stays as it is: raise train.max_steps to train further)")
+    p.add_argument("--init-from", metavar="RUN", help="start a new run in --out from the weights of run "
+                   "folder RUN (trained or converted): step 0, fresh optimizer, RUN's model and tokenizer; "
+                   "--config/--set may change train.*, data.* and model fields that keep the parameter "
+                   "shapes (default config: RUN's config.yaml)")
+    p.add_argument("--step", type=int, metavar="N", help="with --init-from: RUN's checkpoint step "
+                   "(default: the latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--prompt", default="", help="prompt of the sample printed at the end")
 
@@ -33,6 +39,10 @@ def _config(args):
     from jaxformer import load_config
 
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
+    if args.init_from is not None:
+        from jaxformer.finetune import init_from_config
+        return init_from_config(args.init_from, args.config, overrides, step=args.step), \
+            args.config or str(pathlib.Path(args.init_from) / "config.yaml")
     path = args.config
     if path is None and args.resume and args.out and (pathlib.Path(args.out) / "config.yaml").is_file():
         path = str(pathlib.Path(args.out) / "config.yaml")
@@ -44,7 +54,8 @@ def _config(args):
 #: Engine wording -> this command's flags: the library names settings and arguments, the
 #: CLI user needs the flag that sets them.
 FLAG_WORDING = (("resume=True", "--resume"), ("another out_dir", "another --out"),
-                ("set data.path to a local text file", "pass --data PATH"))
+                ("set data.path to a local text file", "pass --data PATH"),
+                ("init_from=", "--init-from "), ("init_step=", "--step "))
 
 
 def in_flags(message: str) -> str:
@@ -104,10 +115,21 @@ def run(args) -> int:
 
     maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
 
-    config, path = _config(args)
+    if args.init_from is not None and args.resume:
+        raise ConfigError("--init-from and --resume cannot be combined: --init-from starts a new run "
+                          "from RUN's weights, --resume continues the run in --out")
+    if args.step is not None and args.init_from is None:
+        raise ConfigError(f"--step {args.step} needs --init-from RUN, the run whose checkpoint it names")
+    try:
+        config, path = _config(args)
+    except JaxformerError as e:
+        e.args = (in_flags(str(e)),)
+        raise
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR, the run folder to continue")
-    out = args.out or f"runs/{pathlib.PurePath(path).stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    stem = pathlib.PurePath(args.init_from).name + "-ft" if args.init_from and not args.config \
+        else pathlib.PurePath(path).stem
+    out = args.out or f"runs/{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     if args.resume:
         done = _finished(out, config)
         if done is not None:
@@ -119,11 +141,14 @@ def run(args) -> int:
     from jaxformer.modules import count_params
     from jaxformer.training import TrainingInterrupted, train
 
-    print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {config.data.tokenizer})")
+    start = f", weights from {args.init_from}" + (f" step {args.step}" if args.step is not None else "") \
+        if args.init_from else ""
+    print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {config.data.tokenizer}"
+          f"{start})")
     write = print if args.no_progress else tqdm.write   # tqdm.write keeps the progress bar intact
     try:
         result = train(config, out, resume=args.resume, progress=not args.no_progress,
-                       log=lambda msg: write(in_flags(msg)))
+                       log=lambda msg: write(in_flags(msg)), init_from=args.init_from, init_step=args.step)
     except JaxformerError as e:
         e.args = (in_flags(str(e)),)   # same error type, the CLI's words
         raise
