@@ -1,9 +1,10 @@
 """Text data: tokenizers, corpora, flat token memmaps and deterministic batches.
 
-- Tokenizers share one small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``,
-  ``vocab_size``, ``eos_id`` (None if absent) and ``to_dict()`` (JSON-safe, with a ``"type"``
-  key); :func:`save_tokenizer` / :func:`load_tokenizer` write and read JSON only;
-  :func:`start_ids` is the token an empty prompt starts from.
+- Tokenizers (``CharTokenizer``, ``ByteTokenizer``, ``BPETokenizer``, ``start_ids``,
+  ``end_ids``, ``save_tokenizer`` / ``load_tokenizer``, ...) live in
+  :mod:`jaxformer.tokenization` and are re-exported here. ``encode`` gives what the model
+  expects for a text on its own (a converted Llama's BOS first); corpora are encoded without
+  it (:func:`encode_plain`).
 - Corpora: a text file, a folder of text files, ``"pydoc"`` (the Python reference
   documentation shipped with every CPython, no network) or ``"shakespeare"`` (Tiny
   Shakespeare, downloaded once into a cache folder).
@@ -26,185 +27,12 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from .errors import DataError
+from .tokenization import (BPETokenizer, ByteTokenizer, CharTokenizer, build_tokenizer,  # noqa: F401
+                           encode_plain, end_ids, load_tokenizer, save_tokenizer, start_ids,
+                           tokenizer_from_dict)
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
-
-
-# ----------------------------------------------------------------------------- tokenizers
-class CharTokenizer:
-    """Character-level tokenizer over a fixed alphabet (usually built from the training text).
-
-    ``encode`` raises :class:`DataError` naming a character outside the alphabet.
-    """
-
-    def __init__(self, chars: Iterable[str]):
-        self.chars = list(chars)
-        if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
-            raise DataError("char tokenizer alphabet must be distinct single characters")
-        self._stoi = {c: i for i, c in enumerate(self.chars)}
-        self.eos_id = None
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        """The sorted set of characters of ``text``."""
-        if not text:
-            raise DataError("cannot build a char tokenizer from empty text")
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self._stoi[c] for c in text]
-        except KeyError as e:
-            c = e.args[0]
-            pos = text.index(c)
-            raise DataError(f"character {c!r} (U+{ord(c):04X}) at position {pos} is not in the "
-                            f"char tokenizer's vocabulary of {self.vocab_size} characters") from None
-
-    def decode(self, ids: Iterable[int]) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise DataError(f"token id {i} is outside the char vocabulary [0, {self.vocab_size})")
-            out.append(self.chars[i])
-        return "".join(out)
-
-    def to_dict(self) -> dict:
-        return {"type": "char", "chars": "".join(self.chars)}
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (vocabulary 256): any text round-trips exactly."""
-
-    vocab_size = 256
-    eos_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < 256]
-        if bad:
-            raise DataError(f"token id {bad[0]} is outside the byte vocabulary [0, 256)")
-        # A sampled sequence may cut a multi-byte character: show U+FFFD rather than fail.
-        return bytes(ids).decode("utf-8", errors="replace")
-
-    def to_dict(self) -> dict:
-        return {"type": "byte"}
-
-
-class BPETokenizer:
-    """Wraps any ``tokenizers.Tokenizer`` (e.g. byte-level BPE trained here, or GPT-2's)."""
-
-    EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
-
-    def __init__(self, tk):
-        self.tk = tk
-        self.eos_id = None
-        for name in self.EOS_CANDIDATES:
-            i = tk.token_to_id(name)
-            if i is not None:
-                self.eos_id = int(i)
-                break
-
-    @classmethod
-    def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
-        """Train a byte-level BPE (GPT-2 style pre-tokenization) with ``vocab_size`` tokens,
-        the last of them ``<|endoftext|>``."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        if not text:
-            raise DataError("cannot train a BPE tokenizer on empty text")
-        tk = Tokenizer(models.BPE())
-        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tk.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
-        chunks = [text[i:i + 100_000] for i in range(0, len(text), 100_000)]
-        tk.train_from_iterator(chunks, trainer=trainer)
-        return cls(tk)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.tk.get_vocab_size(with_added_tokens=True))
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tk.encode(text, add_special_tokens=False).ids)
-
-    def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise DataError(f"token id {bad[0]} is outside the BPE vocabulary [0, {self.vocab_size})")
-        return self.tk.decode(ids, skip_special_tokens=False)
-
-    def to_dict(self) -> dict:
-        return {"type": "bpe", "tokenizer": self.tk.to_str()}
-
-
-def start_ids(tokenizer) -> list[int]:
-    """The one token an empty prompt starts from (never part of the sampled text).
-
-    The end-of-text token (``eos_id``) when the tokenizer has one (BPE); otherwise a newline
-    (char and byte tokenizers); and for a char tokenizer whose alphabet has no ``"\\n"``,
-    the first id, 0.
-    """
-    if tokenizer.eos_id is not None:
-        return [int(tokenizer.eos_id)]
-    if isinstance(tokenizer, CharTokenizer) and "\n" not in tokenizer.chars:
-        return [0]
-    return list(tokenizer.encode("\n"))
-
-
-def tokenizer_from_dict(d: dict):
-    """Rebuild a tokenizer from its :meth:`to_dict` form."""
-    kind = d.get("type") if isinstance(d, dict) else None
-    if kind == "char":
-        return CharTokenizer(d["chars"])
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "bpe":
-        from tokenizers import Tokenizer
-        return BPETokenizer(Tokenizer.from_str(d["tokenizer"]))
-    raise DataError(f"tokenizer type {kind!r} is not one of 'char', 'byte', 'bpe'")
-
-
-def save_tokenizer(tok, path) -> None:
-    """Write ``tok.to_dict()`` as JSON (atomically)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(tok.to_dict(), fh, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
-def load_tokenizer(path):
-    """Read a tokenizer written by :func:`save_tokenizer` (JSON only)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            d = json.load(fh)
-    except FileNotFoundError:
-        raise DataError(f"tokenizer file {str(path)!r} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"tokenizer file {str(path)!r} cannot be read: {e}") from None
-    return tokenizer_from_dict(d)
-
-
-def build_tokenizer(kind: str, text: str, vocab_size: int = 1024):
-    """A new ``char`` | ``byte`` | ``bpe`` tokenizer for ``text``."""
-    if kind == "char":
-        return CharTokenizer.from_text(text)
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "bpe":
-        return BPETokenizer.train(text, vocab_size)
-    raise DataError(f"data.tokenizer={kind!r} is not one of 'char', 'byte', 'bpe'")
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -338,7 +166,7 @@ def encode_corpus(text: str, tokenizer, *, val_fraction: float = 0.1,
                                                  shape=(m[s],)) for s in ("train", "val")))
             except (OSError, ValueError, KeyError):
                 pass
-    ids = np.asarray(tokenizer.encode(text), dtype=dt)
+    ids = np.asarray(encode_plain(tokenizer, text), dtype=dt)   # no BOS: windows start anywhere
     n_val = int(round(len(ids) * val_fraction))
     train, val = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
     if len(train) < min_tokens or len(val) < min_tokens:

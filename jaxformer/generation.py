@@ -475,17 +475,21 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
     """``prompt`` followed by up to ``n_tokens`` sampled tokens, as text, however small the
     context (past it the model sees the last ``max_len`` tokens, see :func:`generate`).
 
-    Stops early at the tokenizer's end-of-text token (``eos_id``, included). An empty
-    prompt starts from :func:`jaxformer.data.start_ids` (not part of the returned text).
-    ``seed`` makes the text reproducible; ``top_k`` larger than the vocabulary (or None)
-    keeps every token.
+    Stops early at the tokenizer's end-of-text tokens (:func:`jaxformer.data.end_ids`,
+    included). The prompt is encoded as the model expects (a converted Llama's BOS first); an
+    empty prompt starts from :func:`jaxformer.data.start_ids`; neither start token is part
+    of the returned text. ``seed`` makes the text reproducible; ``top_k`` larger than the
+    vocabulary (or None) keeps every token.
     """
-    from .data import start_ids   # the one documented start token of an empty prompt
+    from .data import end_ids, start_ids   # the documented start and end tokens
     _, cfg = _parts(model)
-    ids = tokenizer.encode(prompt) if prompt else start_ids(tokenizer)
-    stops = () if tokenizer.eos_id is None else (tokenizer.eos_id,)
+    encoded = tokenizer.encode(prompt) if prompt else []
+    ids = encoded or start_ids(tokenizer)
+    bos = getattr(tokenizer, "bos_id", None)
+    lead = 1 if (not encoded or (bos is not None and ids[0] == bos)) else 0
+    stops = end_ids(tokenizer)
     top_k = None if top_k is None else min(top_k, cfg.vocab_size)
     g = generate(model, ids, max_new_tokens=n_tokens, temperature=temperature, top_k=top_k,
                  key=jax.random.key(seed), stop_tokens=stops, slide_every=slide_every)
     out = list(ids) + list(g.sequences[0])
-    return tokenizer.decode(out if prompt else out[1:])
+    return tokenizer.decode(out[lead:])

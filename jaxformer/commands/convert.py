@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, default=None, help="with --from-run: checkpoint step (default: latest)")
     p.add_argument("--tokenizer", metavar="PATH", default=None,
                    help="with --from-hf: tokenizer to use when the HF folder has none (a folder with "
-                        "tokenizer.json or vocab.json + merges.txt, or a tokenizer JSON file)")
+                        "tokenizer.json or vocab.json + merges.txt, and optionally tokenizer_config.json, "
+                        "or a tokenizer JSON file)")
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF's own)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="parameter dtype of the run's checkpoint (--from-hf) or of the exported "
@@ -28,15 +29,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the one the run was converted from, else the one its config matches)")
 
 
-def _tokenizer_from_path(path):
+def _tokenizer_from_path(path, model_folder=None):
+    """The ``--tokenizer`` of ``convert --from-hf``: a folder (its tokenizer files and
+    tokenizer_config.json), a jaxformer tokenizer JSON, or a ``tokenizer.json``; a Hugging
+    Face one gets its BOS from the folder / post-processor and the end tokens of
+    ``model_folder``'s generation_config.json and config.json."""
     import json
     import pathlib
 
     from jaxformer.errors import CheckpointError
-    from jaxformer.interop import load_hf_tokenizer
+    from jaxformer.interop.hf_tokenizer import load_hf_tokenizer, tokenizer_from_hf_json
     p = pathlib.Path(path)
     if p.is_dir():
-        tok = load_hf_tokenizer(p)
+        tok = load_hf_tokenizer(p, model_folder=model_folder)
         if tok is None:
             raise CheckpointError(f"--tokenizer {str(p)!r} holds neither tokenizer.json nor vocab.json + merges.txt")
         return tok
@@ -47,13 +52,12 @@ def _tokenizer_from_path(path):
     if isinstance(d, dict) and d.get("type") in ("char", "byte", "bpe"):
         from jaxformer.data import tokenizer_from_dict
         return tokenizer_from_dict(d)
-    from tokenizers import Tokenizer
-
-    from jaxformer.data import BPETokenizer
     try:
-        return BPETokenizer(Tokenizer.from_str(json.dumps(d)))
+        from tokenizers import Tokenizer
+        Tokenizer.from_str(json.dumps(d))
     except Exception as e:  # tokenizers raises plain Exceptions
         raise CheckpointError(f"--tokenizer {str(p)!r} is not a tokenizer file: {e}") from None
+    return tokenizer_from_hf_json(json.dumps(d), model_folder=model_folder, where=f"--tokenizer {str(p)!r}")
 
 
 def _from_hf(args) -> int:
@@ -62,13 +66,13 @@ def _from_hf(args) -> int:
     from jaxformer.checkpoint import save_checkpoint, save_run_folder
     from jaxformer.config import Config, DataConfig
     from jaxformer.errors import CheckpointError
-    from jaxformer.interop import load_hf
+    from jaxformer.interop import load_hf, resolve_hf_path
 
     t0 = time.perf_counter()
     loaded = load_hf(args.from_hf, cache_dir=args.cache_dir, dtype=args.dtype)
     model, mcfg, tok = loaded
     if args.tokenizer is not None:
-        tok = _tokenizer_from_path(args.tokenizer)
+        tok = _tokenizer_from_path(args.tokenizer, resolve_hf_path(args.from_hf, args.cache_dir))
     if tok is None:
         raise CheckpointError(f"{args.from_hf!r} has no tokenizer files (tokenizer.json or vocab.json + "
                               "merges.txt); pass --tokenizer PATH")
@@ -87,7 +91,23 @@ def _from_hf(args) -> int:
     print(f"converted {args.from_hf} ({loaded.architecture}) -> {args.out}: {model.num_params():,} parameters, "
           f"{mcfg.n_layer} layers, width {mcfg.d_model}, context {mcfg.max_len}, "
           f"vocabulary {mcfg.vocab_size} ({time.perf_counter() - t0:.1f} s)")
+    print(f"tokenizer: {_special_summary(tok)}")
     return 0
+
+
+def _special_summary(tok) -> str:
+    """One line on the special tokens ``encode`` adds and the ids that end a sample."""
+    from jaxformer.data import end_ids
+
+    def name(i):
+        return repr(tok.decode([i])) if 0 <= i < tok.vocab_size else str(i)
+
+    bos = getattr(tok, "bos_id", None)
+    first = f"BOS {name(bos)} (id {bos}) first" if bos is not None else "no BOS"
+    stops = end_ids(tok)
+    ends = ", ".join(f"{name(i)} ({i})" for i in stops) if stops else "none"
+    tail = "; EOS appended" if getattr(tok, "add_eos", False) else ""
+    return f"{first}{tail}; a sample stops at {ends}"
 
 
 def _from_run(args) -> int:

@@ -8,8 +8,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `jaxformer train`")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--prompt", default="", help="text to continue (default: empty, i.e. start from "
-                   "the tokenizer's start token: end-of-text for BPE, a newline for char/byte; "
-                   "it is not printed)")
+                   "the tokenizer's start token: the BOS of a converted model that has one, else "
+                   "end-of-text for BPE, a newline for char/byte; it is not printed). A converted "
+                   "model's BOS is put before the prompt, as transformers does")
     p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
                    help="tokens to generate (default 200; past the model's context it sees the "
                    "last max_len tokens, as nanoGPT's crop does)")
@@ -25,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same text)")
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples of the same prompt, "
                    "generated as one batch")
-    p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-text token")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-text token(s) "
+                   "(a converted model's: every eos id of its config)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.add_argument("--logprobs", action="store_true", help="with --json: the log-probability of each token")
     p.add_argument("--top-n", type=int, default=0, metavar="N",
@@ -35,10 +37,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _prompt_ids(run, text: str) -> list:
+    """The prompt's ids as the model reads them (a converted model's BOS first); an empty
+    prompt starts from ``start_ids`` (the BOS when there is one)."""
     from jaxformer.data import start_ids
 
     ids = run.tokenizer.encode(text) if text else []
     return ids or start_ids(run.tokenizer)
+
+
+def _text_of(tok, context: list, stop: tuple):
+    """A function from generated ids to their text (stop tokens left out), decoded after
+    ``context`` (the prompt's text ids) so that tokenizers whose decoder treats the first
+    token specially (SentencePiece's leading space) give the continuation's own spaces."""
+    head = tok.decode(context) if context else ""
+
+    def text_of(seq) -> str:
+        new = [t for t in seq if t not in stop]
+        if not context:
+            return tok.decode(new)
+        full = tok.decode(context + new)
+        return full[len(head):] if full.startswith(head) else tok.decode(new)
+    return text_of
 
 
 def run(args) -> int:
@@ -48,6 +67,7 @@ def run(args) -> int:
     import jax
 
     from jaxformer.checkpoint import load_run
+    from jaxformer.data import encode_plain, end_ids
     from jaxformer.errors import GenerationError
     from jaxformer.generation import generate, generate_stream
 
@@ -66,13 +86,12 @@ def run(args) -> int:
     if args.slide_every < 1:
         raise GenerationError(f"--slide-every={args.slide_every} must be >= 1")
     n_new = args.max_new_tokens
-    eos = getattr(tok, "eos_id", None)
-    stop = () if (args.no_stop or eos is None) else (eos,)
+    stop = () if args.no_stop else end_ids(tok)
     kw = dict(max_new_tokens=n_new, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
               key=jax.random.key(args.seed), stop_tokens=stop, slide_every=args.slide_every)
     prompts = [ids] * args.num_samples
-    text_of = lambda seq: tok.decode([t for t in seq if t not in stop])  # noqa: E731
+    text_of = _text_of(tok, [] if not args.prompt else encode_plain(tok, args.prompt), stop)
 
     if args.json:
         out = generate(r.model, prompts, return_logprobs=args.logprobs, top_n=args.top_n, **kw)

@@ -8,7 +8,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `jaxformer train`")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="the text to score (at least two tokens; longer than the model's "
+    src.add_argument("--text", help="the text to score (at least two tokens, counting the BOS a converted "
+                     "model puts first, which is not scored itself; longer than the model's "
                      "context, it is scored in overlapping windows, see --stride)")
     src.add_argument("--file", metavar="PATH", help="score the text of this UTF-8 file instead of --text")
     p.add_argument("--stride", type=int, default=None, metavar="N",

@@ -5,7 +5,8 @@ A folder holds ``config.json`` and the weights as ``model.safetensors`` (or shar
 ``torch.load(weights_only=True)``, never plain pickle), plus optionally the tokenizer
 (``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``). A name instead of a path is
 looked up in the local Hugging Face cache only (no network). The architectures and their
-config mapping are in ``hf_families.py``, the tensor tables in ``hf_layouts.py``.
+config mapping are in ``hf_families.py``, the tensor tables in ``hf_layouts.py``, the
+tokenizer's BOS / EOS settings in ``hf_tokenizer.py``.
 ``load_hf_gpt2`` / ``save_hf_gpt2`` are the GPT-2-era names, kept working.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import CheckpointError, ConfigError
 from .hf_families import GPT2, detect_architecture, hf_config_for, model_config_from_hf_family
 from .hf_layouts import hf_specs, iter_hf_tensors, layout_for, load_params
 from .hf_tensors import SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, open_tensors, write_safetensors  # noqa: F401
+from .hf_tokenizer import load_hf_tokenizer
 
 __all__ = ["load_hf", "save_hf", "HFModel", "load_hf_gpt2", "save_hf_gpt2", "resolve_hf_path",
            "read_hf_config", "read_hf_state_dict", "load_hf_tokenizer"]
@@ -92,30 +94,6 @@ def read_hf_state_dict(folder: str | os.PathLike) -> Dict[str, np.ndarray]:
     return {name: source.read(name) for name in source.names()}
 
 
-def load_hf_tokenizer(folder: str | os.PathLike):
-    """The tokenizer of a folder wrapped as :class:`jaxformer.data.BPETokenizer`, read with the
-    ``tokenizers`` library from ``tokenizer.json`` (any model: byte-level BPE, Llama's
-    byte-fallback BPE, ...) or GPT-2's ``vocab.json`` + ``merges.txt``; None when neither is
-    present (e.g. a SentencePiece ``tokenizer.model`` alone)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    from ..data import BPETokenizer
-    folder = pathlib.Path(folder)
-    try:
-        if (folder / "tokenizer.json").is_file():
-            tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            tk = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-            tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            tk.decoder = decoders.ByteLevel()
-            tk.post_processor = processors.ByteLevel(trim_offsets=False)
-        else:
-            return None
-    except Exception as e:  # the tokenizers library raises plain Exception subclasses
-        raise CheckpointError(f"tokenizer files in {str(folder)!r} cannot be read: {e}") from None
-    return BPETokenizer(tk)
-
-
 class HFModel(tuple):
     """What :func:`load_hf` returns: the tuple ``(model, config, tokenizer)``, plus
     ``.architecture`` (the Hugging Face class name, e.g. ``"LlamaForCausalLM"``)."""
@@ -141,8 +119,9 @@ def load_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32", cache_di
     tensor in ``dtype`` (the parameter dtype, "float32" or "bfloat16"), so the peak memory
     stays close to the model's own size; ``config`` its :class:`jaxformer.ModelConfig`
     (``config_overrides`` such as ``scan_layers=False`` or ``dtype="bfloat16"`` for the
-    compute dtype are applied); ``tokenizer`` a ``BPETokenizer`` from ``tokenizer.json`` or
-    None. The family comes from ``config.json`` (``architectures``, else ``model_type``).
+    compute dtype are applied); ``tokenizer`` a ``BPETokenizer`` from ``tokenizer.json`` (with
+    the model's BOS and end tokens, see :func:`load_hf_tokenizer`) or None. The family comes
+    from ``config.json`` (``architectures``, else ``model_type``).
     Errors (missing folder, unsupported architecture or config value, unknown/missing
     tensors, shape mismatches) raise :class:`CheckpointError` in one line.
     """
@@ -167,14 +146,39 @@ def load_hf_gpt2(path_or_name: str | os.PathLike, *, cache_dir=None, revision: O
 
 # ----------------------------------------------------------------------------- writing
 def _write_tokenizer(tokenizer, out: pathlib.Path, max_len: int) -> None:
+    """``tokenizer.json`` (its post-processor adding the BOS / EOS that ``encode`` adds, which
+    is what ``transformers`` reads) and ``tokenizer_config.json``."""
+    from tokenizers import Tokenizer, processors
     d = tokenizer.to_dict()
     if d.get("type") != "bpe":
         raise CheckpointError(f"tokenizer type {d.get('type')!r} cannot be exported to Hugging Face "
                               "(allowed: 'bpe')")
-    (out / "tokenizer.json").write_text(d["tokenizer"], encoding="utf-8")
+    tk = Tokenizer.from_str(d["tokenizer"])
+    bos, eos = getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)
+    add_eos = getattr(tokenizer, "add_eos", False)
+
+    def agrees():
+        return tk.encode("Hello world", add_special_tokens=True).ids == tokenizer.encode("Hello world")
+
+    text = d["tokenizer"]
+    if not agrees():   # e.g. a BOS that came from tokenizer_config.json: put it in a template
+        names = {i: tk.id_to_token(i) for i in (bos, eos) if i is not None}
+        single = " ".join(([names[bos]] if bos is not None else []) + ["$A"] + ([names[eos]] if add_eos else []))
+        template = processors.TemplateProcessing(single=single, pair=f"{single} $B:1",
+                                                 special_tokens=[(n, i) for i, n in names.items()])
+        old = tk.post_processor
+        tk.post_processor = template if old is None else processors.Sequence([old, template])
+        if not agrees():
+            tk.post_processor = template
+        text = tk.to_str()
+    (out / "tokenizer.json").write_text(text, encoding="utf-8")
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len}
-    if getattr(tokenizer, "eos_id", None) is not None:
-        cfg["eos_token"] = tokenizer.tk.id_to_token(tokenizer.eos_id)
+    if bos is not None:
+        cfg.update(bos_token=tk.id_to_token(bos), add_bos_token=True)
+    if eos is not None:
+        cfg["eos_token"] = tk.id_to_token(eos)
+    if add_eos:
+        cfg["add_eos_token"] = True
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
@@ -202,8 +206,12 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None, *, architecture: Opt
     hf_config["dtype"] = dtype
     if arch == GPT2:
         hf_config["torch_dtype"] = dtype
-    if tokenizer is not None and getattr(tokenizer, "eos_id", None) is not None and arch != GPT2:
-        hf_config["eos_token_id"] = int(tokenizer.eos_id)
+    if tokenizer is not None and arch != GPT2:
+        stops = [int(i) for i in getattr(tokenizer, "stop_ids", ())]
+        if getattr(tokenizer, "eos_id", None) is not None:
+            hf_config["eos_token_id"] = stops if len(stops) > 1 else int(tokenizer.eos_id)
+        if getattr(tokenizer, "bos_id", None) is not None:
+            hf_config["bos_token_id"] = int(tokenizer.bos_id)
     layout = layout_for(arch, config)
     specs = hf_specs(layout, config)
     out = pathlib.Path(path)
