@@ -130,7 +130,9 @@ def _choose(st: dict, logits_BV, knobs: dict, is_stop_V, spec: Spec) -> dict:
     The token comes from :func:`jaxformer.sampling.sample` (the one sampling pipeline);
     ``spec`` says which of its stages are compiled in, ``knobs`` holds their traced values.
     """
-    logits_BV = logits_BV.astype(jnp.float32)
+    raw_BV = logits_BV.astype(jnp.float32)
+    # Ids at or past vocab_limit (a padded vocabulary's unused rows) are never chosen.
+    logits_BV = jnp.where(jnp.arange(raw_BV.shape[-1]) < knobs["vocab_limit"], raw_BV, -jnp.inf)
     key, sub = jax.random.split(st["key"])
     tok_B = S_.sample(logits_BV, sub, temperature=0 if spec.greedy else knobs["temperature"],
                       top_k=spec.top_k, top_p=knobs["top_p"] if spec.use_top_p else None,
@@ -150,7 +152,7 @@ def _choose(st: dict, logits_BV, knobs: dict, is_stop_V, spec: Spec) -> dict:
         new["top_ids_BNn"] = st["top_ids_BNn"].at[:, i].set(top_id.astype(jnp.int32))
         new["top_logprobs_BNn"] = st["top_logprobs_BNn"].at[:, i].set(top_lp)
     if spec.record_logits:
-        new["logits_BNV"] = st["logits_BNV"].at[:, i].set(logits_BV)
+        new["logits_BNV"] = st["logits_BNV"].at[:, i].set(raw_BV)
     if spec.use_penalty:
         new["seen_BV"] = st["seen_BV"].at[jnp.arange(tok_B.shape[0]), tok_B].set(True)
     return new
@@ -289,7 +291,7 @@ def _window_step(params, config, kernels, P: int, slide_every: int) -> Callable:
 
 # ----------------------------------------------------------------------------- validation
 def _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs, top_n,
-              return_logits, max_new_tokens, key, V):
+              return_logits, max_new_tokens, key, V, vocab_limit=None):
     S_.check_sampling(temperature=temperature, top_k=top_k, top_p=top_p,
                       repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
                       top_n=top_n)
@@ -305,6 +307,10 @@ def _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs, to
     knobs = {"temperature": jnp.float32(temperature if not greedy else 1.0),
              "top_p": jnp.float32(1.0 if top_p is None else top_p),
              "penalty": jnp.float32(1.0 if repetition_penalty is None else repetition_penalty)}
+    if vocab_limit is not None and (isinstance(vocab_limit, bool) or not isinstance(vocab_limit, (int, np.integer))
+                                    or not 1 <= vocab_limit <= V):
+        raise GenerationError(f"vocab_limit={vocab_limit!r} must be an integer in [1, {V}] (the model's vocab_size)")
+    knobs["vocab_limit"] = jnp.int32(V if vocab_limit is None else vocab_limit)
     if key is None:
         key = jax.random.key(0)
     return spec, knobs, key
@@ -383,7 +389,8 @@ def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: f
                     top_k: Optional[int] = None, top_p: Optional[float] = None, key=None,
                     stop_tokens: Sequence[int] = (), return_logprobs: bool = False, top_n: int = 0,
                     repetition_penalty: Optional[float] = None, return_logits: bool = False,
-                    chunk_size: Optional[int] = None, slide_every: int = 1) -> Iterator:
+                    chunk_size: Optional[int] = None, slide_every: int = 1,
+                    vocab_limit: Optional[int] = None) -> Iterator:
     """Like :func:`generate`, but yields ``(start, tokens_Bc)`` after every ``chunk_size`` new
     tokens (numpy ``[B, c]``, ``-1`` for rows that have stopped) and finally returns the
     :class:`Generation` (``StopIteration.value``). Each chunk is one jitted call running
@@ -393,7 +400,7 @@ def generate_stream(model, prompt_tokens, *, max_new_tokens: int, temperature: f
     config = gen.config
     V = config.vocab_size
     spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
-                                 top_n, return_logits, max_new_tokens, key, V)
+                                 top_n, return_logits, max_new_tokens, key, V, vocab_limit)
     prompts = S_.check_prompts(prompt_tokens, V)
     C = config.max_len
     if isinstance(slide_every, bool) or not isinstance(slide_every, (int, np.integer)) or slide_every < 1:
@@ -437,7 +444,7 @@ def generate(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 
              top_k: Optional[int] = None, top_p: Optional[float] = None, key=None,
              stop_tokens: Sequence[int] = (), return_logprobs: bool = False, top_n: int = 0,
              repetition_penalty: Optional[float] = None, return_logits: bool = False,
-             slide_every: int = 1) -> Generation:
+             slide_every: int = 1, vocab_limit: Optional[int] = None) -> Generation:
     """Generate up to ``max_new_tokens`` tokens after each prompt with a KV cache.
 
     ``model``: a :class:`jaxformer.GPT` (or a ``(params, config)`` pair).
@@ -455,6 +462,8 @@ def generate(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 
     Past the context (``len + max_new_tokens > max_len``) the model sees the last
     ``max_len`` tokens, as nanoGPT's crop does; ``slide_every`` (default 1: exactly the
     crop) trades exactness for speed, see the module docstring.
+    ``vocab_limit``: only ids below it are chosen (a model whose vocabulary is padded past its
+    tokenizer's, as Qwen's; log-probabilities are then over those ids, logits stay raw).
     Returns a :class:`Generation`. Raises :class:`GenerationError` for bad token ids or
     sampling parameters.
     """
@@ -462,7 +471,7 @@ def generate(model, prompt_tokens, *, max_new_tokens: int, temperature: float = 
                          temperature=temperature, top_k=top_k, top_p=top_p, key=key,
                          stop_tokens=stop_tokens, return_logprobs=return_logprobs, top_n=top_n,
                          repetition_penalty=repetition_penalty, return_logits=return_logits,
-                         slide_every=slide_every)
+                         slide_every=slide_every, vocab_limit=vocab_limit)
     while True:
         try:
             next(it)
@@ -490,6 +499,7 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, seed: int = 0,
     stops = end_ids(tokenizer)
     top_k = None if top_k is None else min(top_k, cfg.vocab_size)
     g = generate(model, ids, max_new_tokens=n_tokens, temperature=temperature, top_k=top_k,
-                 key=jax.random.key(seed), stop_tokens=stops, slide_every=slide_every)
+                 key=jax.random.key(seed), stop_tokens=stops, slide_every=slide_every,
+                 vocab_limit=min(tokenizer.vocab_size, cfg.vocab_size))
     out = list(ids) + list(g.sequences[0])
     return tokenizer.decode(out[lead:])

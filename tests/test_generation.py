@@ -546,3 +546,18 @@ def test_cli_score_file(run_dir, tmp_path, capsys):
     assert main(["score", "--run", str(run_dir), "--file", str(tmp_path / "bad.txt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not UTF-8" in err and "bad.txt" in err
+
+
+def test_vocab_limit_keeps_sampling_inside_a_padded_vocabulary():
+    """A model whose vocabulary is padded past its tokenizer's (Qwen's is): with vocab_limit
+    no id at or past the limit is drawn, the recorded logits stay raw, and a bad limit is named."""
+    model = random_model(seed=2)
+    out = G.generate(model, [[1, 2, 3]] * 4, max_new_tokens=120, temperature=3.0, key=jax.random.key(0),
+                     vocab_limit=20, return_logits=True, return_logprobs=True)
+    assert out.tokens.max() < 20 and len(np.unique(out.tokens)) > 10
+    free = G.generate(model, [[1, 2, 3]] * 4, max_new_tokens=120, temperature=3.0, key=jax.random.key(0))
+    assert free.tokens.max() >= 20                                 # without the limit they are drawn
+    assert np.isfinite(out.logits).all()                           # raw logits, padded ids included
+    np.testing.assert_allclose(np.exp(out.logprobs) <= 1.0, True)
+    with pytest.raises(GenerationError, match=r"vocab_limit=0 must be an integer in \[1, 37\]"):
+        G.generate(model, [1, 2], max_new_tokens=2, temperature=0, vocab_limit=0)

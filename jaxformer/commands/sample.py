@@ -89,7 +89,9 @@ def run(args) -> int:
     stop = () if args.no_stop else end_ids(tok)
     kw = dict(max_new_tokens=n_new, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-              key=jax.random.key(args.seed), stop_tokens=stop, slide_every=args.slide_every)
+              key=jax.random.key(args.seed), stop_tokens=stop, slide_every=args.slide_every,
+              # a vocabulary padded past the tokenizer's (Qwen): ids it cannot decode are never drawn
+              vocab_limit=min(tok.vocab_size, r.config.model.vocab_size))
     prompts = [ids] * args.num_samples
     text_of = _text_of(tok, [] if not args.prompt else encode_plain(tok, args.prompt), stop)
 
