@@ -6,7 +6,7 @@ Public names: ``functional`` (the textbook math), ``kernels`` (the fast paths be
 """
 __version__ = "0.1.0"
 
-from . import functional, kernels  # noqa: F401
+from . import functional, interp, kernels  # noqa: F401
 from .config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig,  # noqa: F401
                      TrainConfig, load_config)
 from .modules import (GPT, DecoderBlock, FeedForward, LayerNorm,  # noqa: F401

@@ -31,6 +31,10 @@ Parameter pytrees are plain nested dicts of arrays:
 
 Functions that describe the architecture take ``config``: any object with the
 attributes of :class:`jaxformer.ModelConfig` (this module never imports it).
+
+Functions along the forward pass take ``hooks=None``: a mapping from TransformerLens's
+hook-point names to ``fn(x) -> x`` (see :mod:`jaxformer.interp`); each hook point is one
+``_hook(hooks, name, x)`` line, and ``hooks=None`` traces exactly the unhooked program.
 """
 from __future__ import annotations
 
@@ -56,6 +60,19 @@ __all__ = ["causal_mask", "masked_softmax", "soft_cap", "scaled_dot_product_atte
 def _acc(dtype):
     """The dtype softmax, norms and losses compute in: float32, or float64 for float64 inputs."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def _hook(hooks, name: str, x):
+    """``hooks[name](x)`` when hook point ``name`` is hooked, else ``x`` itself (``hooks=None``:
+    nothing to look up). The names and shapes are TransformerLens's; see :mod:`jaxformer.interp`."""
+    return x if hooks is None or name not in hooks else hooks[name](x)
+
+
+def _sub_hooks(hooks, prefix: str):
+    """The hooks whose names start with ``prefix`` (``"attn."``, ``"blocks.3."``), with it
+    stripped; None when there are none (so an unhooked part keeps its fast path)."""
+    sub = {} if hooks is None else {n[len(prefix):]: f for n, f in hooks.items() if n.startswith(prefix)}
+    return sub or None
 
 
 def _kernel(kernels, name: str, textbook):
@@ -103,7 +120,7 @@ def soft_cap(x, cap: Optional[float]):
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def scaled_dot_product_attention(q, k, v, *, mask=None, scale=None, softcap=None):
+def scaled_dot_product_attention(q, k, v, *, mask=None, scale=None, softcap=None, hooks=None):
     """Softmax attention ``softmax(q k^T / sqrt(K)) v``.
 
     Shapes: ``q [..., T, K]``, ``k [..., S, K]``, ``v [..., S, Kv]`` (leading axes
@@ -113,10 +130,13 @@ def scaled_dot_product_attention(q, k, v, *, mask=None, scale=None, softcap=None
     :func:`soft_cap` before the mask.
     Returns ``(out [..., T, Kv], weights [..., T, S])``. The softmax runs in float32
     whatever the input dtype. A fully-masked row gives zero weights and a zero output.
+    ``hooks``: ``hook_attn_scores`` (scaled, capped, masked entries -inf) and ``hook_pattern``.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=_acc(q.dtype)) * scale
-    weights = masked_softmax(soft_cap(scores, softcap), mask)
+    scores = soft_cap(jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=_acc(q.dtype)) * scale, softcap)
+    if hooks is not None:  # TransformerLens shows masked scores as -inf
+        scores = _hook(hooks, "hook_attn_scores", scores if mask is None else jnp.where(mask, scores, -jnp.inf))
+    weights = _hook(hooks, "hook_pattern", masked_softmax(scores, mask))
     out = jnp.einsum("...ts,...sk->...tk", weights.astype(v.dtype), v)
     return out, weights
 
@@ -217,7 +237,7 @@ def attention_projections(params: Params, x_BTD, kernels=None):
 def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=None,
                          cache_index=None, dropout_rate: float = 0.0, key=None,
                          kernels=None, is_causal: bool = False, scale=None, softcap=None,
-                         qk_norm=None):
+                         qk_norm=None, hooks=None):
     """Multi-head (optionally grouped-query) self-attention.
 
     ``x [B, T, D]``; ``mask`` boolean broadcastable to ``[B, 1, T, S]`` (True = may
@@ -230,13 +250,17 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     ``scale`` (default ``1/sqrt(K)``) and ``softcap`` as in :func:`scaled_dot_product_attention`;
     ``qk_norm(norm_params, x)`` normalises each head's q and k with ``params["q_norm"]`` /
     ``params["k_norm"]`` before RoPE (Qwen3), when those are present.
+    ``hooks`` (hooked calls take the textbook): ``hook_q [B, T, H, K]``, ``hook_k``,
+    ``hook_v [B, T, G, K]`` (after any q/k norm), ``hook_rot_q``, ``hook_rot_k`` (after RoPE),
+    ``hook_attn_scores``, ``hook_pattern [B, H, T, S]``, ``hook_z [B, T, H, K]``.
     Returns ``(out [B, T, D], weights [B, H, T, S] or None, new_cache or None)``.
     """
     q, k, v = attention_projections(params, x_BTD, kernels)
     if "q_norm" in params:
         q, k = qk_norm(params["q_norm"], q), qk_norm(params["k_norm"], k)
+    q, k, v = _hook(hooks, "hook_q", q), _hook(hooks, "hook_k", k), _hook(hooks, "hook_v", v)
     if rope is not None:
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = _hook(hooks, "hook_rot_q", apply_rope(q, *rope)), _hook(hooks, "hook_rot_k", apply_rope(k, *rope))
     B, T, H, K = q.shape
     G = k.shape[2]
     # Group the query heads under their shared kv head, [B, G, R, T, K]; keys broadcast over R.
@@ -248,7 +272,7 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
     scale = 1.0 / math.sqrt(K) if scale is None else scale
     weights_BHTS, new_cache = None, None
     # Fused kernels neither cap scores nor drop weights: those calls take the textbook.
-    plain = softcap is None and not (key is not None and dropout_rate > 0.0)
+    plain = softcap is None and not (key is not None and dropout_rate > 0.0) and hooks is None
     fused = _kernel(kernels, "attention", None) if plain else None
     cached = _kernel(kernels, "cached_attention", None)
     if cache is not None:  # write the new keys/values into their slots
@@ -264,14 +288,23 @@ def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, cache=N
             out = fused(q_BGRTK, k_BGSK, v_BGSK, mask, scale, is_causal and cache is None)
         else:
             out, w = scaled_dot_product_attention(q_BGRTK, k_BGSK[:, :, None], v_BGSK[:, :, None], mask=mask,
-                                                  scale=scale, softcap=softcap)
+                                                  scale=scale, softcap=softcap, hooks=_grouped(hooks, G))
             weights_BHTS = w.reshape(B, H, T, -1)
             if key is not None and dropout_rate > 0.0:  # dropout on the weights (as GPT-2)
                 w = dropout(w, dropout_rate, key)
                 out = jnp.einsum("...ts,...sk->...tk", w.astype(v_BGSK.dtype), v_BGSK[:, :, None])
-    out_BTD = merge_heads(out.reshape(B, H, T, K)).astype(x_BTD.dtype)
+    z_BTHK = _hook(hooks, "hook_z", out.reshape(B, H, T, K).transpose(0, 2, 1, 3))
+    out_BTD = z_BTHK.reshape(B, T, H * K).astype(x_BTD.dtype)
     y = _kernel(kernels, "dense", linear)(out_BTD, params["wo"].reshape(H * K, -1))
     return (y + params["bo"] if "bo" in params else y), weights_BHTS, new_cache
+
+
+def _grouped(hooks, G: int):
+    """Score and pattern hooks (on ``[B, H, T, S]``) for the grouped ``[B, G, R, T, S]`` layout."""
+    if hooks is None:
+        return None
+    wrap = lambda f: lambda a: f(a.reshape(a.shape[0], -1, *a.shape[-2:])).reshape(a.shape)  # noqa: E731
+    return {n: wrap(f) for n, f in hooks.items() if n in ("hook_attn_scores", "hook_pattern")}
 
 
 # ----------------------------------------------------------------------------- norms, MLP
@@ -324,21 +357,24 @@ def activation(name: str, kernels=None):
     return {"relu": jax.nn.relu, "swiglu": jax.nn.silu, "gelu_exact": gelu_exact}[name]
 
 
-def feed_forward(params: Params, x_BTD, act: str = "gelu", kernels=None):
+def feed_forward(params: Params, x_BTD, act: str = "gelu", kernels=None, hooks=None):
     """Position-wise MLP ``[B, T, D] -> [B, T, D]``.
 
     ``relu`` / ``gelu`` / ``gelu_exact``: ``act(x W_in + b_in) W_out + b_out``; gated
     ``swiglu`` / ``geglu``: ``(act(x W_gate) * (x W_in)) W_out`` (SiLU / tanh-GELU gate).
+    ``hooks``: ``hook_pre`` (what the activation reads: the gate's input when gated),
+    ``hook_pre_linear`` (gated only: ``x W_in``), ``hook_post`` (all ``[B, T, F]``).
     """
     dense = _kernel(kernels, "dense", linear)
     h = dense(x_BTD, params["w_in"])
     if "b_in" in params:
         h = h + params["b_in"]
     if act in GATED:
-        h = activation(act, kernels)(dense(x_BTD, params["w_gate"])) * h
+        h = activation(act, kernels)(_hook(hooks, "hook_pre", dense(x_BTD, params["w_gate"]))) * \
+            _hook(hooks, "hook_pre_linear", h)
     else:
-        h = activation(act, kernels)(h)
-    y = dense(h, params["w_out"])
+        h = activation(act, kernels)(_hook(hooks, "hook_pre", h))
+    y = dense(_hook(hooks, "hook_post", h), params["w_out"])
     return y + params["b_out"] if "b_out" in params else y
 
 
@@ -353,7 +389,7 @@ def dropout(x, rate: float, key):
 
 # ----------------------------------------------------------------------------- block and decoder
 def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=None,
-                  cache_index=None, key=None, kernels=None, is_causal: bool = False):
+                  cache_index=None, key=None, kernels=None, is_causal: bool = False, hooks=None):
     """One decoder block ``[B, T, D] -> [B, T, D]``.
 
     ``config.norm_position``: ``pre`` (GPT-2: ``x + attn(norm(x))``, ``x + mlp(norm(x))``),
@@ -367,6 +403,8 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
     Returns ``(y [B, T, D], aux)`` with ``aux = {"weights": [B, H, T, S] (None when a
     kernel attended), "attn_out": [B, T, D], "mlp_out": [B, T, D], "cache": new cache or None}``
     (``attn_out`` / ``mlp_out``: what each branch adds to the residual stream).
+    ``hooks`` maps this block's hook-point names (``hook_resid_pre``, ``ln1.hook_normalized``,
+    ``attn.hook_z``, ``mlp.hook_post``, ...; see :mod:`jaxformer.interp`) to ``fn(x) -> x``.
     """
     pos, rate = config.norm_position, config.dropout
     pre = pos in ("pre", "sandwich")
@@ -375,59 +413,68 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
     # A kernel set may mark the residual stream (XLA:CPU gradient fences); the textbook does not.
     mark = _kernel(kernels, "residual", lambda x: x)
 
-    x_BTD = mark(x_BTD)
-    h = nrm(params["ln1"], x_BTD) if pre else x_BTD
+    x_BTD = _hook(hooks, "hook_resid_pre", mark(x_BTD))
+    h = _hook(hooks, "ln1.hook_normalized", nrm(params["ln1"], x_BTD)) if pre else x_BTD
     a, weights, new_cache = multi_head_attention(
         params["attn"], h, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
         dropout_rate=rate, key=keys[0], kernels=kernels, is_causal=is_causal,
-        scale=config.attn_scale, softcap=config.attn_softcap, qk_norm=nrm)
+        scale=config.attn_scale, softcap=config.attn_softcap, qk_norm=nrm, hooks=_sub_hooks(hooks, "attn."))
     if pos == "sandwich":
         a = nrm(params["ln_attn_out"], a)
-    a = dropout(a, rate, keys[1])
+    a = _hook(hooks, "hook_attn_out", dropout(a, rate, keys[1]))
     if config.parallel_residual:  # both branches read the block's input
-        m = dropout(feed_forward(params["mlp"], nrm(params["ln2"], x_BTD), config.activation, kernels),
+        h = _hook(hooks, "ln2.hook_normalized", nrm(params["ln2"], x_BTD))
+        m = dropout(feed_forward(params["mlp"], h, config.activation, kernels, _sub_hooks(hooks, "mlp.")),
                     rate, keys[2])
-        return x_BTD + a + m, {"weights": weights, "attn_out": a, "mlp_out": m, "cache": new_cache}
+        m = _hook(hooks, "hook_mlp_out", m)
+        x = _hook(hooks, "hook_resid_post", x_BTD + a + m)
+        return x, {"weights": weights, "attn_out": a, "mlp_out": m, "cache": new_cache}
     x = x_BTD + a
     if pos == "post":
         x = nrm(params["ln1"], x)
 
-    x = mark(x)
-    h = nrm(params["ln2"], x) if pre else x
-    m = feed_forward(params["mlp"], h, config.activation, kernels)
+    x = _hook(hooks, "hook_resid_mid", mark(x))
+    h = _hook(hooks, "ln2.hook_normalized", nrm(params["ln2"], x)) if pre else x
+    m = feed_forward(params["mlp"], h, config.activation, kernels, _sub_hooks(hooks, "mlp."))
     if pos == "sandwich":
         m = nrm(params["ln_mlp_out"], m)
-    m = dropout(m, rate, keys[2])
+    m = _hook(hooks, "hook_mlp_out", dropout(m, rate, keys[2]))
     x = x + m
     if pos == "post":
         x = nrm(params["ln2"], x)
+    x = _hook(hooks, "hook_resid_post", x)
     return x, {"weights": weights, "attn_out": a, "mlp_out": m, "cache": new_cache}
 
 
-def embed(params: Params, tokens_BT, config, positions_BT):
+def embed(params: Params, tokens_BT, config, positions_BT, hooks=None):
     """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus
-    absolute positions (learned or sinusoidal) ``-> [B, T, D]``."""
+    absolute positions (learned or sinusoidal) ``-> [B, T, D]``.
+    ``hooks``: ``hook_embed``, ``hook_pos_embed`` (absolute positions only)."""
     x = jnp.take(params["tok_emb"], tokens_BT, axis=0)
     if config.scale_embeddings:  # the factor is rounded to the compute dtype, as Gemma does
         x = x * jnp.asarray(math.sqrt(config.d_model), x.dtype)
+    x = _hook(hooks, "hook_embed", x)
     if config.positions == "learned":
-        x = x + learned_positions(params["pos_emb"], positions_BT)
+        x = x + _hook(hooks, "hook_pos_embed", learned_positions(params["pos_emb"], positions_BT))
     elif config.positions == "sinusoidal":
-        x = x + sinusoidal_positions(config.max_len, config.d_model)[positions_BT].astype(x.dtype)
+        x = x + _hook(hooks, "hook_pos_embed",
+                      sinusoidal_positions(config.max_len, config.d_model)[positions_BT].astype(x.dtype))
     return x
 
 
-def final_norm(params: Params, x_BTD, config, kernels=None):
-    """The norm after the last block (``ln_f``; pre-norm and sandwich models only)."""
+def final_norm(params: Params, x_BTD, config, kernels=None, hooks=None):
+    """The norm after the last block (``ln_f``; pre-norm and sandwich models only).
+    ``hooks``: ``ln_final.hook_normalized``."""
     if config.norm_position in ("pre", "sandwich"):
-        return norm(params["ln_f"], x_BTD, config.norm, config.norm_eps, kernels, config.norm_offset)
+        x = norm(params["ln_f"], x_BTD, config.norm, config.norm_eps, kernels, config.norm_offset)
+        return _hook(hooks, "ln_final.hook_normalized", x)
     return x_BTD
 
 
-def unembed(params: Params, x_BTD, config):
+def unembed(params: Params, x_BTD, config, hooks=None):
     """:func:`final_norm` and the output projection ``-> logits [B, T, V]`` in float32
     (soft-capped when ``config.final_softcap``, Gemma 2)."""
-    x_BTD = final_norm(params, x_BTD, config)
+    x_BTD = final_norm(params, x_BTD, config, hooks=hooks)
     # Tied: contract with the [V, D] table as stored (a transposed view made XLA:CPU copy
     # the whole table on every decode step).
     eq, w = ("btd,vd->btv", params["tok_emb"]) if config.tie_embeddings else ("btd,dv->btv", params["lm_head"])
@@ -456,7 +503,8 @@ def attention_masks(config, T: int, S: int, offset=0, key_mask_BS=None):
 
 
 def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS=None,
-                   cache=None, cache_index=0, key=None, capture: bool = False, kernels=None):
+                   cache=None, cache_index=0, key=None, capture: bool = False, kernels=None,
+                   hooks=None):
     """Embedding and every block: tokens ``[B, T]`` -> the last block's output ``[B, T, D]``
     (before the final norm; :func:`unembed` finishes).
 
@@ -467,6 +515,11 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
     - ``key``: PRNG key enabling dropout (training); None = deterministic.
     - ``capture``: also return every intermediate (see below); always the textbook math.
     - ``kernels``: a :mod:`jaxformer.kernels` set (None = the textbook).
+    - ``hooks``: a mapping from hook-point names (TransformerLens's: ``hook_embed``,
+      ``blocks.{l}.attn.hook_z``, ...; see :mod:`jaxformer.interp`) to ``fn(x) -> x``, which
+      may read or replace that activation. Hooked calls run the textbook with the layers
+      unrolled (the layer in a name is a Python int) and not rematerialised, so a hook may
+      keep what it sees in a Python dict for the caller's trace.
     - ``params["blocks"]`` may also be a list of per-layer trees (unstacked, no ``[L]``
       axis); ``cache`` is then a list of per-layer ``{"k", "v": [B, G, S, K]}`` and so is
       ``aux["cache"]`` (the layout the decode loop uses, see ``generation.py``).
@@ -479,14 +532,14 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
     depth) and are rematerialised per ``config.remat``.
     """
     B, T = tokens_BT.shape
-    kernels = None if capture else kernels
+    kernels = None if capture or hooks is not None else kernels
     if positions_BT is None:
         positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
     dtype = jnp.dtype(config.dtype)
     params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
     keys = jax.random.split(key, config.n_layer + 1) if key is not None else None
 
-    x = dropout(embed(params, tokens_BT, config, positions_BT), config.dropout,
+    x = dropout(embed(params, tokens_BT, config, positions_BT, hooks), config.dropout,
                 None if keys is None else keys[-1])
     per_layer = isinstance(params["blocks"], (list, tuple))
     S = T if cache is None else (cache[0] if per_layer else cache)["v"].shape[-2]
@@ -501,16 +554,17 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
         else:  # a traced layer index under scan: pick this layer's mask
             mask = jnp.where(jnp.asarray(slides)[i], sliding, full)
         y, aux = decoder_block(p, x, config, mask=mask, rope=rope, cache=c, cache_index=cache_index,
-                               key=k, kernels=kernels, is_causal=key_mask_BS is None and not any(slides))
+                               key=k, kernels=kernels, is_causal=key_mask_BS is None and not any(slides),
+                               hooks=None if hooks is None else _sub_hooks(hooks, f"blocks.{i}."))
         keep = {"cache": aux["cache"]}
         if capture:
             keep.update(weights=aux["weights"], attn_out=aux["attn_out"], mlp_out=aux["mlp_out"], resid=x)
         return y, keep
 
-    if config.remat != "none":
+    if config.remat != "none" and hooks is None:
         policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if config.remat == "dots" else None
         layer = jax.checkpoint(layer, policy=policy)
-    if per_layer or not config.scan_layers:
+    if per_layer or not config.scan_layers or hooks is not None:
         # One Python step per layer (a list of per-layer trees is not sliced at all: slicing
         # stacked weights inside a decode loop would copy them on every step).
         take = lambda tree, i: None if tree is None else (tree[i] if per_layer else jax.tree.map(lambda a: a[i], tree))  # noqa: E731
@@ -531,11 +585,12 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
     return x, aux
 
 
-def decoder(params: Params, tokens_BT, config, **kwargs):
+def decoder(params: Params, tokens_BT, config, *, hooks=None, **kwargs):
     """The whole decoder: tokens ``[B, T]`` -> ``(logits [B, T, V] float32, aux)``:
-    :func:`decoder_hidden` (its keyword arguments and ``aux``) then :func:`unembed`."""
-    x, aux = decoder_hidden(params, tokens_BT, config, **kwargs)
-    return unembed(params, x, config), aux
+    :func:`decoder_hidden` (its keyword arguments and ``aux``) then :func:`unembed`
+    (``hooks`` reach both)."""
+    x, aux = decoder_hidden(params, tokens_BT, config, hooks=hooks, **kwargs)
+    return unembed(params, x, config, hooks=hooks), aux
 
 
 # ----------------------------------------------------------------------------- the loss

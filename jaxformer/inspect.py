@@ -1,8 +1,9 @@
 """Look inside a model: attention maps, named intermediates, logit lens, head statistics.
 
-Everything here is computed by :func:`jaxformer.functional.decoder` with ``capture=True``
-(the very attention the model runs), never by a second copy of the math. Results are
-batch-first (``weights_BLHTT``, ``resid_BLTD``) so that ``out[b]`` is one example.
+Everything here is computed by :func:`jaxformer.functional.decoder` (``capture=True``, or
+its hook points through :mod:`jaxformer.interp`: the very attention the model runs), never
+by a second copy of the math. Results are batch-first (``weights_BLHTT``, ``resid_BLTD``)
+so that ``out[b]`` is one example.
 
 Shape legend as in :mod:`jaxformer.functional` (B batch, L layers, H heads, T time,
 D width, V vocabulary).
@@ -109,15 +110,20 @@ def logit_lens(params, resid_BLTD, config) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("config", "with_logit_lens"))
 def capture_fn(params, tokens_BT, config, with_logit_lens: bool = True) -> Dict[str, jax.Array]:
-    """Pure, jitted version of :func:`capture` over a parameter pytree."""
-    logits, aux = F.decoder(params, tokens_BT, config, capture=True)
-    batch_first = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  [L, B, ...] -> [B, L, ...]
+    """Pure, jitted version of :func:`capture` over a parameter pytree: a view of
+    :func:`jaxformer.interp.run_with_cache_fn` (the hook points, stacked over layers)."""
+    from .interp import run_with_cache_fn, stack_layers  # interp builds on this module's helpers
+    L = config.n_layer
+    per_layer = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "attn.hook_pattern")
+    names = tuple(f"blocks.{l}.{n}" for l in range(L) for n in per_layer) + (f"blocks.{L - 1}.hook_resid_post",)
+    logits, cache = run_with_cache_fn(params, tokens_BT, config, names)
+    resid = jnp.concatenate([stack_layers(cache, "hook_resid_pre", L), cache[names[-1]][:, None]], axis=1)
     out = {
-        "embed": aux["resid"][0],
-        "resid": batch_first(aux["resid"]),
-        "attn_out": batch_first(aux["attn_out"]),
-        "mlp_out": batch_first(aux["mlp_out"]),
-        "weights": batch_first(aux["weights"]),
+        "embed": resid[:, 0],
+        "resid": resid,
+        "attn_out": stack_layers(cache, "hook_attn_out", L),
+        "mlp_out": stack_layers(cache, "hook_mlp_out", L),
+        "weights": stack_layers(cache, "attn.hook_pattern", L),
         "logits": logits,
     }
     if with_logit_lens:
