@@ -72,6 +72,15 @@ def _one_hot(i, size: int, axis: int, ndim: int):
     return (jnp.arange(size) == i).reshape([size if a == axis else 1 for a in range(ndim)])
 
 
+def _patching_setup(model, clean_tokens, corrupted_tokens, metric, answer, hook, over):
+    """What patching and its gradient approximation share: the checked token pair, the
+    patched hook names of every layer with the patched axis, and the metric."""
+    hook = hook or ("hook_resid_pre" if over == "position" else "attn.hook_z")
+    params, config, clean, corrupted = _pair(model, clean_tokens, corrupted_tokens)
+    names, axis = _layer_names(config, hook, over)
+    return params, config, clean, corrupted, names, axis, _metric(metric, answer)
+
+
 def patch_activations(model, clean_tokens, corrupted_tokens, metric: Optional[Metric] = None, *,
                       answer=None, hook: Optional[str] = None, over: str = "position") -> jax.Array:
     """Activation patching clean -> corrupted: run ``corrupted_tokens`` with one slice of
@@ -85,10 +94,8 @@ def patch_activations(model, clean_tokens, corrupted_tokens, metric: Optional[Me
     patched run; normalise with the clean and corrupted runs' metric as you like, e.g.
     ``(table - m_corrupted) / (m_clean - m_corrupted)``.
     """
-    hook = hook or ("hook_resid_pre" if over == "position" else "attn.hook_z")
-    params, config, clean, corrupted = _pair(model, clean_tokens, corrupted_tokens)
-    names, axis = _layer_names(config, hook, over)
-    metric = _metric(metric, answer)
+    params, config, clean, corrupted, names, axis, metric = _patching_setup(
+        model, clean_tokens, corrupted_tokens, metric, answer, hook, over)
 
     @jax.jit
     def table(params, clean, corrupted):
@@ -113,10 +120,8 @@ def attribution_patching(model, clean_tokens, corrupted_tokens, metric: Optional
     over each patched slice, from one clean forward and one corrupted forward and backward
     pass. Exact to first order in the difference between the runs. Masked (``-inf``) attention
     scores contribute nothing."""
-    hook = hook or ("hook_resid_pre" if over == "position" else "attn.hook_z")
-    params, config, clean, corrupted = _pair(model, clean_tokens, corrupted_tokens)
-    names, axis = _layer_names(config, hook, over)
-    metric = _metric(metric, answer)
+    params, config, clean, corrupted, names, axis, metric = _patching_setup(
+        model, clean_tokens, corrupted_tokens, metric, answer, hook, over)
 
     @jax.jit
     def table(params, clean, corrupted):
