@@ -78,6 +78,7 @@ class ModelConfig:
     final_softcap: Optional[float] = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
     qk_norm: bool = False               # norm each head's q and k before RoPE (Qwen3)
     parallel_residual: bool = False     # x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX)
+    attn_only: bool = False             # no MLP: blocks are x + attn(ln1(x)) (TransformerLens attn_only)
     scale_embeddings: bool = False      # token embeddings times sqrt(d_model) (Gemma)
     bias: bool = True
     qkv_bias: Optional[bool] = None     # biases on q/k/v only; default: bias (Qwen2: bias=False, qkv_bias=True)
@@ -134,7 +135,7 @@ class ModelConfig:
         for name in ("attn_scale", "attn_softcap", "final_softcap"):
             if getattr(self, name) is not None:
                 _finite_number(f"model.{name}", getattr(self, name), 0.0, include_min=False)
-        for name in ("bias", "tie_embeddings", "scan_layers", "qk_norm", "parallel_residual",
+        for name in ("bias", "tie_embeddings", "scan_layers", "qk_norm", "parallel_residual", "attn_only",
                      "scale_embeddings"):
             _check(isinstance(getattr(self, name), bool),
                    f"model.{name}={getattr(self, name)!r} must be true or false")
@@ -152,6 +153,8 @@ class ModelConfig:
             object.__setattr__(self, "layer_types", tuple(types))
             _check(self.sliding_window is not None or "sliding" not in types,
                    "model.layer_types has 'sliding' layers but model.sliding_window is null")
+        _check(not (self.attn_only and self.parallel_residual),
+               "model.attn_only=true has no MLP to run in parallel: set model.parallel_residual=false")
         if self.parallel_residual:
             _check(self.norm_position == "pre",
                    f"model.parallel_residual=true needs model.norm_position='pre', not {self.norm_position!r}")

@@ -23,7 +23,8 @@ Parameter pytrees are plain nested dicts of arrays:
             "q_norm", "k_norm": {"scale": [K]} (qk_norm)}
     mlp    {"w_in": [D,F], "w_out": [F,D], "b_in": [F], "b_out": [D],
             "w_gate": [D,F] (gated activations: swiglu, geglu)}
-    block  {"ln1": norm, "attn": attn, "ln2": norm, "mlp": mlp,   (no ln* when norm_position="none")
+    block  {"ln1": norm, "attn": attn, "ln2": norm, "mlp": mlp,   (no ln* when norm_position="none";
+                                                                    no ln2 / mlp when attn_only)
             "ln_attn_out", "ln_mlp_out": norm (norm_position="sandwich")}
     model  {"tok_emb": [V,D], "pos_emb": [max_len,D] (learned positions only),
             "blocks": block with a leading [L] axis on every leaf,
@@ -432,6 +433,9 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, cache=
     x = x_BTD + a
     if pos == "post":
         x = nrm(params["ln1"], x)
+    if config.attn_only:  # no MLP (TransformerLens's attention-only models)
+        x = _hook(hooks, "hook_resid_post", x)
+        return x, {"weights": weights, "attn_out": a, "mlp_out": jnp.zeros_like(a), "cache": new_cache}
 
     x = _hook(hooks, "hook_resid_mid", mark(x))
     h = _hook(hooks, "ln2.hook_normalized", nrm(params["ln2"], x)) if pre else x

@@ -123,15 +123,20 @@ class DecoderBlock(ParamsMixin, nnx.Module):
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
         out_std = c.init_std / (2 * c.n_layer) ** 0.5
         if c.norm_position != "none":
-            self.ln1, self.ln2 = LayerNorm.of(c), LayerNorm.of(c)
+            self.ln1 = LayerNorm.of(c)
         if c.norm_position == "sandwich":
-            self.ln_attn_out, self.ln_mlp_out = LayerNorm.of(c), LayerNorm.of(c)
+            self.ln_attn_out = LayerNorm.of(c)
         self.attn = MultiHeadAttention(c.d_model, c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
                                        bias=c.bias, qkv_bias=c.qkv_bias,
                                        qk_norm=LayerNorm.of(c, c.head_dim, bias=False) if c.qk_norm else None,
                                        rngs=rngs, init_std=c.init_std, out_std=out_std, param_dtype=pdt)
-        self.mlp = FeedForward(c.d_model, c.d_ff, activation=c.activation, bias=c.bias, rngs=rngs,
-                               init_std=c.init_std, out_std=out_std, param_dtype=pdt)
+        if not c.attn_only:
+            if c.norm_position != "none":
+                self.ln2 = LayerNorm.of(c)
+            if c.norm_position == "sandwich":
+                self.ln_mlp_out = LayerNorm.of(c)
+            self.mlp = FeedForward(c.d_model, c.d_ff, activation=c.activation, bias=c.bias, rngs=rngs,
+                                   init_std=c.init_std, out_std=out_std, param_dtype=pdt)
 
     def __call__(self, x_BTD, *, mask=None, rope=None, key=None):
         """``x [B, T, D] -> (y [B, T, D], aux)`` (see :func:`functional.decoder_block`)."""

@@ -27,6 +27,8 @@ def _check_supported(cfg) -> None:
         problems.append(f"model.activation={cfg.activation!r} (only 'gelu', 'relu')")
     if cfg.kv_heads != cfg.n_head:
         problems.append(f"model.n_kv_head={cfg.n_kv_head!r} (only = n_head)")
+    if cfg.attn_only:
+        problems.append("model.attn_only=True (only false)")
     if problems:
         raise ConfigError("the PyTorch reference does not support " + "; ".join(problems))
 

@@ -174,6 +174,8 @@ def block(p, x, cfg, mask, positions):
     x = x + a
     if pos == "post":
         x = n("ln1", x)
+    if getattr(cfg, "attn_only", False):
+        return x
     m = ffn(p["mlp"], n("ln2", x) if pre else x, cfg.activation)
     if pos == "sandwich":
         m = n("ln_mlp_out", m)

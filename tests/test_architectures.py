@@ -39,6 +39,8 @@ FAMILIES = {
                    layer_types=("sliding", "full", "sliding")),
     "neox": dict(norm="layernorm", activation="gelu_exact", positions="rope", bias=True,
                  rope_fraction=0.25, head_dim=8, parallel_residual=True, tie_embeddings=False),
+    # TransformerLens's attention-only models (the induction-head experiments): no MLP at all.
+    "attn_only": dict(attn_only=True, positions="rope", norm="layernorm", bias=True, n_kv_head=2),
 }
 
 
@@ -90,7 +92,10 @@ def test_module_runs_the_same_math_and_has_the_knobs_parameters(family):
     assert attn["wk"].shape == (cfg.n_layer, cfg.d_model, cfg.kv_heads, K)
     assert ("bq" in attn) == cfg.qkv_bias and ("bo" in attn) == cfg.bias
     assert ("q_norm" in attn) == cfg.qk_norm
-    assert ("w_gate" in blocks["mlp"]) == (cfg.activation in F.GATED)
+    if cfg.attn_only:
+        assert "mlp" not in blocks and "ln2" not in blocks
+    else:
+        assert ("w_gate" in blocks["mlp"]) == (cfg.activation in F.GATED)
     assert ("ln_attn_out" in blocks) == (cfg.norm_position == "sandwich")
     # Gemma's norms store scale - 1: a fresh model's norms are the identity scale either way.
     np.testing.assert_allclose(np.asarray(blocks["ln1"]["scale"]) + cfg.norm_offset, 1.0)

@@ -16,7 +16,7 @@ from test_architectures import BASE, FAMILIES
 CFG = ModelConfig(vocab_size=29, d_model=16, n_head=4, n_layer=2, d_ff=32, max_len=16)
 SMALL = dict(BASE, n_layer=2)
 ARCHS = {"gpt2": CFG,
-         **{name: ModelConfig(**{**SMALL, **FAMILIES[name]}) for name in ("neox", "llama3")},
+         **{name: ModelConfig(**{**SMALL, **FAMILIES[name]}) for name in ("neox", "llama3", "attn_only")},
          "gemma2": ModelConfig(**{**SMALL, **FAMILIES["gemma2"], "layer_types": ("sliding", "full")}),
          "post_sinusoidal": dataclasses.replace(CFG, norm_position="post", positions="sinusoidal", n_kv_head=2),
          "none_relu": dataclasses.replace(CFG, norm_position="none", activation="relu", bias=False)}
@@ -67,9 +67,12 @@ def test_hook_names_and_shapes_follow_the_architecture():
         assert shapes["blocks.1.attn.hook_q"] == shapes["blocks.1.attn.hook_z"] == (2, 5, H, K)
         assert shapes["blocks.1.attn.hook_k"] == shapes["blocks.1.attn.hook_v"] == (2, 5, G, K)
         assert shapes["blocks.0.attn.hook_pattern"] == (2, H, 5, 5)
-        assert shapes["blocks.0.mlp.hook_post"] == (2, 5, cfg.d_ff)
+        if not cfg.attn_only:
+            assert shapes["blocks.0.mlp.hook_post"] == (2, 5, cfg.d_ff)
         assert shapes["blocks.1.hook_resid_post"] == (2, 5, cfg.d_model)
     assert "blocks.0.hook_resid_mid" not in interp.hook_names(ARCHS["neox"])          # parallel residual
+    assert [n for n in interp.hook_names(ARCHS["attn_only"]) if n.startswith("blocks.0.hook")] == \
+        ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_resid_post"]  # no MLP
     assert "blocks.0.attn.hook_rot_k" in interp.hook_names(ARCHS["llama3"])
     assert "blocks.0.mlp.hook_pre_linear" in interp.hook_names(ARCHS["gemma2"])
     post = interp.hook_names(ARCHS["post_sinusoidal"])
@@ -102,7 +105,7 @@ def test_cache_holds_exactly_the_requested_names():
         interp.run_with_hooks(m, t, {"hook_embed": lambda x: x[..., 0]})
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gemma2", "neox", "llama3", "post_sinusoidal", "none_relu"])
+@pytest.mark.parametrize("name", ["gpt2", "gemma2", "neox", "llama3", "post_sinusoidal", "none_relu", "attn_only"])
 def test_hooked_run_is_the_model(name):
     params, cfg = model(name)
     t = tokens(cfg)
@@ -211,7 +214,7 @@ def test_attribution_patching_is_exact_to_first_order():
 
 
 # ----------------------------------------------------------------------------- attribution
-@pytest.mark.parametrize("name", ["gpt2", "neox", "gemma2", "none_relu"])
+@pytest.mark.parametrize("name", ["gpt2", "neox", "gemma2", "none_relu", "attn_only"])
 def test_residual_decomposition_sums_to_the_final_stream(name):
     params, cfg = model(name)
     t = tokens(cfg)
@@ -220,6 +223,7 @@ def test_residual_decomposition_sums_to_the_final_stream(name):
     _, cache = full_cache(name, t)
     np.testing.assert_allclose(np.asarray(parts.sum(0)), np.asarray(cache[f"blocks.{cfg.n_layer - 1}.hook_resid_post"]),
                                atol=5e-5, rtol=1e-5)
+    assert ("L1.mlp" in labels) == (name != "attn_only")
     if name != "gemma2":
         assert "L1H3" in labels
     else:

@@ -201,6 +201,8 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None, *, architecture: Opt
         params, config = model.params(), model.config
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"dtype={dtype!r} is not one of 'float32', 'bfloat16'")
+    if config.attn_only:
+        raise ConfigError("model.attn_only=True cannot be exported: no Hugging Face architecture drops the MLP")
     hf_config = hf_config_for(config, architecture)
     arch = hf_config["architectures"][0]
     hf_config["dtype"] = dtype

@@ -190,7 +190,7 @@ def residual_decomposition(model, tokens_BT) -> Tuple[Tuple[str, ...], jax.Array
 
     Parts: ``embed``, ``pos_embed`` (absolute positions), then per layer each head
     ``L{l}H{h}`` (its ``hook_z`` times its rows of ``wo``) and ``L{l}.attn_bias`` (``bo``,
-    when the model has biases), and ``L{l}.mlp``. Sandwich-norm models normalise the
+    when the model has biases), and ``L{l}.mlp`` (not for ``attn_only`` models). Sandwich-norm models normalise the
     attention output after the heads are summed, so their attention is one part per layer
     (``L{l}.attn``). Post-norm models have no such sum: :class:`HookError`.
     """
@@ -203,7 +203,7 @@ def residual_decomposition(model, tokens_BT) -> Tuple[Tuple[str, ...], jax.Array
 
 def _decompose_names(config) -> Tuple[str, ...]:
     per_head = config.norm_position != "sandwich"
-    layer = ("attn.hook_z" if per_head else "hook_attn_out", "hook_mlp_out")
+    layer = ("attn.hook_z" if per_head else "hook_attn_out",) + (() if config.attn_only else ("hook_mlp_out",))
     first = ("hook_embed", "hook_pos_embed") if config.positions in ("learned", "sinusoidal") else ("hook_embed",)
     return first + tuple(f"blocks.{l}.{n}" for l in range(config.n_layer) for n in layer) + \
         (f"blocks.{config.n_layer - 1}.hook_resid_post",)
@@ -231,8 +231,9 @@ def _decompose(params, tokens_BT, config):
             if "bo" in attn:
                 labels.append(f"L{l}.attn_bias")
                 parts.append(jnp.broadcast_to(attn["bo"].astype(parts[0].dtype), parts[0].shape))
-        labels.append(f"L{l}.mlp")
-        parts.append(cache[f"blocks.{l}.hook_mlp_out"])
+        if not config.attn_only:
+            labels.append(f"L{l}.mlp")
+            parts.append(cache[f"blocks.{l}.hook_mlp_out"])
     return tuple(labels), jnp.stack(parts), cache[f"blocks.{config.n_layer - 1}.hook_resid_post"]
 
 

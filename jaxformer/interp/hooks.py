@@ -40,6 +40,8 @@ def _block_points(config) -> List[Tuple[str, str]]:
         pts += [("attn.hook_rot_q", "[B, T, H, K]"), ("attn.hook_rot_k", "[B, T, G, K]")]
     pts += [("attn.hook_attn_scores", "[B, H, T, T]"), ("attn.hook_pattern", "[B, H, T, T]"),
             ("attn.hook_z", "[B, T, H, K]"), ("hook_attn_out", "[B, T, D]")]
+    if config.attn_only:
+        return pts + [("hook_resid_post", "[B, T, D]")]
     if not config.parallel_residual:
         pts.append(("hook_resid_mid", "[B, T, D]"))
     if pre:
