@@ -39,8 +39,7 @@ import time
 
 import numpy as np
 
-from common import (Report, induction_scores, induction_targets, name_heads, parse,
-                    previous_token_scores)
+from common import Report, parse
 
 NAME = "06_multihead_patterns"
 
@@ -57,7 +56,7 @@ args = parse(NAME, "Lab 6: previous-token and induction heads, found by their de
 import jax  # noqa: E402  (after parse: --help answers without importing JAX)
 import jax.numpy as jnp  # noqa: E402
 
-from jaxformer import load_config, plots  # noqa: E402
+from jaxformer import interp, load_config, plots  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
 from jaxformer.explorer import write_attention_explorer  # noqa: E402
 from jaxformer.inspect import capture_fn, describe_heads, head_statistics, token_labels  # noqa: E402
@@ -99,7 +98,7 @@ def repeated_letters(rng, n: int, length: int, period=None) -> np.ndarray:
 def predictable(batch_BT1) -> np.ndarray:
     """``[B, T]`` bool for the targets ``batch[:, 1:]``: the input before the target (the
     current letter) already occurred earlier, so induction can tell what comes next."""
-    return np.stack([induction_targets(row[:-1]) >= 0 for row in batch_BT1])
+    return np.asarray(interp.detector_targets(batch_BT1[:, :-1], "duplicate-token")[1])
 
 
 example = repeated_letters(np.random.default_rng(1), 1, T + 1, period=6)
@@ -176,7 +175,8 @@ def measure(params) -> dict:
     _, w = forward(params, probe)                                          # [B, L, H, T, T]
     return {"loss_unpredictable": float(nll[~repeats].mean()),
             "loss_predictable": float(nll[repeats].mean()),
-            "prev": previous_token_scores(w), "induction": induction_scores(w, probe), "weights": w}
+            **dict(zip(("prev", "induction"), interp.head_scores(w, probe, ("previous-token", "induction")).values())),
+            "weights": w}
 
 
 if not args.run:
@@ -267,7 +267,7 @@ for key, label, meaning, fname in (
 # diffuse or mixed, from the entropy and the mean offset of its attention).
 
 # %%
-named = name_heads({"previous-token": final["prev"], "induction": final["induction"]}, threshold=0.4)
+named = interp.name_heads({"previous-token": final["prev"], "induction": final["induction"]}, threshold=0.4)
 stats = [head_statistics(w) for w in final["weights"]]
 generic = describe_heads({k: np.mean([s[k] for s in stats], axis=0) for k in stats[0]})
 named_at = {(layer, h): (kind, score) for layer, h, kind, score in named}

@@ -10,7 +10,6 @@ import shlex
 import sys
 from typing import Callable, Optional
 
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:           # run from a fresh clone without installing
@@ -179,56 +178,3 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--run", help="use this trained run folder instead of training a tiny model")
     ap.add_argument("--data", help="text file or folder for the tiny model (default: Tiny Shakespeare "
                                    "if present locally, else the Python docs)")
-
-
-# ----------------------------------------------------------------------------- head detectors
-# Candidates for jaxformer.inspect (beside head_statistics / describe_heads); kept here until then.
-def previous_token_scores(weights_BLHTT) -> np.ndarray:
-    """Previous-token score of every head: the mean attention from query ``i`` to key ``i - 1``
-    over the queries ``i >= 1`` and the examples. ``[B, L, H, T, T]`` -> ``[L, H]`` in [0, 1]
-    (1 = a head that always looks exactly one token back)."""
-    w = np.asarray(weights_BLHTT, np.float64)
-    return np.diagonal(w, offset=-1, axis1=-2, axis2=-1).mean(axis=(0, -1))
-
-
-def induction_targets(tokens_T) -> np.ndarray:
-    """For each position ``i``: ``j + 1`` where ``j < i`` is the latest earlier position holding
-    the same token as ``i`` (the token that followed it last time), or ``-1`` when the token
-    at ``i`` has not occurred before. ``[T]`` -> ``[T]`` int."""
-    last, out = {}, np.full(len(tokens_T), -1, np.int64)
-    for i, t in enumerate(np.asarray(tokens_T).tolist()):
-        if t in last:
-            out[i] = last[t] + 1
-        last[t] = i
-    return out
-
-
-def induction_scores(weights_BLHTT, tokens_BT) -> np.ndarray:
-    """Induction score of every head: the mean attention from a query ``i`` whose token occurred
-    before to the key right after that earlier occurrence (:func:`induction_targets`), over all
-    such queries of all examples. ``[B, L, H, T, T]``, ``[B, T]`` -> ``[L, H]`` in [0, 1]
-    (1 = a head that always looks up "what came next last time"). On a sequence repeated
-    with period P this is the mean weight on key ``i - P + 1``."""
-    w = np.asarray(weights_BLHTT, np.float64)
-    total, count = 0.0, 0
-    for b, toks in enumerate(np.asarray(tokens_BT)):
-        tgt = induction_targets(toks[: w.shape[-1]])
-        q = np.nonzero(tgt >= 0)[0]
-        total = total + w[b][..., q, tgt[q]].sum(-1)
-        count += len(q)
-    if count == 0:
-        raise ValueError("no token repeats in the examples: the induction score is undefined")
-    return total / count
-
-
-def name_heads(scores: dict, threshold: float = 0.4) -> list:
-    """``[(layer, head, name, score)]`` for each head whose largest score in ``scores``
-    (``{"previous-token": [L, H], "induction": [L, H]}``) is at least ``threshold``."""
-    names = list(scores)
-    stack = np.stack([np.asarray(scores[k], np.float64) for k in names])      # [S, L, H]
-    found = []
-    for layer, head in np.ndindex(*stack.shape[1:]):
-        k = int(np.argmax(stack[:, layer, head]))
-        if stack[k, layer, head] >= threshold:
-            found.append((layer, head, names[k], float(stack[k, layer, head])))
-    return found

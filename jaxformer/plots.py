@@ -30,6 +30,7 @@ __all__ = ["attention_heatmap", "head_grid", "layer_head_grid", "positional_enco
            "positional_curves", "loss_curves", "layer_similarity",
            "residual_norms", "logit_lens_heatmap", "sampling_comparison", "matrix_heatmap",
            "line_plot", "bar_chart", "head_summary", "token_logprobs", "save",
+           "patching_heatmap", "logit_attribution", "head_detector_scores",
            "token_axis", "font_chain", "displayable", "MIN_PT", "TOKEN_PT"]
 
 DPI = 100
@@ -549,4 +550,81 @@ def bar_chart(values: Dict[str, float], *, title: str = "", xlabel: str = "", lo
     ax.set_xlabel(xlabel)
     _title(fig, title)
     ax.grid(axis="x", alpha=0.3)
+    return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- interventions (jaxformer.interp)
+@_fonts
+def patching_heatmap(table_LX, *, labels: Optional[Sequence[str]] = None, over: str = "position",
+                     clean: Optional[float] = None, corrupted: Optional[float] = None,
+                     title: str = "activation patching", metric: str = "logit difference", path=None) -> Figure:
+    """An activation-patching table (``interp.patch_activations`` or ``attribution_patching``)
+    ``[L, T]`` (``over="position"``, ``labels``: the tokens) or ``[L, H]`` (``over="head"``) as
+    a layer x position / head heatmap. With the ``clean`` and ``corrupted`` runs' metric the
+    cells show the fraction of the clean metric each patch restores (0 = corrupted, 1 =
+    clean); otherwise the metric itself, centred on the corrupted run when given. A diverging
+    colour map: blue restores, red hurts."""
+    m = np.asarray(table_LX, np.float64)
+    L, X = m.shape
+    if clean is not None and corrupted is not None and clean != corrupted:
+        m, unit, mid = (m - corrupted) / (clean - corrupted), f"fraction of clean {metric} restored", 0.0
+    else:
+        unit, mid = metric, corrupted if corrupted is not None else 0.0
+    reach = max(float(np.max(np.abs(m - mid))), 1e-9)
+    if over == "position":
+        xl = list(labels) if labels is not None else [str(i) for i in range(X)]
+        xlabel = "position patched (token)"
+    else:
+        xl, xlabel = [f"H{h}" for h in range(X)], "head patched"
+    return matrix_heatmap(m, xlabels=xl, ylabels=[f"layer {l}" for l in range(L)], title=title,
+                          xlabel=xlabel, ylabel="layer", cbar_label=unit, cmap="RdBu",
+                          vmin=mid - reach, vmax=mid + reach, path=path)
+
+
+@_fonts
+def logit_attribution(labels: Sequence[str], values, *, title: str = "direct logit attribution",
+                      xlabel: str = "contribution to the logit difference", top: Optional[int] = None,
+                      path=None) -> Figure:
+    """What each part of the residual stream adds to a logit or logit difference
+    (``interp.direct_logit_attribution``: one value per part, e.g. ``attr[:, 0, 0] -
+    attr[:, 0, 1]``) as signed horizontal bars in the model's order (blue adds, red
+    subtracts), the ``top`` largest in magnitude only when given."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    names = list(labels)
+    if len(names) != len(v):
+        raise DataError(f"labels has {len(names)} entries but values {len(v)}")
+    if top is not None and top < len(v):
+        keep = np.sort(np.argsort(-np.abs(v))[:top])
+        names, v = [names[i] for i in keep], v[keep]
+    fig = _figure(8.0, _span(len(v), 0.26, 1.8, 3.0, 14.0))
+    ax = fig.add_subplot()
+    ax.barh(range(len(v)), v, color=np.where(v >= 0, "tab:blue", "tab:red"))
+    token_axis(ax, names, "y", fontsize=9)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    _title(fig, title)
+    return save(fig, path)
+
+
+@_fonts
+def head_detector_scores(scores: Dict[str, np.ndarray], *, title: str = "attention-head detectors",
+                         path=None) -> Figure:
+    """Detector scores ``{kind: [L, H]}`` (``interp.detect_heads``) as one layer x head panel
+    per kind on a shared 0-1 scale (mean attention mass on where that kind of head looks)."""
+    kinds = list(scores)
+    L, H = np.asarray(scores[kinds[0]]).shape
+    fig = _figure(_span(len(kinds) * H, 0.5, 2.5, 5.0, 16.0), _span(L, 0.45, 2.0, 3.0, 10.0))
+    axes = np.atleast_1d(fig.subplots(1, len(kinds), sharey=True))
+    for i, (ax, kind) in enumerate(zip(axes, kinds)):
+        m = np.asarray(scores[kind], np.float64)
+        im = ax.imshow(m, cmap=CMAP, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        token_axis(ax, [f"H{h}" for h in range(H)], "x", fontsize=9, rotation=0)
+        token_axis(ax, [f"layer {l}" for l in range(L)], "y", fontsize=9, show=i == 0)
+        ax.set_title(kind, fontsize=10)
+        if L * H <= 64:
+            _annotate(ax, m, im, "{:.2f}", fontsize=7)
+    fig.colorbar(im, ax=list(axes), label="mean attention on target (0-1)")
+    _title(fig, title)
     return save(fig, path)

@@ -285,3 +285,87 @@ def test_a_one_name_cache_is_a_small_fraction_of_the_full_cache():
 
     one, everything = footprint(("blocks.5.attn.hook_z",)), footprint(interp.select_names(cfg))
     assert one < 0.2 * everything, (one, everything)          # about 12% here
+
+
+# ----------------------------------------------------------------------------- head detectors
+def _reference_scores(w, toks):
+    """float64 loops over the definitions in jaxformer.interp.heads."""
+    B, L, H, T, _ = w.shape
+    out = {}
+    for kind in interp.KINDS:
+        total, count = np.zeros((L, H)), 0
+        for b in range(B):
+            tk = list(toks[b])
+            for t in range(T):
+                if kind == "previous-token":
+                    keys = [t - 1] if t >= 1 else []
+                elif kind == "first-token":
+                    keys = [0] if t >= 1 else []
+                elif kind == "duplicate-token":
+                    keys = [s for s in range(t) if tk[s] == tk[t]]
+                else:
+                    keys = [j + 1 for j in range(t) if tk[j] == tk[t]]
+                if keys:
+                    total += w[b, :, :, t, sorted(set(keys))].sum(0)
+                    count += 1
+        out[kind] = total / count
+    return out
+
+
+def test_head_detectors_match_the_definitions():
+    rng = np.random.default_rng(0)
+    B, L, H, T = 3, 2, 3, 12
+    toks = rng.integers(0, 5, (B, T))                               # small vocabulary: many repeats
+    logits = rng.normal(size=(B, L, H, T, T))
+    logits = np.where(np.tril(np.ones((T, T), bool)), logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    got, want = interp.head_scores(w, toks), _reference_scores(w, toks)
+    for kind in interp.KINDS:
+        np.testing.assert_allclose(got[kind], want[kind], atol=1e-6, err_msg=kind)
+    # ideal heads score 1 on their own detector: looking back one token, and on a sequence
+    # repeated with period P, at t - P + 1 in the second half
+    P = 6
+    rep = np.concatenate([rng.permutation(20)[:P]] * 2)[None]
+    prev = np.eye(2 * P, k=-1)
+    prev[0, 0] = 1.0
+    induct = np.eye(2 * P, k=0)
+    induct[P:] = np.eye(2 * P, k=-(P - 1))[P:]
+    ideal = np.stack([prev, induct])[None, None]                    # [1, 1, 2, T, T]
+    s = interp.head_scores(ideal, rep)
+    np.testing.assert_allclose(s["previous-token"][0], [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(s["induction"][0], [0.0, 1.0], atol=1e-6)
+    named = interp.name_heads({k: s[k] for k in ("previous-token", "induction")})
+    assert [(n[1], n[2]) for n in named] == [(0, "previous-token"), (1, "induction")]
+    with pytest.raises(interp.HookError, match="kind='induction': no query"):
+        interp.head_scores(ideal[..., :P, :P], rep[:, :P], kinds=["induction"])   # no token repeats
+    with pytest.raises(interp.HookError, match="kind='copying'"):
+        interp.head_scores(ideal, rep, kinds=["copying"])
+
+
+def test_detect_heads_scores_the_models_own_patterns():
+    params, cfg = model("gpt2")
+    half = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 5))
+    probe = np.concatenate([half, half], 1)
+    got = interp.detect_heads((params, cfg), probe)
+    want = interp.head_scores(np.asarray(attention_maps((params, cfg), probe)), probe)
+    for kind in interp.KINDS:
+        assert got[kind].shape == (cfg.n_layer, cfg.n_head)
+        np.testing.assert_allclose(got[kind], want[kind], atol=1e-6)
+
+
+def test_interp_figures(tmp_path):
+    from jaxformer import plots
+    table = np.arange(12.0).reshape(2, 6)
+    fig = plots.patching_heatmap(table, labels=list("abcdef"), clean=11.0, corrupted=0.0,
+                                 path=tmp_path / "patch.png")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list("abcdef")
+    assert fig.axes[1].get_ylabel() == "fraction of clean logit difference restored"
+    np.testing.assert_allclose(ax.images[0].get_array()[1, 5], 1.0)          # clean restored
+    fig = plots.logit_attribution(["embed", "L0H0", "L0.mlp"], [0.5, -1.0, 2.0], top=2,
+                                  path=tmp_path / "dla.png")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["L0H0", "L0.mlp"]
+    plots.head_detector_scores({"previous-token": np.eye(2), "induction": 1 - np.eye(2)},
+                               path=tmp_path / "heads.png")
+    assert all((tmp_path / f).stat().st_size > 5000 for f in ("patch.png", "dla.png", "heads.png"))
