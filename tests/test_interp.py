@@ -369,3 +369,17 @@ def test_interp_figures(tmp_path):
     plots.head_detector_scores({"previous-token": np.eye(2), "induction": 1 - np.eye(2)},
                                path=tmp_path / "heads.png")
     assert all((tmp_path / f).stat().st_size > 5000 for f in ("patch.png", "dla.png", "heads.png"))
+
+
+def test_caches_and_models_render_in_treescope():
+    treescope = pytest.importorskip("treescope")
+    params, cfg = model("gpt2")
+    _, cache = interp.run_with_cache((params, cfg), tokens(cfg), names="blocks.1.attn")
+    text = treescope.render_to_text(cache)
+    assert "'blocks.1.attn.hook_pattern': <jax.Array float32(2, 4, 7, 7)" in text
+    tree = interp.nested(cache)
+    assert list(tree["blocks"]["1"]["attn"]) == [n.split(".")[-1] for n in cache]
+    assert tree["blocks"]["1"]["attn"]["hook_z"] is cache["blocks.1.attn.hook_z"]
+    assert "hook_z" in treescope.render_to_text(tree)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    assert f"GPT( # Param: {n:,}" in treescope.render_to_text(GPT(cfg, rngs=__import__("flax").nnx.Rngs(0)))

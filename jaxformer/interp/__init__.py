@@ -34,15 +34,19 @@ On top: :func:`patch_activations`, :func:`attribution_patching`, :func:`ablate_h
 :func:`residual_decomposition`, :func:`direct_logit_attribution` (module ``experiments``);
 the head detectors :func:`detect_heads` / :func:`head_scores` (previous-token, first-token,
 duplicate-token, induction) and :func:`name_heads` (module ``heads``). Figures for each:
-``jaxformer.plots.patching_heatmap``, ``logit_attribution``, ``head_scores``.
+``jaxformer.plots.patching_heatmap``, ``logit_attribution``, ``head_detector_scores``.
+
+In a notebook, models, parameter trees and caches render through ``treescope`` (a Flax
+dependency; ``treescope.basic_interactive_setup()`` once): a cache as a dict keyed by hook
+name, or folded by layer with :func:`nested`.
 """
 from .experiments import (ablate_heads, attribution_patching, direct_logit_attribution,  # noqa: F401
                           logit_difference, patch_activations, residual_decomposition)
 from .heads import KINDS, detect_heads, detector_targets, head_scores, name_heads  # noqa: F401
 from .hooks import (HookError, hook_names, hook_shapes, run_with_cache, run_with_cache_fn,  # noqa: F401
-                    run_with_hooks, select_names, stack_layers)
+                    nested, run_with_hooks, select_names, stack_layers)
 
 __all__ = ["hook_names", "hook_shapes", "select_names", "run_with_cache", "run_with_cache_fn",
            "run_with_hooks", "stack_layers", "HookError", "patch_activations", "attribution_patching",
            "ablate_heads", "residual_decomposition", "direct_logit_attribution", "logit_difference",
-           "KINDS", "detect_heads", "detector_targets", "head_scores", "name_heads"]
+           "KINDS", "detect_heads", "detector_targets", "head_scores", "name_heads", "nested"]

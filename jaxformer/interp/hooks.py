@@ -208,3 +208,18 @@ def run_with_hooks(model, tokens_BT, hooks: Mapping[str, Callable]):
 def stack_layers(cache: Mapping[str, jax.Array], name: str, n_layer: int) -> jax.Array:
     """``cache["blocks.{l}.<name>"]`` for every layer stacked on a new axis 1: ``[B, L, ...]``."""
     return jnp.stack([cache[f"blocks.{l}.{name}"] for l in range(n_layer)], axis=1)
+
+
+def nested(cache: Mapping[str, jax.Array]) -> Dict[str, object]:
+    """The cache as nested dicts along the dots of its names (``blocks`` -> ``"0"`` ->
+    ``attn`` -> ``hook_z``), in the forward pass's order: a tree that ``treescope`` (Flax's
+    notebook renderer: ``treescope.basic_interactive_setup()``) or ``jax.tree`` folds by layer
+    and sublayer. The leaves are the same arrays."""
+    out: Dict[str, object] = {}
+    for name, value in cache.items():
+        *path, leaf = name.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
