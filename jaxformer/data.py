@@ -191,17 +191,48 @@ def batch_rng(seed: int, step: int, split: str = "train") -> np.random.Generator
 
 
 def get_batch(ids: np.ndarray, batch_size: int, seq_len: int, *, seed: int, step: int,
-              split: str = "train") -> np.ndarray:
+              split: str = "train", rows=None) -> np.ndarray:
     """``[B, T+1]`` int32 windows of ``ids`` at random offsets drawn from ``(seed, split, step)``.
 
-    Inputs are ``batch[:, :-1]`` and next-token targets ``batch[:, 1:]``.
+    Inputs are ``batch[:, :-1]`` and next-token targets ``batch[:, 1:]``. ``rows``: indices
+    of the rows to build (``[len(rows), T+1]``), each the same window as in the whole batch;
+    the other rows' tokens are never read (a host of a multi-host run builds only its own).
     """
     n = len(ids)
     if n < seq_len + 1:
         raise DataError(f"the {split} split has {n} tokens, fewer than the context "
                         f"model.max_len={seq_len} + 1; use more text or a shorter context")
     starts_B = batch_rng(seed, step, split).integers(0, n - seq_len, size=batch_size)
+    if rows is not None:
+        starts_B = starts_B[np.asarray(rows, dtype=np.int64)]
     return np.asarray(ids[starts_B[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+
+
+def host_rows(batch_size: int, grad_accum: int, process_index: int, process_count: int) -> np.ndarray:
+    """The rows of every ``[B, T+1]`` global batch that host ``process_index`` (of
+    ``process_count``) feeds: its contiguous ``1/process_count`` of each micro-batch (``B/K``
+    consecutive rows), micro-batch by micro-batch. This is the layout of a mesh whose devices
+    are ordered process by process (``jax.make_mesh`` on GPUs and CPUs); the train loop reads
+    the layout of its own mesh (:func:`jaxformer.parallel.process_rows`)."""
+    if batch_size % grad_accum or (batch_size // grad_accum) % process_count:
+        raise DataError(f"train.batch_size={batch_size} is not divisible into train.grad_accum={grad_accum} "
+                        f"micro-batches of {process_count} equal per-host parts")
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index={process_index} is not in [0, {process_count})")
+    micro = batch_size // grad_accum
+    per = micro // process_count
+    return (np.arange(grad_accum)[:, None] * micro + process_index * per + np.arange(per)).ravel()
+
+
+def host_batch(ids: np.ndarray, batch_size: int, seq_len: int, *, seed: int, step: int,
+               process_index: int, process_count: int, grad_accum: int = 1,
+               split: str = "train") -> np.ndarray:
+    """Host ``process_index``'s rows (:func:`host_rows`) of the global batch of ``(seed,
+    step)``, ``[B/process_count, T+1]``, computed without the other hosts' rows:
+    ``micro_batches(host_batch(...), K)`` for hosts ``0..n-1``, concatenated along axis 1,
+    is ``micro_batches(get_batch(...), K)``."""
+    return get_batch(ids, batch_size, seq_len, seed=seed, step=step, split=split,
+                     rows=host_rows(batch_size, grad_accum, process_index, process_count))
 
 
 def sequential_windows(ids: np.ndarray, seq_len: int) -> Sequence[np.ndarray]:

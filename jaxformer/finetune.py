@@ -159,11 +159,15 @@ def init_from_config(run_dir, path=None, overrides: Sequence[str] = (), step: Op
     return config
 
 
-def load_init_params(source: InitSource, model: ModelConfig) -> dict:
-    """``source``'s checkpoint parameters, in ``model.param_dtype`` (shapes checked)."""
+def load_init_params(source: InitSource, model: ModelConfig, shardings=None) -> dict:
+    """``source``'s checkpoint parameters, in ``model.param_dtype`` (shapes checked).
+    ``shardings``: a tree of shardings like the parameters; each device then reads only its
+    shards (a run on a mesh), else the whole tree lands on the default device."""
     from .modules import GPT
 
     like = GPT.abstract(source.config.model).params()
+    if shardings is not None:
+        like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
     params = restore_checkpoint(source.run, source.step, params_like=like)["params"]
     dtype = jnp.dtype(model.param_dtype)
     return jax.tree.map(lambda x: jnp.asarray(x, dtype) if np.dtype(x.dtype) != dtype else x, params)

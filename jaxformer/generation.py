@@ -228,8 +228,10 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, kernels
 
 # XLA:CPU copies every loop-carried buffer that the loop body both reads and updates in place
 # (here: each layer's KV cache, at every step) unless its copy insertion uses region
-# analysis. An XLA:CPU option, passed only when the decode loop runs on a CPU.
-_CPU_DECODE_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+# analysis. An XLA:CPU option: XLA:GPU and XLA:TPU do not know it, so it is passed only when
+# the decode loop is compiled for a CPU (see _decode_jit).
+#: XLA compiler options of the decode loop, per platform (:func:`jaxformer.kernels.platform_of`).
+DECODE_COMPILER_OPTIONS = {"cpu": {"xla_cpu_copy_insertion_use_region_analysis": True}}
 
 
 def _decode(params, st, n_target, knobs, is_stop_V, *, config, kernels, spec: Spec, P: int,
@@ -354,8 +356,14 @@ def unstack_layers(params: dict) -> dict:
 
 _DECODE_STATIC = dict(static_argnames=("config", "kernels", "spec", "P", "slide_every"),
                       donate_argnames=("st",))
-_DECODE = jax.jit(_decode, **_DECODE_STATIC)
-_DECODE_CPU = jax.jit(_decode, **_DECODE_STATIC, compiler_options=_CPU_DECODE_OPTIONS)
+_DECODE = jax.jit(_decode, **_DECODE_STATIC)   # no compiler options: any platform
+_DECODE_CPU = jax.jit(_decode, **_DECODE_STATIC, compiler_options=DECODE_COMPILER_OPTIONS["cpu"])
+
+
+def _decode_jit(platform: str):
+    """The jitted decode loop for ``platform`` (where the parameters live): the one with the
+    XLA:CPU option on ``"cpu"`` only, the option-free one on ``cuda``, ``rocm``, ``tpu``, ..."""
+    return _DECODE_CPU if platform == "cpu" else _DECODE
 
 
 class Generator:
@@ -374,7 +382,7 @@ class Generator:
         platform = platform_of(params)
         self.kernels = resolve_kernels(self.config.kernels if kernels is None else kernels, platform)
         self.params = unstack_layers(params)
-        self._decode = _DECODE_CPU if platform == "cpu" else _DECODE
+        self._decode = _decode_jit(platform)
 
     def prefill(self, tokens_BP, pad_B, key, knobs, is_stop_V, *, spec: Spec, S: int, N: int, H: int = 0):
         return _prefill(self.params, tokens_BP, pad_B, key, knobs, is_stop_V, config=self.config,

@@ -20,13 +20,13 @@ biases of width D and other small vectors are replicated.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from .distributed import maybe_initialize_distributed  # noqa: F401  (re-exported)
 from .errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
@@ -60,21 +60,6 @@ PARAM_AXES = {
 }
 
 
-def maybe_initialize_distributed() -> bool:
-    """Call ``jax.distributed.initialize()`` when a multi-host environment is configured
-    (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``, or a cluster
-    JAX auto-detects such as SLURM or a Cloud TPU pod). Returns True if it initialised."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        kwargs = {}
-        if os.environ.get("JAX_NUM_PROCESSES"):
-            kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
-        if os.environ.get("JAX_PROCESS_ID"):
-            kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
-        jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], **kwargs)
-        return True
-    return False
-
-
 def mesh_shape(mesh_config, n_devices: int) -> tuple[int, int, int]:
     """Resolve ``{data, fsdp, tensor}`` (one may be -1 = the rest) for ``n_devices``."""
     sizes = [mesh_config.data, mesh_config.fsdp, mesh_config.tensor]
@@ -91,10 +76,28 @@ def mesh_shape(mesh_config, n_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_config, devices: Optional[Sequence[Any]] = None) -> Mesh:
-    """A ``Mesh`` with axes ``("data", "fsdp", "tensor")`` over ``devices`` (default: all)."""
+    """A ``Mesh`` with axes ``("data", "fsdp", "tensor")`` over ``devices`` (default: all).
+
+    Devices are laid out by ``jax.make_mesh``, which knows the physical topology: on TPUs the
+    last axes (``tensor``, then ``fsdp``) get the fastest interconnect rings, on GPUs devices
+    are ordered by id, on CPU the order is ``devices``' own. Devices of several slices (TPU
+    multislice) are joined along ``data`` over the data-center network when ``mesh.data`` is
+    a multiple of the number of slices (``mesh_utils.create_hybrid_device_mesh``), else
+    ordered slice by slice. All axes are ``AxisType.Auto``: shardings are given explicitly to
+    jit and XLA propagates them (``jax.make_mesh`` alone would make them ``Explicit``)."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_config, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), AXES)
+    auto = (AxisType.Auto,) * len(AXES)
+    slice_of = lambda d: getattr(d, "slice_index", 0) or 0  # noqa: E731
+    n_slices = len({slice_of(d) for d in devices})
+    if n_slices == 1:
+        return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
+    if shape[0] % n_slices == 0:
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_hybrid_device_mesh((shape[0] // n_slices, *shape[1:]), (n_slices, 1, 1), devices)
+    else:
+        grid = np.asarray(sorted(devices, key=lambda d: (slice_of(d), d.id))).reshape(shape)
+    return Mesh(grid, AXES, axis_types=auto)
 
 
 def _spec(logical: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh) -> P:
@@ -161,31 +164,54 @@ def shard(tree, shardings):
     return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
 
 
-def global_batch(local_rows: np.ndarray, sharding: NamedSharding, global_shape) -> jax.Array:
-    """Build the global batch array from this host's rows only (multi-host data loading):
-    each process passes its contiguous slice of the batch axis."""
-    return jax.make_array_from_process_local_data(sharding, local_rows, global_shape)
+def process_rows(sharding: NamedSharding, global_shape) -> np.ndarray:
+    """The rows of the ``[B, T+1]`` global batch that this process's devices hold, for a
+    micro-batched batch of ``global_shape = [K, B/K, T+1]`` placed with ``sharding`` (rows
+    split along axis 1): sorted, micro-batch by micro-batch (all rows with one process).
+    Read from the sharding itself, so it holds for any device layout of the mesh."""
+    K, b = int(global_shape[0]), int(global_shape[1])
+    held = sorted({r for index in sharding.addressable_devices_indices_map(tuple(global_shape)).values()
+                   for r in range(*index[1].indices(b))})
+    return (np.arange(K)[:, None] * b + np.asarray(held, dtype=np.int64)[None]).ravel()
 
 
-def put_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Place a ``[K, B, T+1]`` batch on the mesh. With several hosts, each one passes only
-    its own rows (see :func:`local_rows`) and the global array is assembled from them."""
-    if jax.process_count() == 1:
+def put_batch(batch: np.ndarray, sharding: NamedSharding, global_shape=None) -> jax.Array:
+    """Place a ``[K, B/K, T+1]`` micro-batched batch on the mesh. ``batch`` is the whole
+    batch, or (several hosts) only this process's rows (:func:`process_rows`) of the batch of
+    ``global_shape``, from which the global array is assembled without any host holding it."""
+    if global_shape is None or tuple(batch.shape) == tuple(global_shape):
         return jax.device_put(batch, sharding)
-    rows = local_rows(batch.shape[1])
-    return global_batch(batch[:, rows], sharding, batch.shape)
+    return jax.make_array_from_process_local_data(sharding, batch, tuple(global_shape))
 
 
-def local_rows(batch_rows: int) -> slice:
-    """The slice of a global batch's rows this process loads (all rows on one host)."""
-    n, i = jax.process_count(), jax.process_index()
-    per = batch_rows // n
-    return slice(i * per, (i + 1) * per)
+def init_program(config, optimizer, mesh: Mesh):
+    """The program that creates a fresh run's parameters and optimizer state on ``mesh``:
+    ``(init, param_shardings, state_shardings)``, where ``init()`` is
+    :func:`jaxformer.training.fresh_params` followed by ``optimizer.init``, jitted with
+    ``out_shardings`` computed from ``jax.eval_shape``. XLA partitions the random init, so
+    each device computes and holds only its own shards and the whole model never exists on
+    one device; ``init.lower().compile().memory_analysis()`` shows the bytes per device."""
+    from .training import fresh_params
+
+    def init():
+        params = fresh_params(config.model, config.train.seed)
+        return params, optimizer.init(params)
+    abstract_params, abstract_state = jax.eval_shape(init)
+    p_sh = param_shardings(abstract_params, mesh)
+    s_sh = state_shardings(abstract_state, abstract_params, mesh)
+    return jax.jit(init, out_shardings=(p_sh, s_sh)), p_sh, s_sh
+
+
+def init_sharded(config, optimizer, mesh: Mesh):
+    """``(params, opt_state)`` of a fresh run, created directly in their shardings on ``mesh``
+    (:func:`init_program`); the parameters equal :func:`jaxformer.training.init_params`."""
+    return init_program(config, optimizer, mesh)[0]()
 
 
 def make_sharded_train_step(config, optimizer, mesh: Mesh, params, opt_state):
     """The library's train step (``training.make_train_step``) compiled with explicit
-    in/out shardings on ``mesh``; params and optimizer state are donated.
+    in/out shardings on ``mesh``; params and optimizer state are donated. ``params`` and
+    ``opt_state`` give only structure and shapes (arrays or ``jax.ShapeDtypeStruct``).
     Returns ``(step_fn, param_shardings, state_shardings, batch_sharding)``."""
     from .training import compute_config, make_train_step, step_kernels
 

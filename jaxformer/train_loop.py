@@ -27,8 +27,8 @@ from .errors import CheckpointError, ConfigError, DataError, RunExistsError
 from .finetune import (INIT_FILE, InitSource, check_init_compatible, load_init_params, open_init_source,
                        read_init_record, write_init_record)
 from .plots import loss_curves
-from .training import (NonFiniteLossError, compute_config, evaluate, init_params, make_eval_step,
-                       make_optimizer, make_train_step, micro_batches, step_kernels)
+from .training import (NonFiniteLossError, abstract_params, compute_config, evaluate, init_params,
+                       make_eval_step, make_optimizer, make_train_step, micro_batches, step_kernels)
 
 LOSS_FIGURE = "loss.png"
 
@@ -172,6 +172,10 @@ def _mesh(config: Config):
     return make_mesh(m)
 
 
+def _like(x, sharding):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
 def train(config: Config, out_dir, *, resume: bool = False, progress: bool = True,
           data_text: Optional[str] = None, stop_after: Optional[int] = None,
           log: Optional[Callable[[str], None]] = None, init_from=None,
@@ -224,21 +228,32 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
     from tqdm.auto import tqdm
 
     restoring = resume and bool(checkpoint_steps(run_dir))
-    params = load_init_params(source, mc) if source is not None and not restoring else init_params(config)
-    optimizer = make_optimizer(tc, params)
-    opt_state = optimizer.init(params)
+    optimizer = make_optimizer(tc, abstract_params(config))   # the weight-decay mask needs names only
     mesh = _mesh(config)
     # The kernels are chosen once, for the devices the steps run on (see jaxformer.kernels).
-    kernels = step_kernels(compute_config(config), mesh if mesh is not None else params)
-    step_fn = make_train_step(config, optimizer, kernels=kernels)
+    kernels = step_kernels(compute_config(config), mesh)
     eval_step = make_eval_step(compute_config(config), kernels)
-    put = jnp.asarray
-    if mesh is not None:  # several devices: shard params, optimizer state and batches
+    if mesh is None:
+        params = load_init_params(source, mc) if source is not None and not restoring else init_params(config)
+        opt_state = optimizer.init(params)
+        step_fn = make_train_step(config, optimizer, kernels=kernels)
+        make_batch = lambda s: jnp.asarray(micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s), K))  # noqa: E731
+    else:  # several devices: params, optimizer state and batches are created in their shardings
         from . import parallel
-        step_fn, p_sh, s_sh, b_sh = parallel.make_sharded_train_step(config, optimizer, mesh,
-                                                                      params, opt_state)
-        params, opt_state = parallel.shard(params, p_sh), parallel.shard(opt_state, s_sh)
-        put = lambda b: parallel.put_batch(b, b_sh)  # noqa: E731
+        init, p_sh, s_sh = parallel.init_program(config, optimizer, mesh)
+        shapes = jax.eval_shape(init)
+        step_fn, _, _, b_sh = parallel.make_sharded_train_step(config, optimizer, mesh, *shapes)
+        if restoring:   # restored shard by shard below: nothing to initialise
+            params, opt_state = jax.tree.map(_like, shapes, (p_sh, s_sh))
+        elif source is not None:
+            params = parallel.shard(load_init_params(source, mc, shardings=p_sh), p_sh)
+            opt_state = jax.jit(optimizer.init, out_shardings=s_sh)(params)
+        else:
+            params, opt_state = init()
+        shape = (K, B // K, T + 1)
+        rows = parallel.process_rows(b_sh, shape)   # every row with one process, its own with several
+        make_batch = lambda s: parallel.put_batch(  # noqa: E731
+            micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s, rows=rows), K), b_sh, shape)
     start, elapsed0 = 0, 0.0
     if restoring:
         ck = restore_checkpoint(run_dir, params_like=params, opt_state_like=opt_state)
@@ -282,8 +297,7 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
     bar = tqdm(total=tc.max_steps, initial=start, disable=not progress, unit="step",
                dynamic_ncols=True, desc="train")
     # Batches are built and copied to the device by a background thread, two steps ahead.
-    batches = prefetch(put(micro_batches(get_batch(data.train, B, T, seed=tc.seed, step=s), K))
-                       for s in range(start, tc.max_steps))
+    batches = prefetch(make_batch(s) for s in range(start, tc.max_steps))
     with _StopFlag() as stop, contextlib.closing(batches), contextlib.closing(bar):
         for s, batch in zip(range(start, tc.max_steps), batches):
             params, opt_state, m = step_fn(params, opt_state, batch, np.int32(s))

@@ -180,12 +180,29 @@ def micro_batches(batch_BT1: np.ndarray, grad_accum: int) -> np.ndarray:
     return batch_BT1.reshape(grad_accum, B // grad_accum, *batch_BT1.shape[1:])
 
 
-def init_params(config: Config):
-    """Fresh float parameters of ``config.model`` from ``train.seed`` (a plain nested dict)."""
+def fresh_params(model_config: ModelConfig, seed: int) -> dict:
+    """A random init of ``model_config`` from ``seed`` as a plain nested dict: the function
+    that :func:`init_params` (one device) and :func:`jaxformer.parallel.init_sharded` (a
+    mesh, each device computing only its shards) both compile, so they agree exactly."""
     from flax import nnx
 
     from .modules import GPT
-    return GPT(config.model, rngs=nnx.Rngs(config.train.seed)).params()
+    return GPT(model_config, rngs=nnx.Rngs(seed)).params()
+
+
+_init_params = jax.jit(fresh_params, static_argnums=(0, 1))
+
+
+def init_params(config: Config):
+    """Fresh float parameters of ``config.model`` from ``train.seed`` (a plain nested dict),
+    computed by one compiled program (:func:`fresh_params`)."""
+    return _init_params(config.model, config.train.seed)
+
+
+def abstract_params(config: Config):
+    """The parameters' structure as ``jax.ShapeDtypeStruct`` leaves: nothing computed."""
+    from .modules import GPT
+    return GPT.abstract(config.model).params()
 
 
 def __getattr__(name):

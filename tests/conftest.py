@@ -14,6 +14,34 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 SHAKESPEARE = pathlib.Path(os.environ.get("JAXFORMER_SHAKESPEARE") or
                            pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt")
 
+#: The matmul precision every test runs at (see tests/tolerances.py): float32 matmuls really in
+#: float32 on GPUs (no TF32) and TPUs (no bf16 passes), so the float32-vs-float64 parity tests
+#: hold on every backend. Set for the whole session, module- and session-scoped fixtures
+#: included, and exported so that subprocesses a test starts (CLI runs, the 8-device check)
+#: inherit it. A test marked ``@pytest.mark.default_precision`` runs at the platform default.
+TEST_MATMUL_PRECISION = "highest"
+_PRECISION_ENV = "JAX_DEFAULT_MATMUL_PRECISION"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "default_precision: run at the platform's default matmul precision (TF32 on "
+        "NVIDIA GPUs, bf16 passes on TPUs) instead of the suite's 'highest'")
+    os.environ[_PRECISION_ENV] = TEST_MATMUL_PRECISION
+    jax.config.update("jax_default_matmul_precision", TEST_MATMUL_PRECISION)
+
+
+@pytest.fixture(autouse=True)
+def _matmul_precision(request, monkeypatch):
+    """``highest`` everywhere (set in :func:`pytest_configure`); the platform default for a
+    test marked ``default_precision``, in this process and in the subprocesses it starts."""
+    if request.node.get_closest_marker("default_precision") is None:
+        yield
+        return
+    monkeypatch.delenv(_PRECISION_ENV, raising=False)
+    with jax.default_matmul_precision(None):
+        yield
+
 
 def randomize(params, seed=0, scale=0.3):
     """Replace every leaf with random values (norm scales around 1), so that zero biases and

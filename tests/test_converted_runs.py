@@ -9,8 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import jax  # noqa: E402
-
 from jaxformer.checkpoint import load_run  # noqa: E402
 from jaxformer.cli import main  # noqa: E402
 from jaxformer.inspect import attention_maps  # noqa: E402
@@ -86,8 +84,7 @@ def test_attention_maps_are_transformers_attentions(llama, tmp_path):
     model, tk, run = llama
     text = "A stitch in time saves nine."
     ids = tk.encode(text).ids
-    with jax.default_matmul_precision("highest"):
-        ours = np.asarray(attention_maps(load_run(run).model, np.asarray([ids])))   # [B, L, H, T, T]
+    ours = np.asarray(attention_maps(load_run(run).model, np.asarray([ids])))   # [B, L, H, T, T]
     with torch.no_grad():
         theirs = model(torch.tensor([ids]), output_attentions=True).attentions    # L x [B, H, T, T]
     np.testing.assert_allclose(ours[0], np.stack([a[0].numpy() for a in theirs]), atol=1e-5)

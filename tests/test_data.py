@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from jaxformer.data import (BPETokenizer, ByteTokenizer, CharTokenizer, encode_corpus, get_batch,
-                            load_corpus, load_tokenizer, pydoc_text, save_tokenizer, token_dtype,
-                            tokenizer_from_dict)
+                            host_batch, host_rows, load_corpus, load_tokenizer, pydoc_text, save_tokenizer,
+                            token_dtype, tokenizer_from_dict)
 from jaxformer.errors import DataError
 
 MULTILINGUAL = ("Grüße aus Köln, Straße — Ελληνικά: καλημέρα κόσμε; 中文：你好，世界！"
@@ -107,6 +107,48 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert starts.min() == 0 and starts.max() == 1000 - 17
     with pytest.raises(DataError, match="fewer than the context"):
         get_batch(ids[:10], 2, 16, seed=0, step=0)
+
+
+class ReadLog(np.ndarray):
+    """Token ids that record which positions were read."""
+
+    def __getitem__(self, index):
+        self.read.update(np.asarray(index).ravel().tolist())
+        return np.asarray(self)[index]
+
+
+@pytest.mark.parametrize("hosts,grad_accum", [(1, 1), (2, 1), (4, 1), (2, 2), (4, 3)])
+def test_host_batches_make_up_the_global_batch(hosts, grad_accum):
+    """Each host computes only its rows of the batch of ``(seed, step)``; the hosts' rows,
+    micro-batch by micro-batch, are the single-host global batch, at every step."""
+    from jaxformer.training import micro_batches
+    ids = np.random.default_rng(0).integers(0, 500, 5000).astype(np.uint16)
+    B, T = 24, 16
+    for step in (0, 1, 7, 123):
+        whole = micro_batches(get_batch(ids, B, T, seed=3, step=step), grad_accum)     # [K, B/K, T+1]
+        parts = [host_batch(ids, B, T, seed=3, step=step, process_index=i, process_count=hosts,
+                            grad_accum=grad_accum) for i in range(hosts)]
+        assert all(p.shape == (B // hosts, T + 1) for p in parts)
+        assert np.array_equal(np.concatenate([micro_batches(p, grad_accum) for p in parts], axis=1), whole)
+        if grad_accum == 1:
+            assert np.array_equal(np.concatenate(parts), whole[0])
+    assert sorted(np.concatenate([host_rows(B, grad_accum, i, hosts) for i in range(hosts)])) == list(range(B))
+
+
+def test_a_host_reads_only_its_own_rows():
+    ids = np.arange(100_000, dtype=np.uint32).view(ReadLog)
+    ids.read = set()
+    mine = host_batch(ids, 16, 8, seed=0, step=5, process_index=1, process_count=4)
+    assert mine.shape == (4, 9) and len(ids.read) <= 4 * 9
+    assert ids.read == set(mine.ravel().tolist())     # ids[i] == i: what was read is what it holds
+    assert np.array_equal(get_batch(np.arange(100_000), 16, 8, seed=0, step=5, rows=[4, 5, 6, 7]), mine)
+
+
+def test_host_rows_errors():
+    with pytest.raises(DataError, match="batch_size=10 is not divisible into train.grad_accum=2 micro-batches of 2"):
+        host_rows(10, 2, 0, 2)
+    with pytest.raises(DataError, match=r"process_index=2 is not in \[0, 2\)"):
+        host_rows(8, 1, 2, 2)
 
 
 def test_prefetch_keeps_order_and_values():

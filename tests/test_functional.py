@@ -11,8 +11,9 @@ import reference as ref
 from conftest import randomize
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
+from tolerances import F32_VS_F64
 
-RTOL = 1e-5
+RTOL = F32_VS_F64["rtol"]
 
 
 def close(actual, expected, rtol=RTOL):

@@ -429,6 +429,19 @@ def test_slide_every_follows_its_documented_window():
     assert not np.allclose(exact.logits[0, 20:], out.logits[0, 20:], atol=1e-3)  # a different window
 
 
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "rocm", "gpu", "tpu"])
+def test_xla_cpu_option_only_for_a_decode_loop_on_a_cpu(model, monkeypatch, platform):
+    """The decode loop's XLA:CPU-only compiler option is chosen from the platform the
+    parameters live on; every other platform gets the jit without compiler options."""
+    seen = []
+    monkeypatch.setattr(G, "platform_of", lambda where=None: seen.append(where) or platform)
+    gen = G.Generator(model)
+    assert seen and seen[0] is not None and jax.tree.leaves(seen[0])   # asked about the params
+    assert gen._decode is (G._DECODE_CPU if platform == "cpu" else G._DECODE)
+    assert set(G.DECODE_COMPILER_OPTIONS) == {"cpu"}
+    assert all(k.startswith("xla_cpu_") for k in G.DECODE_COMPILER_OPTIONS["cpu"])
+
+
 def test_sampling_past_the_context_streams_and_reproduces():
     """1,000 tokens from a 16-token context in one compiled loop; streamed chunks give the
     same tokens as one call; the same key gives the same text."""

@@ -18,7 +18,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
@@ -78,8 +77,7 @@ _forward = nnx.jit(lambda m, t: m(t))     # one function: compiles once per conf
 
 
 def logits_of(model, tokens):
-    with jax.default_matmul_precision("highest"):
-        return np.asarray(_forward(model, jnp.asarray(tokens)))
+    return np.asarray(_forward(model, jnp.asarray(tokens)))
 
 
 def hf_greedy(model, prompts, n):
@@ -137,9 +135,8 @@ def test_logits_match_transformers(case):
 def test_greedy_decoding_and_cached_logits_match(case):
     """30 greedy tokens after a 12-token prompt (past the window of 6) equal transformers'
     generate; each cached decode step's logits equal the uncached forward's at that position."""
-    with jax.default_matmul_precision("highest"):
-        out = generation.generate(case.loaded.model, case.prompt, max_new_tokens=N_NEW, temperature=0.0,
-                                  return_logits=True)
+    out = generation.generate(case.loaded.model, case.prompt, max_new_tokens=N_NEW, temperature=0.0,
+                              return_logits=True)
     assert len(set(case.hf_new.tolist())) > 1, "a constant continuation proves little"
     np.testing.assert_array_equal(out.tokens[0], case.hf_new, err_msg=case.name)
     uncached = case.logits[0, T_PROMPT - 1:T_PROMPT - 1 + N_NEW]   # step n sees the prompt + n tokens
@@ -151,8 +148,7 @@ def test_left_padded_batch_matches_transformers(case):
     """Two prompts of 7 and 12 tokens, left-padded together: each row as transformers gives it."""
     prompts = [case.prompt[:7], [int(t) for t in PROMPTS[0, :T_PROMPT]]]
     ref = hf_greedy(case.hf, prompts, 20)
-    with jax.default_matmul_precision("highest"):
-        ours = generation.generate(case.loaded.model, prompts, max_new_tokens=20, temperature=0.0).tokens
+    ours = generation.generate(case.loaded.model, prompts, max_new_tokens=20, temperature=0.0).tokens
     np.testing.assert_array_equal(ours, ref)
 
 

@@ -15,6 +15,7 @@ from jaxformer.config import MeshConfig
 from jaxformer.parallel import mesh_shape
 
 CHECK = pathlib.Path(__file__).parent / "helpers" / "parallel_check.py"
+MULTIPROCESS = pathlib.Path(__file__).parent / "helpers" / "multiprocess_check.py"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,30 @@ def test_fsdp_memory_per_device(eight_devices):
     assert eight_devices["dp8"]["max_param_bytes_per_device"] == r["full_param_bytes"]
 
 
+@pytest.mark.parametrize("name", ["init_fsdp8", "init_dp4_tp2"])
+def test_sharded_init_equals_single_device_init(eight_devices, name):
+    """Parameters and Adam state created by one jitted program with out_shardings equal the
+    single-device init exactly, and come out sharded."""
+    r = eight_devices[name]
+    assert r["same_tree"] and r["params_equal"] and r["state_equal"]
+    assert r["wq_spec"] == {"init_fsdp8": "P(None, 'fsdp', None, None)",
+                            "init_dp4_tp2": "P(None, None, 'tensor', None)"}[name]
+
+
+def test_sharded_init_never_holds_the_whole_model(eight_devices):
+    """XLA's memory analysis of the compiled FSDP-8 init: each device's outputs are its 1/8 of
+    the parameters and Adam moments plus the small replicated tensors (norms, biases, the step
+    count), and its temporaries (the random bits of its own shards) are no larger than that;
+    nothing has the size of the whole model."""
+    r = eight_devices["init_fsdp8"]
+    per_device = (r["total_bytes"] - r["replicated_bytes"]) / 8 + r["replicated_bytes"]
+    assert r["max_held_bytes"] == per_device
+    assert per_device <= r["output_bytes"] <= per_device + 1024     # + buffer alignment
+    assert r["temp_bytes"] <= r["output_bytes"]
+    assert r["argument_bytes"] == 0                                  # nothing is passed in
+    assert r["output_bytes"] + r["temp_bytes"] < min(r["total_bytes"] / 4, r["full_param_bytes"])
+
+
 def test_checkpoint_moves_between_meshes(eight_devices):
     assert eight_devices["restore_1dev_diff"] == 0.0
     assert eight_devices["restore_2x4_diff"] == 0.0
@@ -60,6 +85,69 @@ def test_training_loop_on_a_mesh_matches_one_device(eight_devices):
     assert eight_devices["train_loop_wq_spec"] == "P(None, 'fsdp', None, None)"
     assert eight_devices["train_loop_loss_diff"] < 1e-5
     assert eight_devices["train_loop_param_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_device():
+    """Two processes with 2 CPU devices each join one job through JAX_COORDINATOR_ADDRESS /
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID, create the state in its shardings on a 2 x 2
+    (data x fsdp) mesh spanning both, each feed only their half of every batch, and get the
+    single-device losses."""
+    import socket
+
+    import numpy as np
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2")
+    procs = [subprocess.Popen([sys.executable, str(MULTIPROCESS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(env, JAX_PROCESS_ID=str(i))) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    r = sorted((json.loads(out.strip().splitlines()[-1]) for out, _ in outs), key=lambda x: x["process"])
+    assert [(x["processes"], x["devices"], x["local_devices"]) for x in r] == [(2, 4, 2)] * 2
+    assert r[0]["rows"] == [0, 1, 4, 5] and r[1]["rows"] == [2, 3, 6, 7]   # half of each micro-batch
+    assert r[0]["local_shape"] == [2, 2, 17] and r[0]["wq_spec"] == "P(None, 'fsdp', None, None)"
+
+    sys.path.insert(0, str(MULTIPROCESS.parent))
+    import multiprocess_check as mc
+
+    from jaxformer import load_config, training
+    from jaxformer.data import get_batch
+    config = load_config(None, mc.OVERRIDES[:-2])
+    params = training.init_params(config)
+    optimizer = training.make_optimizer(config.train, params)
+    opt_state, step, want = optimizer.init(params), training.make_train_step(config, optimizer), []
+    for s in range(mc.STEPS):
+        batch = training.micro_batches(get_batch(mc.IDS, mc.B, mc.T, seed=0, step=s), mc.K)
+        params, opt_state, m = step(params, opt_state, batch, np.int32(s))
+        want.append(float(m["loss"]))
+    for x in r:
+        assert max(abs(a - b) for a, b in zip(x["losses"], want)) < 1e-5, (x["losses"], want)
+
+
+def test_process_rows_follow_the_sharding():
+    """The rows a process feeds are read from the batch sharding: all of them with one
+    process; with several, those its devices hold, micro-batch by micro-batch, in order."""
+    import numpy as np
+
+    from jaxformer import parallel
+    mesh = parallel.make_mesh(MeshConfig(data=1))
+    assert parallel.process_rows(parallel.batch_sharding(mesh), (2, 4, 17)).tolist() == list(range(8))
+
+    class Held:   # a process whose two devices hold rows 6:8 and 2:4 of each [K=3, 8, T+1] micro-batch
+        def addressable_devices_indices_map(self, shape):
+            return {"d0": (slice(None), slice(6, 8), slice(None)), "d1": (slice(None), slice(2, 4), slice(None))}
+    assert parallel.process_rows(Held(), (3, 8, 17)).tolist() == [2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23]
+    whole = np.arange(2 * 4 * 3).reshape(2, 4, 3)
+    assert np.array_equal(np.asarray(parallel.put_batch(whole, parallel.batch_sharding(mesh), whole.shape)), whole)
 
 
 def test_mesh_shape_resolution_and_errors():

@@ -77,6 +77,28 @@ for name, m in {"dp8": MeshConfig(data=8), "fsdp8": MeshConfig(data=1, fsdp=8),
             out["restore_2x4_diff"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                                           for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(params)))
             out["restore_2x4_wq_spec"] = str(getattr(rw.sharding, "spec", None))
+# sharded initialisation: parameters and Adam state created directly in their shardings
+ref_init = training.init_params(cfg)
+ref_opt = training.make_optimizer(cfg.train, ref_init)
+ref_state = ref_opt.init(ref_init)
+for name, m in {"fsdp8": MeshConfig(data=1, fsdp=8), "dp4_tp2": MeshConfig(data=4, tensor=2)}.items():
+    opt = training.make_optimizer(cfg.train, training.abstract_params(cfg))
+    init, p_sh, s_sh = parallel.init_program(cfg, opt, parallel.make_mesh(m))
+    mem = init.lower().compile().memory_analysis()
+    params, state = init()
+    same = lambda a, b: all(np.array_equal(np.asarray(x), np.asarray(y))  # noqa: E731
+                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    leaves = jax.tree.leaves((params, state))
+    out["init_" + name] = {
+        "params_equal": same(params, ref_init), "state_equal": same(state, ref_state),
+        "same_tree": jax.tree.structure((params, state)) == jax.tree.structure((ref_init, ref_state)),
+        "wq_spec": str(params["blocks"]["attn"]["wq"].sharding.spec),
+        "output_bytes": mem.output_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
+        "argument_bytes": mem.argument_size_in_bytes,
+        "total_bytes": sum(x.nbytes for x in leaves),
+        "replicated_bytes": sum(x.nbytes for x in leaves if x.sharding.is_fully_replicated),
+        "full_param_bytes": sum(x.nbytes for x in jax.tree.leaves(params)),
+        "max_held_bytes": max(parallel.bytes_per_device((params, state)).values())}
 # the training loop itself: the same config on one device and on a 2x4 mesh (mesh section only)
 from jaxformer.training import train  # noqa: E402
 
