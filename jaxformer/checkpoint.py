@@ -234,7 +234,7 @@ def truncate_metrics(run_dir, step: int) -> None:
     """Drop records after ``step`` (used on resume, so a resumed log has no duplicates)."""
     records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
     path = pathlib.Path(run_dir) / METRICS_FILE
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(tmp, path)

@@ -11,6 +11,9 @@
 - Encoded corpora live in flat ``uint16``/``uint32`` NumPy memmaps split 90/10 (by default)
   into train and val; :func:`get_batch` draws ``[B, T+1]`` windows from a generator seeded by
   ``(seed, split, step)``, so the data order is a pure function of the step (exact resume).
+- Corpora larger than memory: :func:`prepare` (:mod:`jaxformer.prepare`) streams them into
+  sharded token files once; :class:`TokenShards` (:mod:`jaxformer.shards`) reads such a folder,
+  its ``split("train")`` a drop-in for the arrays above (same batches, across shards).
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def shakespeare_text(download: bool = True) -> str:
         raise DataError(f"cannot download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}); when offline, "
                         f"{offline}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(raw)
     os.replace(tmp, target)
     return raw.decode("utf-8")
@@ -138,7 +141,9 @@ class TokenData:
 
 
 def _write_memmap(path: pathlib.Path, ids: np.ndarray) -> np.ndarray:
-    tmp = path.with_suffix(".tmp")
+    # A process-unique temporary name: the hosts of a multi-host job that share the run
+    # folder write the same bytes, each renamed atomically into place.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     mm = np.memmap(tmp, dtype=ids.dtype, mode="w+", shape=ids.shape)
     mm[:] = ids
     mm.flush()
@@ -176,8 +181,9 @@ def encode_corpus(text: str, tokenizer, *, val_fraction: float = 0.1,
         return TokenData(train, val)
     folder.mkdir(parents=True, exist_ok=True)
     out = TokenData(_write_memmap(folder / "train.bin", train), _write_memmap(folder / "val.bin", val))
-    (folder / "tokens.json").write_text(json.dumps(
-        {"key": key, "dtype": np.dtype(dt).name, "train": len(train), "val": len(val)}))
+    tmp = folder / f"tokens.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"key": key, "dtype": np.dtype(dt).name, "train": len(train), "val": len(val)}))
+    os.replace(tmp, folder / "tokens.json")
     return out
 
 
@@ -287,3 +293,8 @@ def prefetch(items: Iterable, size: int = 2):
                 q.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+# ----------------------------------------------------------------------------- large corpora
+from .prepare import prepare  # noqa: E402,F401  (after the names above: prepare reads token_dtype)
+from .shards import TokenShards, TokenView, is_prepared  # noqa: E402,F401

@@ -242,7 +242,7 @@ def tokenizer_from_dict(d: dict):
 
 def save_tokenizer(tok, path) -> None:
     """Write ``tok.to_dict()`` as JSON (atomically)."""
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(tok.to_dict(), fh, ensure_ascii=False)
     os.replace(tmp, path)

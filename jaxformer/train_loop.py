@@ -22,11 +22,13 @@ import numpy as np
 from .checkpoint import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics, checkpoint_steps,
                          restore_checkpoint, save_checkpoint, save_run_folder, truncate_metrics)
 from .config import Config, load_run_config
-from .data import build_tokenizer, encode_corpus, get_batch, load_corpus, load_tokenizer, prefetch
+from .data import (TokenData, build_tokenizer, encode_corpus, get_batch, load_corpus, load_tokenizer,
+                   prefetch)
 from .errors import CheckpointError, ConfigError, DataError, RunExistsError
 from .finetune import (INIT_FILE, InitSource, check_init_compatible, load_init_params, open_init_source,
                        read_init_record, write_init_record)
 from .plots import loss_curves
+from .shards import TokenShards, is_prepared
 from .training import (NonFiniteLossError, abstract_params, compute_config, evaluate, init_params,
                        make_eval_step, make_optimizer, make_train_step, micro_batches, step_kernels)
 
@@ -56,6 +58,14 @@ def resolve_config(config: Config, tokenizer) -> Config:
     if config.model.vocab_size == tokenizer.vocab_size:
         return config
     return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size))
+
+
+def prepared_config(config: Config, shards: TokenShards) -> Config:
+    """``config`` with the ``data.tokenizer`` and ``data.val_fraction`` of a folder written by
+    :func:`jaxformer.data.prepare` (its tokenizer and split are the data's)."""
+    m = shards.manifest
+    data = dataclasses.replace(config.data, tokenizer=m["tokenizer"]["type"], val_fraction=m["val_fraction"])
+    return config if data == config.data else dataclasses.replace(config, data=data)
 
 
 def _check_same_run(saved: Config, config: Config, run_dir) -> None:
@@ -140,7 +150,12 @@ def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Opt
     record = source.record() if source is not None else read_init_record(run_dir) if resume and has_run else None
     if source is None and record is not None and not checkpoint_steps(run_dir):
         source = open_init_source(record["run"], record["step"])   # stopped before its first checkpoint
-    text = data_text if data_text is not None else load_corpus(config.data.path)
+    shards = TokenShards(config.data.path) if data_text is None and is_prepared(config.data.path) else None
+    if shards is not None:     # a prepared folder: its shards, tokenizer and split
+        config = prepared_config(config, shards)
+        text = None
+    else:
+        text = data_text if data_text is not None else load_corpus(config.data.path)
     if resume and has_run:
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
         if record is None:   # a started-from run keeps its source's vocab_size
@@ -150,8 +165,15 @@ def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Opt
         check_init_compatible(config, source)
         tokenizer = source.tokenizer
     else:
-        tokenizer = build_tokenizer(config.data.tokenizer, text, config.data.vocab_size)
+        tokenizer = shards.tokenizer if shards is not None else \
+            build_tokenizer(config.data.tokenizer, text, config.data.vocab_size)
         config = resolve_config(config, tokenizer)
+    if shards is not None:
+        if tokenizer.to_dict() != shards.tokenizer.to_dict():
+            whose = f"the run started from init_from={record['run']!r}" if record is not None else "the run"
+            raise DataError(f"data.path={config.data.path!r} was prepared with another tokenizer than {whose}'s; "
+                            "prepare the data with that tokenizer (tokenizer 'hf:RUN_FOLDER')")
+        return config, tokenizer, TokenData(shards.split("train"), shards.split("val")), source, record
     try:
         data = encode_corpus(text, tokenizer, val_fraction=config.data.val_fraction, folder=run_dir / "data")
     except DataError as e:
@@ -263,16 +285,25 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
         params, opt_state = ck["params"], ck["opt_state"]  # restored shard-wise onto the mesh
         start = at.checkpoint = ck["step"]
         elapsed0 = float((ck["meta"] or {}).get("elapsed_s", 0.0))
-        truncate_metrics(run_dir, start)
+    # In a multi-host job every process trains, and process 0 alone writes the run folder's
+    # files (config, tokenizer, metrics, figures); checkpoints are written collectively.
+    main = jax.process_index() == 0
+    progress = progress and main
+    if restoring:
+        if main:
+            truncate_metrics(run_dir, start)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    save_run_folder(run_dir, config, tokenizer)
-    if origin is not None:
-        write_init_record(run_dir, origin)
-    elif not resume:
-        (run_dir / INIT_FILE).unlink(missing_ok=True)   # left by an earlier attempt in this folder
+        if main:
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    if main:
+        save_run_folder(run_dir, config, tokenizer)
+        if origin is not None:
+            write_init_record(run_dir, origin)
+        elif not resume:
+            (run_dir / INIT_FILE).unlink(missing_ok=True)   # left by an earlier attempt in this folder
     say = log or (lambda msg: tqdm.write(msg) if progress else None)
+    figure = (lambda: loss_curves(all_records(), path=run_dir / LOSS_FIGURE)) if main else (lambda: None)
 
     def run_eval(p):
         return evaluate(p, mc, data.val, batch_size=B, steps=tc.eval_steps, seed=tc.seed, eval_step=eval_step)
@@ -280,7 +311,8 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
     records: list = []
 
     def record(rec):
-        append_metrics(run_dir, rec)
+        if main:
+            append_metrics(run_dir, rec)
         records.append(rec)
 
     all_records = lambda: _read_all(run_dir)  # noqa: E731
@@ -342,7 +374,7 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
             bar.set_postfix(post, refresh=False)
             if do_eval:
                 say(f"step {done}: train loss {rec['train_loss']:.4f}, val loss {last_val:.4f}")
-                loss_curves(all_records(), path=run_dir / LOSS_FIGURE)
+                figure()
             if stop.requested and not interrupted:   # Ctrl-C came during the eval: stop now
                 interrupted = do_ckpt = True
             if do_ckpt:
@@ -359,7 +391,7 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
     if interrupted:
         say(f"stopped at step {completed}; checkpoint saved, continue with resume=True")
     if records:
-        loss_curves(all_records(), path=run_dir / LOSS_FIGURE)
+        figure()
     from .modules import GPT
     model = GPT.from_params(mc, params)
     return TrainResult(model=model, params=params, opt_state=opt_state, metrics=records,

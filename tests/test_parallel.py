@@ -88,11 +88,13 @@ def test_training_loop_on_a_mesh_matches_one_device(eight_devices):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_device():
+def test_two_processes_train_like_one_device(tmp_path):
     """Two processes with 2 CPU devices each join one job through JAX_COORDINATOR_ADDRESS /
     JAX_NUM_PROCESSES / JAX_PROCESS_ID, create the state in its shardings on a 2 x 2
     (data x fsdp) mesh spanning both, each feed only their half of every batch, and get the
-    single-device losses."""
+    single-device losses. Then both run ``jaxformer.train`` into one shared run folder: the
+    same losses as one process, and the folder written once (process 0 writes the files,
+    checkpoints are collective)."""
     import socket
 
     import numpy as np
@@ -102,7 +104,8 @@ def test_two_processes_train_like_one_device():
         port = sock.getsockname()[1]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2")
-    procs = [subprocess.Popen([sys.executable, str(MULTIPROCESS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    shared = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, str(MULTIPROCESS), str(shared)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=dict(env, JAX_PROCESS_ID=str(i))) for i in range(2)]
     try:
         outs = [p.communicate(timeout=600) for p in procs]
@@ -131,6 +134,20 @@ def test_two_processes_train_like_one_device():
         want.append(float(m["loss"]))
     for x in r:
         assert max(abs(a - b) for a, b in zip(x["losses"], want)) < 1e-5, (x["losses"], want)
+
+    # the real training entry point, both hosts into one folder
+    from jaxformer import train
+    from jaxformer.checkpoint import checkpoint_steps, read_metrics
+    one = train(load_config(None, mc.OVERRIDES[:-2] + mc.TRAIN), tmp_path / "one", data_text=mc.TEXT,
+                progress=False)
+    want = [m["train_loss"] for m in one.metrics if m.get("train_loss") is not None]
+    assert len(want) == 4
+    for x in r:
+        assert np.allclose(x["train_losses"], want, atol=1e-5), (x["train_losses"], want)
+    steps = [m["step"] for m in read_metrics(shared)]
+    assert steps == sorted(set(steps)) and steps[-1] == 4            # each record once
+    assert checkpoint_steps(shared) == [2, 4]
+    assert not list(shared.rglob("*.tmp"))
 
 
 def test_process_rows_follow_the_sharding():
