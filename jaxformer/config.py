@@ -189,7 +189,7 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it is tokenized."""
 
-    path: str = "pydoc"                 # a file, a folder of .txt files, "pydoc" or "shakespeare"
+    path: str = "pydoc"                 # a file, a folder of .txt files, "pydoc", "shakespeare" or a prepared folder
     tokenizer: str = "char"             # char | byte | bpe
     vocab_size: int = 1024              # for bpe only
     val_fraction: float = 0.1

@@ -10,6 +10,7 @@ COMMANDS = {
     "train": "jaxformer.commands.train",
     "bench": "jaxformer.commands.bench",
     "convert": "jaxformer.commands.convert",
+    "prepare": "jaxformer.commands.prepare",
 }
 
 

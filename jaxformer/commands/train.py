@@ -18,8 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE|NAME", help=f"YAML config file, or the name of a shipped "
                    f"config ({config_names()}) (default: {DEFAULT_CONFIG}; with --resume, the run's own "
                    "config.yaml; with --init-from, RUN's)")
-    p.add_argument("--data", metavar="PATH", help="text file, folder of text files, 'pydoc' or "
-                   "'shakespeare' (overrides data.path)")
+    p.add_argument("--data", metavar="PATH|DIR", help="text file, folder of text files, 'pydoc', "
+                   "'shakespeare', or a folder written by `jaxformer prepare` (its shards, tokenizer and "
+                   "val split; for corpora larger than memory) (overrides data.path)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config>-<timestamp>)")
@@ -143,8 +144,9 @@ def run(args) -> int:
 
     start = f", weights from {args.init_from}" + (f" step {args.step}" if args.step is not None else "") \
         if args.init_from else ""
-    print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {config.data.tokenizer}"
-          f"{start})")
+    from jaxformer.shards import is_prepared
+    tokenizer = "the prepared folder's" if is_prepared(config.data.path) else config.data.tokenizer
+    print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {tokenizer}{start})")
     write = print if args.no_progress else tqdm.write   # tqdm.write keeps the progress bar intact
     try:
         result = train(config, out, resume=args.resume, progress=not args.no_progress,
