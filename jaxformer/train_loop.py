@@ -61,10 +61,12 @@ def resolve_config(config: Config, tokenizer) -> Config:
 
 
 def prepared_config(config: Config, shards: TokenShards) -> Config:
-    """``config`` with the ``data.tokenizer`` and ``data.val_fraction`` of a folder written by
+    """``config`` with the ``data.tokenizer``, ``data.val_fraction`` (and a BPE ``data.vocab_size``) of a folder written by
     :func:`jaxformer.data.prepare` (its tokenizer and split are the data's)."""
     m = shards.manifest
-    data = dataclasses.replace(config.data, tokenizer=m["tokenizer"]["type"], val_fraction=m["val_fraction"])
+    kind = m["tokenizer"]["type"]
+    vocab = shards.tokenizer.vocab_size if kind == "bpe" else config.data.vocab_size
+    data = dataclasses.replace(config.data, tokenizer=kind, val_fraction=m["val_fraction"], vocab_size=vocab)
     return config if data == config.data else dataclasses.replace(config, data=data)
 
 

@@ -36,7 +36,8 @@ def test_readme_python_blocks_run_top_to_bottom(tmp_path):
 def test_readme_shell_examples_use_run_folders_made_earlier():
     """A ``--run DIR`` / ``--from-run DIR`` in a ```bash block names a folder that an
     earlier README command wrote with ``--out DIR``; ``--data`` / ``--file`` / ``--config``
-    paths exist in a fresh clone (or are built-in names)."""
+    paths exist in a fresh clone (glob patterns match something there), are built-in names,
+    or (``--data``) a folder an earlier command wrote (``jaxformer prepare --out``)."""
     made, problems = set(), []
     for line, code in fenced_blocks("bash"):
         for cmd in code.splitlines():
@@ -50,8 +51,11 @@ def test_readme_shell_examples_use_run_folders_made_earlier():
                     problems.append(f"line {line}: {flag} {flags[flag]} is not created by an earlier command")
             for flag in ("--data", "--file", "--config"):
                 value = flags.get(flag)
-                if value and value not in ("pydoc", "shakespeare") and "/" in value \
-                        and (value.startswith("..") or not (README.parent / value).exists()):
+                exists = any(README.parent.glob(value)) if value and "*" in value else \
+                    bool(value) and (README.parent / value).exists()
+                earlier = flag == "--data" and bool(value) and value.rstrip("/") in made
+                if value and value not in ("pydoc", "shakespeare") and "/" in value and not earlier \
+                        and (value.startswith("..") or not exists):
                     problems.append(f"line {line}: {flag} {value} does not exist in a fresh clone")
             if "--out" in flags:
                 made.add(flags["--out"].rstrip("/"))
