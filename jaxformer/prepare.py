@@ -172,17 +172,23 @@ def _fingerprint(sources: Sequence[Source], settings: dict, tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def read_manifest(path: pathlib.Path, unreadable: str = "{path} cannot be read: {error}") -> dict:
+    """The JSON manifest at ``path``, checked to be a jaxformer token manifest; a
+    :class:`DataError` (``unreadable`` formatted with ``path`` and ``error``) when it cannot be read."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(unreadable.format(path=repr(str(path)), error=e)) from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise DataError(f"{str(path)!r} is not a jaxformer token manifest")
+    return m
+
+
 def _read_manifest(out: pathlib.Path) -> Optional[dict]:
     path = out / MANIFEST
     if not path.is_file():
         return None
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{str(path)!r} cannot be read ({e}); delete the folder to prepare it again") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise DataError(f"{str(path)!r} is not a jaxformer token manifest")
-    return m
+    return read_manifest(path, "{path} cannot be read ({error}); delete the folder to prepare it again")
 
 
 def _good_shards(out: pathlib.Path, shards: list, log) -> list:

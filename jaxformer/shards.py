@@ -9,7 +9,6 @@ Only the pages of the rows read are touched, so a host reads only its own rows.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 from typing import List, Optional
@@ -17,7 +16,7 @@ from typing import List, Optional
 import numpy as np
 
 from .errors import DataError
-from .prepare import FORMAT, MANIFEST, file_sha256
+from .prepare import MANIFEST, file_sha256, read_manifest
 
 __all__ = ["TokenShards", "TokenView", "is_prepared"]
 
@@ -155,12 +154,7 @@ class TokenShards:
         if not path.is_file():
             raise DataError(f"{str(self.folder)!r} is not a prepared token folder (no {MANIFEST}); "
                             "run `jaxformer prepare` first")
-        try:
-            m = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise DataError(f"{str(path)!r} cannot be read: {e}") from None
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            raise DataError(f"{str(path)!r} is not a jaxformer token manifest")
+        m = read_manifest(path)
         if not m.get("complete"):
             raise DataError(f"the prepare of {str(self.folder)!r} did not finish ({len(m.get('shards', []))} "
                             "shards written); run the same `jaxformer prepare` again to resume it")
