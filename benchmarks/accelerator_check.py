@@ -34,6 +34,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:           # run from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
 
+# This process shares the accelerator with the test subprocesses: take memory as needed.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 TARGET_MFU = 0.45
 
 #: Published dense bfloat16 matmul peaks (FLOP/s) by ``device_kind`` substring, most specific
@@ -62,13 +65,30 @@ TESTS = {
         ["tests/test_modules.py::test_bf16_compute_close_to_float32"]),
 }
 
-REPORT_KEYS = ("device", "tests", "train", "decode", "target_mfu", "target_met", "smoke", "seconds")
+#: ``--set`` overrides, applied to every measured config.
+SETTINGS: list = []
+
+REPORT_KEYS = ("device", "tests", "train", "train_by_kernels", "decode", "target_mfu", "target_met", "smoke",
+               "seconds", "command", "date")
+
+#: Published memory bandwidth (bytes/s) by ``device_kind`` substring, most specific first.
+PUBLISHED_BANDWIDTH = (
+    ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("GH200", 4.9e12), ("H200", 4.8e12), ("A100-SXM4-80GB", 2.039e12),
+    ("A100-PCIE-80GB", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12), ("L4", 0.3e12),
+)
 
 
 def published_peak(device_kind: str):
     for key, peak in PUBLISHED_BF16_PEAK:
         if key.lower() in device_kind.lower():
             return peak
+    return None
+
+
+def published_bandwidth(device_kind: str):
+    for key, bw in PUBLISHED_BANDWIDTH:
+        if key.lower() in device_kind.lower():
+            return bw
     return None
 
 
@@ -93,7 +113,15 @@ def _group_of(node: str, smoke: bool):
     return None
 
 
-def run_tests(smoke: bool) -> dict:
+def _failures(stdout: str) -> list:
+    """Failed or erroring test ids from pytest's ``-v`` lines and its summary."""
+    found = [ln.split(" FAILED ")[-1].split(" ERROR ")[-1].strip() for ln in stdout.splitlines()
+             if (" FAILED " in ln or " ERROR " in ln) and "::" in ln]
+    found += [ln for ln in stdout.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
+    return list(dict.fromkeys(found))[:50]
+
+
+def run_tests(smoke: bool, workers: int = 0, timeout=None) -> dict:
     """The subset in one pytest subprocess: ``{group: {passed, failed, skipped}}`` plus the
     run's ``seconds`` and ``returncode``."""
     if not (ROOT / "tests").is_dir():
@@ -102,9 +130,18 @@ def run_tests(smoke: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         xml = pathlib.Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+               *(["-n", str(workers)] if workers > 1 else []), *([] if smoke else ["-v", "-rfE", "--tb=short"]),
                *dict.fromkeys(selection)]
+        # The test processes share the accelerator with this one: no up-front memory grab.
+        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            print(f"  tests did not finish in {timeout} s", flush=True)
+            return {"timed_out": timeout, "returncode": -1, "failures": _failures(out),
+                    "passed_so_far": out.count(" PASSED"), "tail": out.splitlines()[-20:]}
         seconds = time.perf_counter() - t0
         out = {g: {"passed": 0, "failed": 0, "skipped": 0} for g in TESTS}
         cases = ET.parse(xml).getroot().iter("testcase") if xml.is_file() else ()
@@ -120,78 +157,241 @@ def run_tests(smoke: bool) -> dict:
         status = "ok" if c["failed"] == 0 and c["passed"] > 0 else "FAILED" if c["failed"] else "none ran"
         print(f"  {group:42s} {c['passed']:4d} passed {c['failed']:3d} failed {c['skipped']:3d} skipped  {status}",
               flush=True)
+    tail = proc.stdout.splitlines()[-80:]
     if proc.returncode != 0:
-        print("\n".join(proc.stdout.splitlines()[-15:]), flush=True)
+        print("\n".join(tail), flush=True)
     print(f"  ({seconds:.0f} s, pytest exit code {proc.returncode})", flush=True)
-    return {"groups": out, "seconds": round(seconds, 1), "returncode": proc.returncode}
+    failures = _failures(proc.stdout)
+    return {"groups": out, "seconds": round(seconds, 1), "returncode": proc.returncode, "workers": workers,
+            "failures": failures[:50], "tail": tail if proc.returncode else tail[-3:]}
 
 
-def bench_config(smoke: bool, batch, steps: int):
+def bench_config(smoke: bool, batch, kernels: str = "auto", overrides=()):
+    """GPT-2 small (or, with ``smoke``, the toy at context 64) in bfloat16 compute."""
     from jaxformer import load_config
 
+    overrides = [*SETTINGS, *overrides]
     if smoke:
         return load_config("toy", ["model.max_len=64", f"train.batch_size={batch or 8}",
-                                   "model.dtype=bfloat16", "model.kernels=auto"])
+                                   "model.dtype=bfloat16", f"model.kernels={kernels}", *overrides])
     return load_config("gpt2_small", [f"train.batch_size={batch or 16}", "model.dtype=bfloat16",
-                                      "model.kernels=auto"])
+                                      f"model.kernels={kernels}", *overrides])
 
 
-def measure(config, smoke: bool, steps: int) -> tuple[dict, dict]:
+def compiled_facts(compiled) -> dict:
+    """What the optimized HLO of a compiled step says: cuDNN fused-attention calls, and
+    XLA's memory plan (arguments + temporaries + outputs - donated aliases), in MB."""
+    hlo = compiled.as_text()
+    facts = {"cudnn_fused_attention_calls": hlo.count("__cudnn$fmha")}
+    try:
+        m = compiled.memory_analysis()
+        facts["compiled_memory_mb"] = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+                                       - m.alias_size_in_bytes) / 2 ** 20
+        facts["compiled_temp_mb"] = m.temp_size_in_bytes / 2 ** 20
+    except Exception as e:  # not every backend reports a memory plan
+        facts["compiled_memory_mb"] = None
+        facts["compiled_memory_error"] = f"{type(e).__name__}: {e}"
+    return facts
+
+
+def measure_train(config, steps: int, warmup: int, peaks: tuple, flops_per_step=None, profile=None) -> dict:
+    """Compile and time one train step; ``flops_per_step`` (default: this config's) is the
+    model work MFU is counted against, so variants of one model are compared on equal terms.
+    ``peaks``: (measured, published or None) FLOP/s. ``profile(train) -> bool``: whether to
+    profile three more steps of the same compiled program (the top ten device ops)."""
+    import jax
+    import jax.numpy as jnp
+
     from jaxformer import bench
 
     mc = config.model
-    print(f"  model: {mc.n_layer} layers, width {mc.d_model}, context {mc.max_len}, batch "
-          f"{config.train.batch_size}, compute {mc.dtype}, params {mc.param_dtype}", flush=True)
-    train = bench.bench_train_step(config, steps=steps, warmup=2 if not smoke else 1)
-    measured_peak = bench.measure_peak_flops("bfloat16", n=512 if smoke else None, iters=3 if smoke else 10)
+    built = bench.build_train_step(config)
+    out = bench.bench_train_step(config, steps=steps, warmup=warmup, built=built)
+    out["model_flops_per_step"] = flops_per_step or out["model_flops_per_step"]
+    out.update(compiled_facts(built["compiled"]))
+    t0 = time.perf_counter()     # dispatch alone: a step that waits on the host shows here
+    for i in range(3):
+        built["params"], built["opt_state"], metrics = built["compiled"](
+            built["params"], built["opt_state"], built["batch"], jnp.int32(10_000 + i))
+    out["dispatch_ms_per_step"] = (time.perf_counter() - t0) / 3 * 1e3
+    metrics["loss"].block_until_ready()
+    out["final_loss"] = float(metrics["loss"])
+    out.update(batch=config.train.batch_size, seq=mc.max_len, dtype=mc.dtype, param_dtype=mc.param_dtype,
+               parameters=bench.matmul_params(mc),
+               param_bytes=int(sum(x.nbytes for x in jax.tree.leaves(built["params"]))))
+    add_mfu(out, *peaks)
+    if profile is not None and profile(out):
+        out["profile"] = {"steps": 3, **bench.top_device_ops(lambda: bench.run_train_steps(built, 3, start=20_000))}
+    del built
+    return out
+
+
+def add_mfu(train: dict, measured_peak: float, kind_peak) -> dict:
     achieved = train["model_flops_per_step"] / (train["step_ms"] / 1e3)
-    kind_peak = published_peak(device_info()["device_kind"])
     train.update(measured_bf16_peak_flops=measured_peak, achieved_flops=achieved,
                  mfu_measured_peak=achieved / measured_peak,
-                 mfu_published_peak=achieved / kind_peak if kind_peak else None,
-                 peak_memory_mb=bench.peak_memory_mb(), batch=config.train.batch_size, seq=mc.max_len,
-                 dtype=mc.dtype, param_dtype=mc.param_dtype,
-                 parameters=bench.matmul_params(mc))
-    print(f"  train step: compile {train['compile_s']:.1f} s, {train['step_ms']:.1f} ms/step, "
-          f"{train['tokens_per_s']:,.0f} tok/s, kernels {train['kernels']}, MFU "
-          f"{train['mfu_measured_peak']:.1%} of the measured bf16 peak ({measured_peak / 1e12:.1f} TFLOP/s)"
-          + (f", {train['mfu_published_peak']:.1%} of the published {kind_peak / 1e12:.0f} TFLOP/s"
-             if kind_peak else ", no published peak for this device") +
-          f"; peak memory {train['peak_memory_mb']:,.0f} MB", flush=True)
-    decode = {}
+                 mfu_published_peak=achieved / kind_peak if kind_peak else None)
+    return train
+
+
+def describe(name: str, t: dict, kind_peak) -> str:
+    return (f"  {name}: compile {t['compile_s']:.1f} s, {t['step_ms']:.1f} ms/step "
+            f"(dispatch {t['dispatch_ms_per_step']:.1f} ms), {t['tokens_per_s']:,.0f} tok/s, kernels "
+            f"{t['kernels']} ({t['cudnn_fused_attention_calls']} cuDNN attention calls in the HLO), MFU "
+            f"{t['mfu_measured_peak']:.1%} of measured peak"
+            + (f", {t['mfu_published_peak']:.1%} of published {kind_peak / 1e12:.0f} TFLOP/s" if kind_peak else "")
+            + (f"; XLA memory plan {t['compiled_memory_mb']:,.0f} MB" if t.get("compiled_memory_mb") else ""))
+
+
+def measure(args, report: dict, save) -> None:
+    """The measurements, each written into ``report`` (and saved) as soon as it is taken."""
+    from jaxformer import bench
+
+    smoke = args.smoke
+    steps = args.steps or (3 if smoke else 20)
+    warmup = 1 if smoke else 2
+    kind_peak = published_peak(report["device"]["device_kind"])
+    measured_peak = bench.measure_peak_flops("bfloat16", n=512 if smoke else None, iters=3 if smoke else 10)
+    report["measured_bf16_peak_flops"] = measured_peak
+    print(f"  bf16 matmul peak: {measured_peak / 1e12:.1f} TFLOP/s measured"
+          + (f", {kind_peak / 1e12:.0f} published" if kind_peak else ""), flush=True)
+    by_kernels = report.setdefault("train_by_kernels", {})
+    under_target = lambda t: not smoke and (t["mfu_published_peak"] or 0) < TARGET_MFU  # noqa: E731
+    want = {"always": lambda t: True, "never": None, "auto": under_target}[args.profile]
+    for i, kernels in enumerate(args.kernels):
+        config = bench_config(smoke, args.batch, kernels)
+        mc = config.model
+        if i == 0:
+            print(f"  model: {mc.n_layer} layers, width {mc.d_model}, context {mc.max_len}, batch "
+                  f"{config.train.batch_size}, compute {mc.dtype}, params {mc.param_dtype}", flush=True)
+        t = measure_train(config, steps, warmup, (measured_peak, kind_peak), profile=want if i == 0 else None)
+        if i == 0:
+            t["peak_memory_mb"] = bench.peak_memory_mb()
+            report["train"] = t
+        by_kernels[kernels] = t
+        print(describe(f"kernels={kernels}", t, kind_peak), flush=True)
+        if "profile" in t:
+            pr = t["profile"]
+            print(f"    profile of 3 steps: {pr['device_ms']:.1f} ms of device ops in {pr['wall_ms']:.1f} ms, "
+                  f"{pr['events']} ops; top ten:", flush=True)
+        for op in t.get("profile", {}).get("top", ()):
+            print(f"    {op['share']:6.1%} {op['ms']:9.2f} ms  x{op['count']:<5d} {op['name'][:100]}", flush=True)
+        save()
+    train = report["train"]
+    decode = report.setdefault("decode", {})
+    bandwidth = published_bandwidth(report["device"]["device_kind"])
+    config = bench_config(smoke, args.batch, args.kernels[0])
     for b in ((1, 4) if smoke else (1, 64)):
-        decode[f"batch_{b}_tokens_per_s"] = bench.bench_decode(config, batch=b, new_tokens=32 if smoke else 128)
+        run, n = bench.decode_runner(config, batch=b, new_tokens=32 if smoke else 128)
+        t0 = time.perf_counter()
+        run()
+        decode[f"batch_{b}_tokens_per_s"] = b * n / (time.perf_counter() - t0)
         print(f"  decode batch {b}: {decode[f'batch_{b}_tokens_per_s']:,.0f} tok/s", flush=True)
-    return train, decode
+        if b == 1 and (args.profile == "always" or (args.profile == "auto" and not smoke)):
+            pr = decode["batch_1_profile"] = {"new_tokens": n, **bench.top_device_ops(run)}
+            print(f"    profile: {pr['device_ms']:.1f} ms of device ops in {pr['wall_ms']:.1f} ms, "
+                  f"{pr['events'] / n:.0f} ops per token; top five:", flush=True)
+            for op in pr["top"][:5]:
+                print(f"    {op['share']:6.1%} {op['ms']:9.2f} ms  x{op['count']:<5d} {op['name'][:100]}", flush=True)
+        save()
+    if bandwidth:
+        # Batch-1 decode reads every weight once per token: bytes as stored (param_dtype).
+        bound = bandwidth / train["param_bytes"]
+        decode.update(published_bandwidth_bytes_per_s=bandwidth, weight_bytes=train["param_bytes"],
+                      batch_1_bandwidth_bound_tokens_per_s=bound,
+                      batch_1_fraction_of_bound=decode["batch_1_tokens_per_s"] / bound)
+        print(f"  decode batch 1 bound (weights {train['param_bytes'] / 2**20:,.0f} MB / "
+              f"{bandwidth / 1e12:.2f} TB/s): {bound:,.0f} tok/s; measured {decode['batch_1_fraction_of_bound']:.1%} "
+              "of it", flush=True)
+        save()
+
+
+def measure_variants(args, report: dict, save) -> None:
+    """Extra configurations (``--variant NAME=key=value,key=value``), MFU counted against the
+    base model's FLOPs so that, e.g., a padded vocabulary is not credited for its extra work."""
+    kind_peak = published_peak(report["device"]["device_kind"])
+    base = report["train"]
+    out = report.setdefault("variants", {})
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        config = bench_config(args.smoke, args.batch, args.kernels[0], [o for o in overrides.split(",") if o])
+        try:
+            t = measure_train(config, args.steps or (3 if args.smoke else 20), 1 if args.smoke else 2,
+                              (report["measured_bf16_peak_flops"], kind_peak),
+                              flops_per_step=base["model_flops_per_step"])
+        except Exception as e:  # one variant failing must not lose the report
+            out[name] = {"overrides": overrides, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+            print(f"  variant {name}: {out[name]['error']}", flush=True)
+            save()
+            continue
+        t["overrides"] = overrides
+        out[name] = t
+        print(describe(f"variant {name} ({overrides})", out[name], kind_peak), flush=True)
+        save()
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="a small config and one test per group (CPU, CI)")
-    ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--json", help="write the report here (rewritten after every measurement)")
     ap.add_argument("--batch", type=int, help="train batch (default 16; 8 with --smoke)")
     ap.add_argument("--steps", type=int, help="timed train steps (default 20; 3 with --smoke)")
+    ap.add_argument("--kernels", nargs="+", default=["auto", "textbook"],
+                    help="kernel sets to time, the first is the report's 'train' (default: auto textbook)")
+    ap.add_argument("--set", action="append", default=[], metavar="K=V", dest="settings",
+                    help="override applied to every measured config (repeatable)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=K=V[,K=V]",
+                    help="also time the first kernel set with these overrides (repeatable)")
+    ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
+                    help="top ten device ops of the train step (auto: when MFU is under target)")
+    ap.add_argument("--workers", type=int, help="pytest workers for the tests (default: 0 with --smoke, "
+                    "else min(8, cores / 2))")
+    ap.add_argument("--tests-timeout", type=float, help="stop the tests after this many seconds")
+    ap.add_argument("--tests-last", action="store_true", help="measure first, then run the tests")
     ap.add_argument("--skip-tests", action="store_true", help="measure only")
     args = ap.parse_args(argv)
+    SETTINGS[:] = args.settings
     t0 = time.perf_counter()
     info = device_info()
     print(f"device: {info['device_count']} x {info['device_kind']} ({info['platform']}), jax {info['jax']}, "
           f"flax {info['flax']}, {info['process_count']} process(es)", flush=True)
     if info["platform"] == "cpu" and not args.smoke:
         print("  (no accelerator: the full GPT-2 small measurement is slow on a CPU; --smoke is the CPU check)")
-    report = {"device": info, "smoke": args.smoke}
-    if args.skip_tests:
-        report["tests"] = {"skipped": "--skip-tests"}
-    else:
+    report = {"device": info, "smoke": args.smoke, "command": " ".join(["python benchmarks/accelerator_check.py",
+                                                                         *(argv if argv is not None else sys.argv[1:])]),
+              "date": time.strftime("%Y-%m-%d"), "settings": args.settings}
+
+    def save():
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        if args.json:
+            path = pathlib.Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+            os.replace(tmp, path)
+
+    def tests():
+        if args.skip_tests:
+            report["tests"] = {"skipped": "--skip-tests"}
+            return
         print("tests:", flush=True)
-        report["tests"] = run_tests(args.smoke)
+        workers = args.workers if args.workers is not None else (0 if args.smoke else min(8, (os.cpu_count() or 2) // 2))
+        report["tests"] = run_tests(args.smoke, workers, args.tests_timeout)
+        save()
+
+    if not args.tests_last:
+        tests()
     print("measurements:", flush=True)
-    config = bench_config(args.smoke, args.batch, args.steps)
-    report["train"], report["decode"] = measure(config, args.smoke, args.steps or (3 if args.smoke else 20))
+    measure(args, report, save)
+    if args.tests_last:
+        tests()
+    if args.variant:
+        print("variants:", flush=True)
+        measure_variants(args, report, save)
     mfu = report["train"]["mfu_published_peak"]
     report["target_mfu"] = TARGET_MFU
     report["target_met"] = None if (mfu is None or args.smoke) else bool(mfu >= TARGET_MFU)
-    report["seconds"] = round(time.perf_counter() - t0, 1)
+    save()
     groups = report["tests"].get("groups", {})
     failed = [g for g, c in groups.items() if c["failed"] or not c["passed"]]
     print(f"done in {report['seconds']:.0f} s; tests: "
@@ -199,12 +399,7 @@ def main(argv=None) -> dict:
           f"target MFU {TARGET_MFU:.0%}: "
           f"{'n/a' if report['target_met'] is None else ('met' if report['target_met'] else 'not met')}")
     if args.json:
-        path = pathlib.Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
-        os.replace(tmp, path)
-        print(f"report: {path}")
+        print(f"report: {args.json}")
     return report
 
 

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["matmul_params", "flops_per_token", "measure_peak_flops", "peak_memory_mb",
-           "time_fn", "compile_time"]
+           "time_fn", "compile_time", "build_train_step", "bench_train_step", "bench_decode",
+           "top_device_ops"]
 
 
 def matmul_params(config) -> int:
@@ -95,9 +96,10 @@ def _versions() -> dict:
     return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
 
 
-def bench_train_step(config, *, steps: int = 10, warmup: int = 2) -> dict:
-    """Compile and time the library's real train step (``training.make_train_step``) on
-    random tokens of the configured batch and context."""
+def build_train_step(config) -> dict:
+    """Compile the library's real train step (``training.make_train_step``) on random tokens
+    of the configured batch and context. Returns ``{"compiled", "params", "opt_state",
+    "batch", "compile_s", "kernels"}`` (``compiled.as_text()`` is the optimized HLO)."""
     import numpy as np
 
     from . import training
@@ -112,22 +114,75 @@ def bench_train_step(config, *, steps: int = 10, warmup: int = 2) -> dict:
     batch = rng.integers(0, mc.vocab_size, (tc.batch_size, mc.max_len + 1), dtype=np.int32)
     batch = jnp.asarray(training.micro_batches(batch, tc.grad_accum))
     compile_s, compiled = compile_time(step_fn, params, opt_state, batch, jnp.int32(0))
-    for i in range(warmup):
-        params, opt_state, metrics = compiled(params, opt_state, batch, jnp.int32(i))
-    jax.block_until_ready(metrics["loss"])
+    return {"compiled": compiled, "params": params, "opt_state": opt_state, "batch": batch,
+            "compile_s": compile_s, "kernels": kernels.name}
+
+
+def run_train_steps(built: dict, steps: int, start: int = 0) -> float:
+    """Run ``steps`` steps of a :func:`build_train_step` result (its params and optimizer
+    state advance); seconds from the first dispatch to the last loss being ready."""
+    compiled, params, opt_state, batch = (built[k] for k in ("compiled", "params", "opt_state", "batch"))
     t0 = time.perf_counter()
     for i in range(steps):
-        params, opt_state, metrics = compiled(params, opt_state, batch, jnp.int32(warmup + i))
+        params, opt_state, metrics = compiled(params, opt_state, batch, jnp.int32(start + i))
     jax.block_until_ready(metrics["loss"])
-    step_s = (time.perf_counter() - t0) / steps
+    built["params"], built["opt_state"] = params, opt_state
+    return time.perf_counter() - t0
+
+
+def bench_train_step(config, *, steps: int = 10, warmup: int = 2, built: Optional[dict] = None) -> dict:
+    """Compile (or take ``built``, from :func:`build_train_step`) and time the train step."""
+    from .training import compute_config
+
+    tc, mc = config.train, config.model
+    built = built or build_train_step(config)
+    run_train_steps(built, warmup)
+    step_s = run_train_steps(built, steps, start=warmup) / steps
     tokens = tc.batch_size * mc.max_len
-    return {"compile_s": compile_s, "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s,
-            "kernels": kernels.name,
-            "model_flops_per_step": flops_per_token(training.compute_config(config), mc.max_len) * tokens}
+    return {"compile_s": built["compile_s"], "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s,
+            "kernels": built["kernels"],
+            "model_flops_per_step": flops_per_token(compute_config(config), mc.max_len) * tokens}
 
 
-def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 64) -> float:
-    """Greedy KV-cache decoding speed (new tokens per second, all rows counted)."""
+def top_device_ops(fn: Callable, *, top: int = 10) -> dict:
+    """Profile one call of ``fn()`` (which must block until its work is done):
+    ``{"wall_ms", "device_ms", "events", "top": [{"name", "ms", "count", "share"}]}``, the
+    ``top`` operations by total device time from the accelerator's "XLA Ops" timeline (its
+    streams, or the host's threads on a CPU). ``device_ms / wall_ms`` under 1 means the
+    device waited (on the host, on launches or on synchronisation)."""
+    import collections
+    import glob
+    import tempfile
+
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp):
+            t0 = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - t0
+        files = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
+        data = ProfileData.from_file(files[0]) if files else None
+    totals, counts = collections.Counter(), collections.Counter()
+    all_planes = list(data.planes) if data else []
+    planes = [p for p in all_planes if p.name.startswith("/device:")]
+    for plane in planes or [p for p in all_planes if p.name == "/host:CPU"]:
+        lines = list(plane.lines)
+        lines = ([ln for ln in lines if ln.name == "XLA Ops"] or [ln for ln in lines if ln.name.startswith("Stream")]
+                 or [ln for ln in lines if ln.name not in ("python", "XLA Modules", "Steps")])
+        for line in lines:
+            for event in line.events:
+                totals[event.name] += event.duration_ns
+                counts[event.name] += 1
+    whole = sum(totals.values())
+    return {"wall_ms": wall * 1e3, "device_ms": whole / 1e6, "events": sum(counts.values()),
+            "top": [{"name": name, "ms": ns / 1e6, "count": counts[name], "share": ns / max(whole, 1)}
+                    for name, ns in totals.most_common(top)]}
+
+
+def decode_runner(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 64) -> tuple[Callable, int]:
+    """A compiled, warmed-up greedy KV-cache decode of ``new_tokens`` for ``batch`` random
+    prompts: ``(run, new_tokens)``; ``run()`` blocks until the tokens are ready."""
     import numpy as np
     from flax import nnx
 
@@ -138,11 +193,21 @@ def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: in
     new_tokens = max(1, min(new_tokens, mc.max_len - prompt_len))
     model = GPT(mc, rngs=nnx.Rngs(0))
     prompts = np.random.default_rng(0).integers(0, mc.vocab_size, (batch, prompt_len))
-    run = lambda: generate(model, prompts, max_new_tokens=new_tokens, temperature=0.0)  # noqa: E731
+
+    def run():
+        out = generate(model, prompts, max_new_tokens=new_tokens, temperature=0.0)
+        jax.block_until_ready(out.tokens)
+        return out
+
     run()  # compile
+    return run, new_tokens
+
+
+def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 64) -> float:
+    """Greedy KV-cache decoding speed (new tokens per second, all rows counted)."""
+    run, new_tokens = decode_runner(config, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens)
     t0 = time.perf_counter()
-    out = run()
-    jax.block_until_ready(out.tokens)
+    run()
     return batch * new_tokens / (time.perf_counter() - t0)
 
 

@@ -236,6 +236,31 @@ def test_unembed_cross_entropy_bfloat16_close_to_float32():
     assert abs(float(losses["bfloat16"] - losses["float32"])) < BF16_VS_F32_LOSS_REL * float(losses["float32"])
 
 
+@pytest.mark.parametrize("kw", [{}, {"tie_embeddings": False}, {"final_softcap": 3.0}])
+def test_cudnn_head_and_loss_equals_textbook(kw):
+    """The cuDNN set's head + loss (vocabulary padded to 128, logit gradient rounded to the
+    compute dtype): float64 value and gradients == the textbook's; in bfloat16 the value is
+    the textbook's (float32 logits either way) and the gradients agree to bfloat16 rounding."""
+    cfg = small_config(**kw)
+    rng = np.random.default_rng(11)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (3, cfg.max_len + 1)))
+    mask = jnp.asarray(rng.random((3, cfg.max_len)) > 0.3)
+
+    def both(c, params):
+        x = F.decoder_hidden(params, tokens[:, :-1], c)[0]
+        book = lambda p, x: F.unembed_cross_entropy(p, x, tokens[:, 1:], c, mask)  # noqa: E731
+        fast = lambda p, x: cudnn.unembed_cross_entropy(p, x, tokens[:, 1:], c, mask)  # noqa: E731
+        return [jax.value_and_grad(f, (0, 1))(params, x) for f in (book, fast)]
+
+    with jax.enable_x64(True):
+        (l_b, g_b), (l_f, g_f) = both(as_f64(cfg), f64_params(cfg))
+        assert abs(float(l_b - l_f)) < 1e-13 and tree_rel_err(g_f, g_b) < 1e-12
+    c16 = dataclasses.replace(cfg, dtype="bfloat16")
+    (l_b, g_b), (l_f, g_f) = both(c16, f64_params(cfg, dtype=jnp.float32))
+    assert l_f.dtype == jnp.float32 and abs(float(l_b - l_f)) < 1e-5 * float(l_b)
+    assert tree_rel_err(g_f, g_b) < 2e-2
+
+
 def test_grad_fence_is_identity_and_keeps_nan():
     x = jnp.arange(12.0).reshape(3, 4)
     assert np.array_equal(np.asarray(cpu.residual(x)), np.asarray(x))
@@ -389,6 +414,37 @@ def test_cudnn_kernel_xla_path_equals_textbook(G, R, which):
     assert tree_rel_err(g_f, g_b) < 1e-4
 
 
+ON_CUDA = Kn.platform_of() == "cuda"
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="cuDNN fused attention runs on NVIDIA GPUs only")
+@pytest.mark.parametrize("G,R", [(4, 1), (2, 2)])
+def test_cudnn_fused_attention_is_taken_and_equals_textbook_on_gpu(G, R):
+    """On an NVIDIA GPU the bfloat16 causal call goes to cuDNN's fused kernel (the compiled
+    HLO names it, forward and backward) and its values and gradients equal the textbook's
+    float32 softmax attention of the same bfloat16 inputs to bfloat16 accuracy."""
+    rng = np.random.default_rng(G + 10 * R)
+    B, T, K = 2, 256, 64
+    q, k, v = (jnp.asarray(a, jnp.bfloat16) for a in attn_inputs(rng, B=B, G=G, R=R, T=T, S=T, K=K))
+    c = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+    mask = F.causal_mask(T)[None, None, None]
+    scale = 1 / np.sqrt(K)
+
+    def fused(q, k, v):
+        return cudnn.attention(q, k, v, mask, scale, True).astype(jnp.float32)
+
+    def book(q, k, v):
+        q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
+        return F.scaled_dot_product_attention(q, k[:, :, None], v[:, :, None], mask=mask, scale=scale)[0]
+
+    grad = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * c), (0, 1, 2)))  # noqa: E731
+    hlo = grad(fused).lower(q, k, v).compile().as_text()
+    assert hlo.count("__cudnn$fmha") >= 2, "cuDNN's fused attention (forward and backward) not in the HLO"
+    assert rel_err(fused(q, k, v), book(q, k, v)) < 2e-2
+    for g_f, g_b in zip(grad(fused)(q, k, v), grad(book)(q, k, v)):
+        assert rel_err(g_f.astype(jnp.float32), g_b.astype(jnp.float32)) < 5e-2
+
+
 def test_cudnn_supported_only_for_half_precision_causal_and_head_width():
     assert cudnn.cudnn_supported(jnp.bfloat16, 64, True)
     assert cudnn.cudnn_supported(jnp.float16, 128, True)
@@ -409,12 +465,12 @@ def test_kernels_resolved_by_platform_not_default_backend():
         Kn.resolve("cudnn", "cpu")
     cpu_dev = jax.devices("cpu")[0]
     assert Kn.platform_of(cpu_dev) == "cpu"
-    assert Kn.platform_of(jnp.ones(3)) == "cpu"
+    assert Kn.platform_of(jax.device_put(jnp.ones(3), cpu_dev)) == "cpu"
     assert Kn.platform_of({"a": jax.device_put(jnp.ones(2), cpu_dev)}) == "cpu"
     with jax.default_device(cpu_dev):
         assert Kn.platform_of() == "cpu"
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-    assert Kn.platform_of(mesh) == jax.devices()[0].platform
+    assert Kn.platform_of(mesh) == Kn.platform_of(jax.devices()[0])
 
 
 def test_old_attention_key_names_its_replacement():
