@@ -34,9 +34,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:           # run from a fresh clone without installing
     sys.path.insert(0, str(ROOT))
 
-# This process shares the accelerator with the test subprocesses: take memory as needed.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
 TARGET_MFU = 0.45
 
 #: Published dense bfloat16 matmul peaks (FLOP/s) by ``device_kind`` substring, most specific
@@ -350,6 +347,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tests-last", action="store_true", help="measure first, then run the tests")
     ap.add_argument("--skip-tests", action="store_true", help="measure only")
     args = ap.parse_args(argv)
+    # This process shares the accelerator with the test subprocesses: take memory as needed.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     SETTINGS[:] = args.settings
     t0 = time.perf_counter()
     info = device_info()

@@ -25,7 +25,7 @@
 # %%
 import numpy as np
 
-from common import Report, parse
+from lab_common import Report, parse
 
 args = parse("01_attention_by_hand", "Lab 1: attention by hand, checked against the library.")
 

@@ -27,7 +27,7 @@
 # %%
 import numpy as np
 
-from common import Report, parse
+from lab_common import Report, parse
 
 args = parse("02_positional_encoding", "Lab 2: the sinusoidal positional encoding and what it does to attention.")
 

@@ -30,7 +30,7 @@ import dataclasses
 
 import numpy as np
 
-from common import Report, parse
+from lab_common import Report, parse
 
 args = parse("03_block_and_stack", "Lab 3: one decoder block with each norm placement, then a 6-layer stack.")
 

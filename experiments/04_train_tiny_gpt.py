@@ -27,7 +27,7 @@
 # %%
 import math
 
-from common import Report, corpus, fresh, parse, prompt_for, tiny_config
+from lab_common import Report, corpus, fresh, parse, prompt_for, tiny_config
 
 
 def extra(ap):

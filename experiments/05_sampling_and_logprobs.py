@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from common import Report, add_run_args, parse, prompt_for, trained_model
+from lab_common import Report, add_run_args, parse, prompt_for, trained_model
 
 args = parse("05_sampling_and_logprobs", "Lab 5: temperature, top-k and top-p on a trained model; "
              "token log-probabilities.", extra=add_run_args)

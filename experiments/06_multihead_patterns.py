@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from common import Report, parse
+from lab_common import Report, parse
 
 NAME = "06_multihead_patterns"
 

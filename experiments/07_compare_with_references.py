@@ -30,7 +30,7 @@ import tempfile
 
 import numpy as np
 
-from common import Report, parse
+from lab_common import Report, parse
 
 args = parse("07_compare_with_references", "Lab 7: the library against Flax, PyTorch and Hugging Face GPT-2.")
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 SHAKESPEARE = pathlib.Path(os.environ.get("JAXFORMER_SHAKESPEARE") or
                            pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt")
 
-#: The matmul precision every test runs at (see tests/tolerances.py): float32 matmuls really in
+#: The matmul precision every test runs at (see tests/jaxformer_testing/tolerances.py): float32 matmuls really in
 #: float32 on GPUs (no TF32) and TPUs (no bf16 passes), so the float32-vs-float64 parity tests
 #: hold on every backend. Set for the whole session, module- and session-scoped fixtures
 #: included, and exported so that subprocesses a test starts (CLI runs, the 8-device check)

@@ -1,6 +1,6 @@
 """The architecture knobs of modern open models (Llama 3, Mistral, Qwen2/3, Gemma 1/2,
 GPT-NeoX), each checked in float64 against the independent NumPy reference
-(``tests/reference.py``), through the functional core, the NNX modules, the KV cache and
+(``tests/jaxformer_testing/reference.py``), through the functional core, the NNX modules, the KV cache and
 the gradient."""
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
 from jaxformer.errors import ConfigError
 
-import reference as R
+from jaxformer_testing import reference as R
 
 BASE = dict(vocab_size=37, d_model=24, n_head=4, n_layer=3, d_ff=40, max_len=32, dtype="float32",
             param_dtype="float32", dropout=0.0)

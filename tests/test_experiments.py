@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
 SCRIPTS = sorted(EXPERIMENTS.glob("0*.py"))
 ARGS_ENV = "JAXFORMER_EXPERIMENT_ARGS"
 
@@ -23,6 +22,7 @@ def run(name, tmp_path, monkeypatch, *extra, small=True):
     out = tmp_path / name
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *(["--small"] if small else []), "--out", str(out), *extra])
     monkeypatch.delenv(ARGS_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))   # as `python <script>` would, for this test only
     namespace = runpy.run_path(str(EXPERIMENTS / f"{name}.py"), run_name="__main__")
     pngs = sorted(out.glob("*.png"))
     assert pngs and all(p.stat().st_size > 2000 for p in pngs)

@@ -1,4 +1,4 @@
-"""Each functional piece against the independent float64 NumPy references in reference.py."""
+"""Each functional piece against the independent float64 NumPy references in jaxformer_testing/reference.py."""
 import dataclasses
 
 import jax
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import reference as ref
+from jaxformer_testing import reference as ref
 from conftest import randomize
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
-from tolerances import F32_VS_F64
+from jaxformer_testing.tolerances import F32_VS_F64
 
 RTOL = F32_VS_F64["rtol"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import reference as ref
+from jaxformer_testing import reference as ref
 from conftest import randomize
 from jaxformer import GPT, ModelConfig, attention_maps, capture
 from jaxformer import functional as F

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import reference as ref
+from jaxformer_testing import reference as ref
 from conftest import randomize
 from jaxformer import ModelConfig
 from jaxformer import functional as F
@@ -21,7 +21,7 @@ from jaxformer.errors import ConfigError
 from jaxformer.kernels import cpu, cudnn
 from jaxformer.kernels.cpu import CPU
 from jaxformer.modules import GPT
-from tolerances import BF16_VS_F32_LOSS_REL
+from jaxformer_testing.tolerances import BF16_VS_F32_LOSS_REL
 
 
 def rel_err(a, b):

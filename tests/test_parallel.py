@@ -14,8 +14,8 @@ from jaxformer import ConfigError
 from jaxformer.config import MeshConfig
 from jaxformer.parallel import mesh_shape
 
-CHECK = pathlib.Path(__file__).parent / "helpers" / "parallel_check.py"
-MULTIPROCESS = pathlib.Path(__file__).parent / "helpers" / "multiprocess_check.py"
+CHECK = pathlib.Path(__file__).parent / "jaxformer_testing" / "parallel_check.py"
+MULTIPROCESS = pathlib.Path(__file__).parent / "jaxformer_testing" / "multiprocess_check.py"
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,7 @@ def test_two_processes_train_like_one_device(tmp_path):
     assert r[0]["rows"] == [0, 1, 4, 5] and r[1]["rows"] == [2, 3, 6, 7]   # half of each micro-batch
     assert r[0]["local_shape"] == [2, 2, 17] and r[0]["wq_spec"] == "P(None, 'fsdp', None, None)"
 
-    sys.path.insert(0, str(MULTIPROCESS.parent))
-    import multiprocess_check as mc
+    from jaxformer_testing import multiprocess_check as mc
 
     from jaxformer import load_config, training
     from jaxformer.data import get_batch

@@ -17,7 +17,7 @@ from jaxformer.errors import CheckpointError, DataError, RunExistsError
 from jaxformer.training import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,
                                 loss_fn, lr_schedule, make_optimizer, make_train_step,
                                 micro_batches, train, weight_decay_mask)
-from tolerances import BF16_VS_F32_CURVE_MEAN, BF16_VS_F32_CURVE_STEP
+from jaxformer_testing.tolerances import BF16_VS_F32_CURVE_MEAN, BF16_VS_F32_CURVE_STEP
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",
         "model.bias=true", "data.tokenizer=char", "train.batch_size=8", "train.lr=3e-3",

@@ -5,7 +5,7 @@ CPU kernels (hand-written backward passes) or whichever sets are named, on the s
 config, parameters and batch. Each round times every set once; the best round of each is
 reported with its ratio to the first set, so drift on a shared machine hits all alike.
 
-    python benchmarks/kernels.py [--config configs/shakespeare_char_cpu.yaml] [--set key=value ...]
+    python benchmarks/kernel_sets.py [--config configs/shakespeare_char_cpu.yaml] [--set key=value ...]
         [--kernels textbook cpu] [--rounds 3] [--steps 20] [--json FILE]
 """
 import argparse

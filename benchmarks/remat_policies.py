@@ -1,7 +1,7 @@
 """Rematerialisation policies: memory the compiled train step needs (XLA's own memory
 analysis: temporaries + arguments) and step time, for remat none / dots / full.
 
-    python benchmarks/remat.py [--config configs/default.yaml] [--set key=value ...] [--steps 5]
+    python benchmarks/remat_policies.py [--config configs/default.yaml] [--set key=value ...] [--steps 5]
 """
 import argparse
 import time

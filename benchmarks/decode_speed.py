@@ -8,8 +8,8 @@ floor: the time to read the model's weights once (a float32 matrix-vector produc
 matrix as large as all the parameters, in NumPy and in XLA, the faster taken), which bounds
 batch-1 decoding from above at ``bandwidth / parameter bytes`` tokens/s.
 
-    python benchmarks/decode.py                 # full run (about 3 minutes on 2 cores)
-    python benchmarks/decode.py --batches 1 --new 50 --repeats 1   # quick look
+    python benchmarks/decode_speed.py                 # full run (about 3 minutes on 2 cores)
+    python benchmarks/decode_speed.py --batches 1 --new 50 --repeats 1   # quick look
 """
 from __future__ import annotations
 
