@@ -16,6 +16,8 @@ if str(ROOT) not in sys.path:           # run from a fresh clone without install
     sys.path.insert(0, str(ROOT))
 
 
+from jaxformer import compile_cache  # noqa: E402  (after the path above)
+
 ARGS_ENV = "JAXFORMER_EXPERIMENT_ARGS"
 
 
@@ -42,6 +44,8 @@ def parse(name: str, description: str, argv=None,
     ap = argparse.ArgumentParser(prog=f"{name}.py", description=description)
     ap.add_argument("--out", default=os.path.join("outputs", name), help="output folder (default %(default)s)")
     ap.add_argument("--small", action="store_true", help="tiny sizes: a smoke test in seconds")
+    ap.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent "
+                    "compilation cache (as JAXFORMER_CACHE_DIR=off; see jaxformer.compile_cache)")
     if extra:
         extra(ap)
     if argv is None:
@@ -49,6 +53,8 @@ def parse(name: str, description: str, argv=None,
     args = ap.parse_args(shlex.split(os.environ.get(ARGS_ENV, "")) + list(argv))
     args.out = pathlib.Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.no_compile_cache:
+        compile_cache.enable()
     return args
 
 
