@@ -113,5 +113,6 @@ report(f"run folder: {res.run_dir}")
 
 # %%
 report.save()
-result = {"val_loss": vals[-1][1], "run_dir": str(res.run_dir)}
+result = {"val_loss": vals[-1][1], "step0_val_loss": vals[0][1] if vals[0][0] == 0 else None,
+          "run_dir": str(res.run_dir)}
 result

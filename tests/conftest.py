@@ -2,9 +2,30 @@ import os
 import pathlib
 import sys
 
-import jax
-import numpy as np
-import pytest
+#: One persistent XLA compilation cache for the whole test run: every pytest worker and every
+#: subprocess a test starts (CLI runs, scripts) reuse the programs another one compiled.
+#: ``$JAXFORMER_TEST_CACHE_DIR`` (``.ci/run`` points it at a fresh folder, so CI measures a
+#: cold start), else ``~/.cache/jaxformer/xla-tests``; ``off`` compiles everything afresh.
+#: Set before JAX is imported, through JAX's own environment variables, which subprocesses inherit.
+TEST_CACHE = os.environ.get("JAXFORMER_TEST_CACHE_DIR") or str(
+    pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "jaxformer" / "xla-tests")
+if TEST_CACHE.lower() == "off":
+    os.environ["JAXFORMER_CACHE_DIR"] = "off"     # nor the CLI's own cache in subprocesses
+else:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", TEST_CACHE)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+#: XLA:CPU's LLVM backend without its optimisation passes: a third less compile time for the
+#: suite's thousands of tiny programs, which run no slower to matter. Values stay within every
+#: tolerance (bit-identity tests compare two runs under the same flags). ``JAXFORMER_TEST_XLA_OPT=1``
+#: keeps the default pipeline.
+if os.environ.get("JAXFORMER_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 

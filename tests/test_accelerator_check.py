@@ -36,7 +36,7 @@ def test_published_peaks_by_device_kind():
 def test_smoke_run_writes_the_report(tmp_path):
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--smoke",
-                           "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           "--kernels", "auto", "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     script = load_script()

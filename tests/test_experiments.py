@@ -56,7 +56,9 @@ def test_03_block_and_stack(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_04_train_tiny_gpt(tmp_path, monkeypatch):
     result, out = run("04_train_tiny_gpt", tmp_path, monkeypatch, "--steps", "20")
-    assert result["val_loss"] < 5.6 and (out / "run" / "metrics.jsonl").is_file()
+    # Trained for 20 steps, it beats its own untrained self (ln 256 = 5.55 nats/byte) by far.
+    assert result["step0_val_loss"] > 5.0 and result["val_loss"] < result["step0_val_loss"] - 1.0
+    assert (out / "run" / "metrics.jsonl").is_file()
 
 
 @pytest.mark.slow

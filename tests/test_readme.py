@@ -61,3 +61,15 @@ def test_readme_shell_examples_use_run_folders_made_earlier():
                 made.add(flags["--out"].rstrip("/"))
     assert not problems, "\n".join(problems)
     assert made, "no README command writes a run folder"
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run installs and tests exactly as the README's test command says (CI may only add
+    --durations), with the pinned constraints."""
+    (block,) = [code for _, code in fenced_blocks("bash") if "pytest" in code and "venv" in code]
+    readme_cmd = block.strip().split(". .venv/bin/activate && ", 1)[1]
+    assert "-c constraints-test.txt" in readme_cmd
+    ci = (README.parent / ".ci" / "run").read_text()
+    ci_cmd = next(ln for ln in ci.splitlines() if "pytest" in ln and not ln.startswith("#"))
+    assert re.sub(r" --durations=\d+", "", ci_cmd).strip() == readme_cmd
+    assert (README.parent / "constraints-test.txt").is_file()
