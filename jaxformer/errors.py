@@ -21,6 +21,23 @@ class GenerationError(JaxformerError, ValueError):
     """Bad generation input: prompt length, token ids or sampling parameters."""
 
 
+class MissingExtraError(JaxformerError, ImportError):
+    """An optional dependency is not installed. The message names the extra to install
+    (``pip install -e ".[hf]"``)."""
+
+
+def require_extra(extra: str, *modules: str, what: str) -> None:
+    """Import ``modules``; if one is missing, raise :class:`MissingExtraError` saying that
+    ``what`` needs the ``extra`` extra."""
+    import importlib
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingExtraError(f"{what} needs {name}, which is not installed: "
+                                    f'pip install -e ".[{extra}]" (or pip install "jaxformer[{extra}]")') from None
+
+
 class RunExistsError(CheckpointError):
     """A new run was asked for in a folder that already holds a run with checkpoints
     (``resume=False``). ``run_dir`` is that folder; the CLI names its own flags for it."""

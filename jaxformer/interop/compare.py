@@ -19,13 +19,14 @@ import time
 
 import numpy as np
 
-from ..errors import JaxformerError
+from ..errors import JaxformerError, require_extra
 from .hf_files import load_hf, resolve_hf_path
 
 
 def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, prompt=None,
             seed: int = 0, out=print) -> dict:
     """Run the comparison on a local Hugging Face folder; returns the figures it prints."""
+    require_extra("hf", "torch", "transformers", what="python -m jaxformer.interop.compare")
     import jax
     import jax.numpy as jnp
     import torch
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
     if (args.path is None) == (not args.random_124m):
         p.error("give PATH_OR_NAME or --random-124m")
     try:
+        require_extra("hf", "torch", "transformers", what="python -m jaxformer.interop.compare")
         if args.random_124m:
             import torch
             import transformers

@@ -68,7 +68,8 @@ def resolve_hf_path(path_or_name: str | os.PathLike, cache_dir=None,
     if snap is None or not (snap / "config.json").is_file():
         raise CheckpointError(
             f"{str(path_or_name)!r} is neither a folder nor a model in the local Hugging Face cache "
-            "(set HF_HUB_CACHE or pass the folder; nothing is downloaded)")
+            "(set HF_HUB_CACHE or pass the folder; nothing is downloaded: on a machine with internet run "
+            f"`huggingface-cli download {path_or_name}` and copy ~/.cache/huggingface here, or pass that folder)")
     return snap
 
 

@@ -154,7 +154,7 @@ def _torch_source(path: pathlib.Path) -> TensorSource:
     try:
         import torch
     except ImportError:
-        raise CheckpointError(f"{str(path)!r} needs PyTorch to read (pip install 'jaxformer[hf]'), "
+        raise CheckpointError(f"{str(path)!r} needs PyTorch to read (pip install -e \".[hf]\"), "
                               "or convert it to model.safetensors") from None
     try:
         try:   # mapped: tensors are read when converted, one at a time
