@@ -6,7 +6,7 @@ bfloat16 compute (float32 master weights, float32 softmax / logits / loss), step
 
 Reports the largest gap between the two loss curves (raw, and smoothed over a 25-step
 window, which is what one reads off a plot) and the gap of the last 50 steps' mean.
-The README's tolerance comes from this script; tests/test_training.py checks a short
+The tolerance in docs/training.md (mixed precision) comes from this script; tests/test_training.py checks a short
 run of the toy model against a looser bound.
 """
 import argparse

@@ -48,7 +48,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and architecture of a decoder-only transformer (see DESIGN.md's knob table)."""
+    """Shape and architecture of a decoder-only transformer (the knobs are described in docs/architecture.md)."""
 
     vocab_size: int = 256
     d_model: int = 128
