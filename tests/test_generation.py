@@ -305,7 +305,7 @@ def test_cli_score_and_errors(run_dir, capsys):
 
 
 def test_cli_sample_writes_past_the_context(run_dir, capsys):
-    """A max_len=64 run writes 300 tokens after a 60-token prompt (the README's use)."""
+    """A max_len=64 run writes 300 tokens after a 60-token prompt (docs/generation.md's use)."""
     import json
 
     from jaxformer.checkpoint import load_run

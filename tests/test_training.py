@@ -101,7 +101,7 @@ def test_bf16_compute_keeps_float32_params():
 
 def test_bf16_loss_curve_matches_float32():
     """Mixed precision (bf16 compute, float32 master weights and loss): a 60-step run on
-    real text tracks the float32 run from the same weights and batches. Tolerance (README):
+    real text tracks the float32 run from the same weights and batches. Tolerance (docs/training.md):
     every step within 0.03 nats, the 10-step means within 0.01; measured on the toy model
     0.010 / 0.004, on the Tiny Shakespeare recipe (500 steps) 0.007 / 0.001."""
     from jaxformer.training import loss_curve

@@ -27,7 +27,7 @@ F64_VS_F64 = dict(rtol=1e-10, atol=1e-12)
 #: agrees to about 1% of its value.
 BF16_VS_F32_LOSS_REL = 0.02
 
-#: bf16 mixed precision (float32 master weights) vs float32, a whole training curve (README:
+#: bf16 mixed precision (float32 master weights) vs float32, a whole training curve (docs/training.md:
 #: "every step within 0.03 nats, the 10-step means within 0.01").
 BF16_VS_F32_CURVE_STEP = 0.03
 BF16_VS_F32_CURVE_MEAN = 0.01
