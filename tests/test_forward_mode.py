@@ -147,6 +147,7 @@ def test_inference_entry_points_support_forward_mode_in_every_kernels_mode(kerne
             close(tangent, central(f, params, d))
 
 
+@pytest.mark.slow
 def test_every_kernels_mode_trains_the_toy_config_to_the_same_loss_curve():
     """``model.kernels=textbook``, ``cpu`` and ``auto``: the same 50-step loss curve of the
     toy config as shipped (float32, batch 16, its pydoc corpus, byte tokens) to 1e-4, so the
