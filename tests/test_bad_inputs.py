@@ -8,23 +8,16 @@ import pytest
 from flax import nnx
 
 from jaxformer import GPT, ConfigError, ModelConfig, load_config
-from jaxformer.checkpoint import load_run, save_checkpoint, save_run_folder
+from jaxformer.checkpoint import load_run, save_run_folder
+from jaxformer_testing.runs import TINY, tiny_run
 from jaxformer.cli import main
 from jaxformer.data import ByteTokenizer, CharTokenizer, load_corpus, load_tokenizer
 from jaxformer.errors import CheckpointError, DataError, GenerationError
 from jaxformer.generation import generate
 
-TINY = ["model.vocab_size=256", "model.d_model=16", "model.n_head=2", "model.n_layer=1",
-        "model.d_ff=32", "model.max_len=16", "data.tokenizer=byte"]
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, TINY)
-    save_run_folder(d, cfg, ByteTokenizer())
-    save_checkpoint(d, 1, GPT(cfg.model, rngs=nnx.Rngs(0)).params())
-    return d
+    return tiny_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

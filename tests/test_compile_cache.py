@@ -12,12 +12,10 @@ import sys
 import jax
 import matplotlib
 import pytest
-from flax import nnx
 
-from jaxformer import GPT, compile_cache, load_config
-from jaxformer.checkpoint import save_checkpoint, save_run_folder
+from jaxformer import compile_cache
+from jaxformer_testing.runs import tiny_run
 from jaxformer.cli import build_parser
-from jaxformer.data import ByteTokenizer
 
 FLAGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
          "jax_persistent_cache_min_entry_size_bytes")
@@ -93,17 +91,9 @@ def test_the_option_goes_before_or_after_the_command():
 
 
 # ----------------------------------------------------------------------------- end to end
-TINY = ["model.vocab_size=256", "model.d_model=16", "model.n_head=2", "model.n_layer=1",
-        "model.d_ff=32", "model.max_len=16", "data.tokenizer=byte"]
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, TINY)
-    save_run_folder(d, cfg, ByteTokenizer())
-    save_checkpoint(d, 1, GPT(cfg.model, rngs=nnx.Rngs(0)).params())
-    return d
+    return tiny_run(tmp_path_factory.mktemp("run"))
 
 
 def _sample(run_dir, home, cache, warning=None):
