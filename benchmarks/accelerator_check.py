@@ -219,7 +219,6 @@ def measure_train(config, steps: int, warmup: int, peaks: tuple, flops_per_step=
     add_mfu(out, *peaks)
     if profile is not None and profile(out):
         out["profile"] = {"steps": 3, **bench.top_device_ops(lambda: bench.run_train_steps(built, 3, start=20_000))}
-    del built
     return out
 
 
@@ -229,6 +228,16 @@ def add_mfu(train: dict, measured_peak: float, kind_peak) -> dict:
                  mfu_measured_peak=achieved / measured_peak,
                  mfu_published_peak=achieved / kind_peak if kind_peak else None)
     return train
+
+
+def print_ops(ops, n: int = 10) -> None:
+    for op in ops[:n]:
+        print(f"    {op['share']:6.1%} {op['ms']:9.2f} ms  x{op['count']:<5d} {op['name'][:100]}", flush=True)
+
+
+def step_counts(args) -> tuple[int, int]:
+    """(timed steps, warm-up steps) of every train measurement."""
+    return args.steps or (3 if args.smoke else 20), 1 if args.smoke else 2
 
 
 def describe(name: str, t: dict, kind_peak) -> str:
@@ -245,8 +254,7 @@ def measure(args, report: dict, save) -> None:
     from jaxformer import bench
 
     smoke = args.smoke
-    steps = args.steps or (3 if smoke else 20)
-    warmup = 1 if smoke else 2
+    steps, warmup = step_counts(args)
     kind_peak = published_peak(report["device"]["device_kind"])
     measured_peak = bench.measure_peak_flops("bfloat16", n=512 if smoke else None, iters=3 if smoke else 10)
     report["measured_bf16_peak_flops"] = measured_peak
@@ -271,8 +279,7 @@ def measure(args, report: dict, save) -> None:
             pr = t["profile"]
             print(f"    profile of 3 steps: {pr['device_ms']:.1f} ms of device ops in {pr['wall_ms']:.1f} ms, "
                   f"{pr['events']} ops; top ten:", flush=True)
-        for op in t.get("profile", {}).get("top", ()):
-            print(f"    {op['share']:6.1%} {op['ms']:9.2f} ms  x{op['count']:<5d} {op['name'][:100]}", flush=True)
+            print_ops(pr["top"])
         save()
     train = report["train"]
     decode = report.setdefault("decode", {})
@@ -288,8 +295,7 @@ def measure(args, report: dict, save) -> None:
             pr = decode["batch_1_profile"] = {"new_tokens": n, **bench.top_device_ops(run)}
             print(f"    profile: {pr['device_ms']:.1f} ms of device ops in {pr['wall_ms']:.1f} ms, "
                   f"{pr['events'] / n:.0f} ops per token; top five:", flush=True)
-            for op in pr["top"][:5]:
-                print(f"    {op['share']:6.1%} {op['ms']:9.2f} ms  x{op['count']:<5d} {op['name'][:100]}", flush=True)
+            print_ops(pr["top"], 5)
         save()
     if bandwidth:
         # Batch-1 decode reads every weight once per token: bytes as stored (param_dtype).
@@ -313,8 +319,7 @@ def measure_variants(args, report: dict, save) -> None:
         name, _, overrides = spec.partition("=")
         config = bench_config(args.smoke, args.batch, args.kernels[0], [o for o in overrides.split(",") if o])
         try:
-            t = measure_train(config, args.steps or (3 if args.smoke else 20), 1 if args.smoke else 2,
-                              (report["measured_bf16_peak_flops"], kind_peak),
+            t = measure_train(config, *step_counts(args), (report["measured_bf16_peak_flops"], kind_peak),
                               flops_per_step=base["model_flops_per_step"])
         except Exception as e:  # one variant failing must not lose the report
             out[name] = {"overrides": overrides, "error": f"{type(e).__name__}: {str(e)[:500]}"}
