@@ -199,7 +199,7 @@ def measure_train(config, steps: int, warmup: int, peaks: tuple, flops_per_step=
     import jax
     import jax.numpy as jnp
 
-    from jaxformer import bench
+    from jaxformer.training import bench
 
     mc = config.model
     built = bench.build_train_step(config)
@@ -251,7 +251,7 @@ def describe(name: str, t: dict, kind_peak) -> str:
 
 def measure(args, report: dict, save) -> None:
     """The measurements, each written into ``report`` (and saved) as soon as it is taken."""
-    from jaxformer import bench
+    from jaxformer.training import bench
 
     smoke = args.smoke
     steps, warmup = step_counts(args)

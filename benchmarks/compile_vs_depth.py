@@ -11,7 +11,8 @@ import time
 
 import jax
 
-from jaxformer import load_config, training
+from jaxformer import load_config
+from jaxformer.training import steps as training
 
 
 def compile_seconds(overrides):

@@ -58,7 +58,7 @@ def build_hf(shape: dict, folder: str, seed: int = 0):
 
 def load_jaxformer(folder: str):
     """``(Generator, ModelConfig)`` of the saved folder, through ``jaxformer.interop.load_hf``."""
-    from jaxformer.generation import Generator
+    from jaxformer.infer.generation import Generator
     from jaxformer.interop import load_hf
 
     model, config, _ = load_hf(folder, dtype="float32")
@@ -77,7 +77,7 @@ def logits_gap(hf_model, jx_model, prompt_T) -> tuple:
 
 
 def jax_run(gen, prompts_BT, new: int):
-    from jaxformer.generation import generate
+    from jaxformer.infer.generation import generate
     out = generate(gen, prompts_BT, max_new_tokens=new, temperature=0)
     return np.asarray(out.tokens)
 

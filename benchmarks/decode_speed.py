@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxformer import GPT, ModelConfig
-from jaxformer.generation import generate
+from jaxformer.infer.generation import generate
 
 
 def best_time(fn, repeats: int) -> float:

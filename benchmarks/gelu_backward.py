@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer import load_config, training
-from jaxformer.kernels.cpu import CPU
+from jaxformer import load_config
+from jaxformer.training import steps as training
+from jaxformer.model.kernels.cpu import CPU
 
 
 def main():

@@ -1,7 +1,7 @@
 """The matrix products of one train step, timed one by one in JAX and in PyTorch.
 
 A train step of the decoder is mostly matrix products. This script lists every product
-the step runs (shapes and operand layouts as the CPU kernel set ``jaxformer.kernels.cpu`` issues them: the
+the step runs (shapes and operand layouts as the CPU kernel set ``jaxformer.model.kernels.cpu`` issues them: the
 projections' forward, input-gradient and weight-gradient products, the attention core's
 five batched products plus its forward two, and the tied head's three), times each one
 on its own in JAX (one jitted ``einsum``) and in PyTorch (``torch.einsum``, same thread
@@ -95,7 +95,7 @@ def main():
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     import torch
-    from jaxformer.bench import bench_train_step
+    from jaxformer.training.bench import bench_train_step
     from jaxformer.torch_reference import time_train_step
 
     cfg = load_config(args.config, args.overrides)

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer import load_config, training
-from jaxformer.kernels import platform_of
+from jaxformer import load_config
+from jaxformer.training import steps as training
+from jaxformer.model.kernels import platform_of
 
 
 def compiled_step(cfg):

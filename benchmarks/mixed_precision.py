@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from jaxformer import load_config, training
+from jaxformer import load_config
+from jaxformer.training import steps as training
 from jaxformer.data import encode_corpus, build_tokenizer, load_corpus
 
 
@@ -53,7 +54,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**result, "curves": {k: v.tolist() for k, v in curves.items()}}, f)
-    from jaxformer.plots import line_plot, save
+    from jaxformer.viz.plots import line_plot, save
     xs = np.arange(24, args.steps)[::5]
     fig = line_plot({k: smooth(v)[::5] for k, v in curves.items()}, x=xs,
                     title=f"{args.config}: float32 vs bfloat16 compute",

@@ -36,7 +36,7 @@ from flax import nnx
 
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
-from jaxformer.generation import Generator, generate
+from jaxformer.infer.generation import Generator, generate
 
 
 def model_config(max_len: int) -> ModelConfig:

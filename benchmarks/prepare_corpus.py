@@ -82,7 +82,7 @@ args = json.loads(sys.argv[1])
 sys.path.insert(0, args["repo"])
 import numpy as np
 from jaxformer.data import ByteTokenizer, encode_plain, load_corpus, load_tokenizer
-from jaxformer.prepare import prepare
+from jaxformer.data.prepare import prepare
 tok = ByteTokenizer() if args["tokenizer"] == "byte" else load_tokenizer(args["tokenizer_file"])
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
@@ -90,8 +90,8 @@ if args["mode"] == "prepare":
     m = prepare(args["data"], tok, args["out"], workers=args["workers"])
     n = m["total_tokens"]
 elif args["mode"] == "train":
-    from jaxformer.corpus import list_sources
-    from jaxformer.prepare_tokenizer import build_from_corpus
+    from jaxformer.data.corpus import list_sources
+    from jaxformer.data.fit_tokenizer import build_from_corpus
     tok = build_from_corpus("bpe", list_sources(args["data"]), "text", "blank_line", args["vocab"],
                             args["sample_chars"], lambda stage: None)
     n = tok.vocab_size

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer import load_config, training
+from jaxformer import load_config
+from jaxformer.training import steps as training
 
 
 def measure(cfg, steps):

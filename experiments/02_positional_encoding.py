@@ -34,8 +34,8 @@ args = parse("02_positional_encoding", "Lab 2: the sinusoidal positional encodin
 import jax.numpy as jnp  # noqa: E402  (after parse: --help answers without importing JAX)
 
 from jaxformer import functional as F  # noqa: E402
-from jaxformer import plots  # noqa: E402
-from jaxformer.inspect import token_cosine_similarity  # noqa: E402
+from jaxformer.viz import plots  # noqa: E402
+from jaxformer.interp.capture import token_cosine_similarity  # noqa: E402
 
 report = Report(args.out)
 

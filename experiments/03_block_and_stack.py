@@ -40,9 +40,9 @@ from flax import nnx  # noqa: E402
 
 from jaxformer import GPT, ModelConfig, capture  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
-from jaxformer import plots  # noqa: E402
+from jaxformer.viz import plots  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
-from jaxformer.inspect import layer_cosine_similarity, token_cosine_similarity, token_labels  # noqa: E402
+from jaxformer.interp.capture import layer_cosine_similarity, token_cosine_similarity, token_labels  # noqa: E402
 
 report = Report(args.out)
 

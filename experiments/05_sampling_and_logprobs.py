@@ -38,8 +38,9 @@ args = parse("05_sampling_and_logprobs", "Lab 5: temperature, top-k and top-p on
 import jax  # noqa: E402  (after parse: --help answers without importing JAX)
 import jax.numpy as jnp  # noqa: E402
 
-from jaxformer import generate, plots  # noqa: E402
-from jaxformer.inspect import next_token_distribution, token_labels  # noqa: E402
+from jaxformer import generate
+from jaxformer.viz import plots  # noqa: E402
+from jaxformer.interp.capture import next_token_distribution, token_labels  # noqa: E402
 
 report = Report(args.out)
 

@@ -56,11 +56,12 @@ args = parse(NAME, "Lab 6: previous-token and induction heads, found by their de
 import jax  # noqa: E402  (after parse: --help answers without importing JAX)
 import jax.numpy as jnp  # noqa: E402
 
-from jaxformer import interp, load_config, plots  # noqa: E402
+from jaxformer import interp, load_config
+from jaxformer.viz import plots  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
-from jaxformer.explorer import write_attention_explorer  # noqa: E402
-from jaxformer.inspect import capture_fn, describe_heads, head_statistics, token_labels  # noqa: E402
-from jaxformer.training import init_params, make_optimizer, make_train_step, micro_batches  # noqa: E402
+from jaxformer.viz.explorer import write_attention_explorer  # noqa: E402
+from jaxformer.interp.capture import capture_fn, describe_heads, head_statistics, token_labels  # noqa: E402
+from jaxformer.training.steps import init_params, make_optimizer, make_train_step, micro_batches  # noqa: E402
 
 report = Report(args.out)
 small = args.small
@@ -110,7 +111,7 @@ report(f"  next letters predictable by induction: {predictable(example).sum()} o
 #
 # Two layers of four heads, width 64, rotary position embeddings (RoPE makes "one token back"
 # the same rotation everywhere, so a previous-token head is easy to learn). The loop is the
-# library's own pure train step (`jaxformer.training.make_train_step`: AdamW, gradient
+# library's own pure train step (`jaxformer.training.steps.make_train_step`: AdamW, gradient
 # clipping, a jitted step over the parameter pytree) fed with our batches. Every few steps we
 # measure, on held-out sequences, the loss on unpredictable and on predictable letters, and
 # the two detector scores of every head (on 64 "probe" sequences of 16 random letters
@@ -129,7 +130,7 @@ report(f"  next letters predictable by induction: {predictable(example).sum()} o
 rng = np.random.default_rng(args.seed)
 history = []
 if args.run:
-    from jaxformer.checkpoint import load_run
+    from jaxformer.training.checkpoint import load_run
 
     run = load_run(args.run)
     tok, params, mcfg = run.tokenizer, run.model.params(), run.model.config
@@ -263,7 +264,7 @@ for key, label, meaning, fname in (
 # ## 5. Naming the heads
 #
 # A head is named after its larger score when that score is at least 0.4; the others get the
-# library's generic description (`jaxformer.inspect.describe_heads`: first-token, self,
+# library's generic description (`jaxformer.interp.capture.describe_heads`: first-token, self,
 # diffuse or mixed, from the entropy and the mean offset of its attention).
 
 # %%

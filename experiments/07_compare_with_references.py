@@ -39,7 +39,7 @@ from flax import nnx  # noqa: E402
 
 from jaxformer import MultiHeadAttention, attention_maps  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
-from jaxformer import plots  # noqa: E402
+from jaxformer.viz import plots  # noqa: E402
 
 report = Report(args.out)
 

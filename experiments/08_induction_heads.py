@@ -56,9 +56,10 @@ import jax  # noqa: E402  (after parse: --help answers without importing JAX)
 import jax.numpy as jnp  # noqa: E402
 
 from jaxformer import functional as F  # noqa: E402
-from jaxformer import interp, load_config, plots  # noqa: E402
+from jaxformer import interp, load_config
+from jaxformer.viz import plots  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
-from jaxformer.training import init_params, make_optimizer, make_train_step, micro_batches  # noqa: E402
+from jaxformer.training.steps import init_params, make_optimizer, make_train_step, micro_batches  # noqa: E402
 
 report = Report(args.out)
 

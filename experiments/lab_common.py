@@ -142,12 +142,12 @@ def prompt_for(name: str, text: Optional[str] = None, kind: str = "long") -> str
 
 
 def trained_model(args, report: Report, *, n_layer: int = 2, n_head: int = 4, steps: int = 600):
-    """``args.run`` loaded with :func:`jaxformer.checkpoint.load_run`, or a tiny model trained
+    """``args.run`` loaded with :func:`jaxformer.training.checkpoint.load_run`, or a tiny model trained
     now into ``<out>/run``. Returns ``(model, tokenizer, run_dir, corpus_name, corpus_text)``;
     the text is ``None`` when a run's corpus cannot be read here."""
-    from jaxformer.checkpoint import load_run
+    from jaxformer.training.checkpoint import load_run
     from jaxformer.errors import JaxformerError
-    from jaxformer.training import train
+    from jaxformer.training.steps import train
 
     if getattr(args, "run", None):
         run = load_run(args.run)

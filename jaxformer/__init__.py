@@ -6,13 +6,14 @@ Public names: ``functional`` (the textbook math), ``kernels`` (the fast paths be
 """
 __version__ = "0.1.0"
 
-from . import functional, interp, kernels  # noqa: F401
-from .config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig,  # noqa: F401
-                     TrainConfig, load_config)
-from .modules import (GPT, DecoderBlock, FeedForward, LayerNorm,  # noqa: F401
-                      MultiHeadAttention, count_params)
-from .inspect import attention_maps, capture  # noqa: F401
-from .interop import load_hf, load_hf_gpt2, save_hf, save_hf_gpt2  # noqa: F401
-from .training import evaluate, make_train_step, train  # noqa: F401
-from .checkpoint import load_run, save_checkpoint  # noqa: F401
-from .generation import Generation, Generator, generate, generate_stream  # noqa: F401
+from jaxformer import functional, interp
+from jaxformer.model import kernels  # noqa: F401
+from jaxformer.config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig, TrainConfig,
+                              load_config)
+from jaxformer.model.modules import (GPT, DecoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
+                                     count_params)
+from jaxformer.interp.capture import attention_maps, capture  # noqa: F401
+from jaxformer.interop import load_hf, load_hf_gpt2, save_hf, save_hf_gpt2  # noqa: F401
+from jaxformer.training.steps import evaluate, make_train_step, train  # noqa: F401
+from jaxformer.training.checkpoint import load_run, save_checkpoint  # noqa: F401
+from jaxformer.infer.generation import Generation, Generator, generate, generate_stream  # noqa: F401

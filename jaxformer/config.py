@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import yaml
 
-from .errors import ConfigError
+from jaxformer.errors import ConfigError
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -88,7 +88,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"                 # none | full | dots
-    kernels: str = "auto"               # auto | textbook | cpu | cudnn (see jaxformer.kernels)
+    kernels: str = "auto"               # auto | textbook | cpu | cudnn (see jaxformer.model.kernels)
     init_std: float = 0.02
 
     def __post_init__(self):

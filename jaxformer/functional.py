@@ -4,7 +4,7 @@ Each piece of the decoder is one small function, differentiated by JAX's own aut
 ``grad``, ``jvp``, ``jacfwd``, ``hessian`` and ``linearize`` all work), safe under ``jit``
 and ``vmap``. Modules, training, generation and inspection call these functions; nothing
 here knows about Flax or devices. Faster versions of a few pieces live beside this file in
-:mod:`jaxformer.kernels`, each tested equal to its function here; functions that can use
+:mod:`jaxformer.model.kernels`, each tested equal to its function here; functions that can use
 them take ``kernels=None`` (None = the textbook).
 
 Shape legend (used in names such as ``x_BTD`` and ``weights_BHTS``):
@@ -77,7 +77,7 @@ def _sub_hooks(hooks, prefix: str):
 
 
 def _kernel(kernels, name: str, textbook):
-    """``kernels.<name>`` if that kernel set (see :mod:`jaxformer.kernels`) replaces this
+    """``kernels.<name>`` if that kernel set (see :mod:`jaxformer.model.kernels`) replaces this
     piece, else the textbook function itself."""
     fast = None if kernels is None else getattr(kernels, name, None)
     return textbook if fast is None else fast
@@ -518,7 +518,7 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
       ``cache_index`` and attend causally to everything before them.
     - ``key``: PRNG key enabling dropout (training); None = deterministic.
     - ``capture``: also return every intermediate (see below); always the textbook math.
-    - ``kernels``: a :mod:`jaxformer.kernels` set (None = the textbook).
+    - ``kernels``: a :mod:`jaxformer.model.kernels` set (None = the textbook).
     - ``hooks``: a mapping from hook-point names (TransformerLens's: ``hook_embed``,
       ``blocks.{l}.attn.hook_z``, ...; see :mod:`jaxformer.interp`) to ``fn(x) -> x``, which
       may read or replace that activation. Hooked calls run the textbook with the layers

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import ConfigError
+from jaxformer.errors import ConfigError
 
 
 def _check_supported(cfg) -> None:

@@ -198,7 +198,7 @@ def test_gradients_equal_central_differences(family):
 def test_kernels_equal_the_textbook_on_the_new_knobs():
     """The CPU kernel set (fused attention, hand-written head/loss backward) falls back or
     agrees wherever a knob changes the math: loss and gradients equal the textbook's."""
-    from jaxformer import kernels
+    from jaxformer.model import kernels
     for family in ("gemma2", "neox", "mistral"):
         cfg = _config(family, n_layer=2, layer_types=("sliding", "full") if family == "gemma2" else None)
         params = jax.tree.map(jnp.asarray, _random_params(cfg))

@@ -8,12 +8,12 @@ import pytest
 from flax import nnx
 
 from jaxformer import GPT, ConfigError, ModelConfig, load_config
-from jaxformer.checkpoint import load_run, save_run_folder
+from jaxformer.training.checkpoint import load_run, save_run_folder
 from jaxformer_testing.runs import TINY, tiny_run
 from jaxformer.cli import main
 from jaxformer.data import ByteTokenizer, CharTokenizer, load_corpus, load_tokenizer
 from jaxformer.errors import CheckpointError, DataError, GenerationError
-from jaxformer.generation import generate
+from jaxformer.infer.generation import generate
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -6,7 +6,7 @@ from flax import nnx
 
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
-from jaxformer.bench import flops_per_token, matmul_params, measure_peak_flops
+from jaxformer.training.bench import flops_per_token, matmul_params, measure_peak_flops
 
 
 def xla_flops(fn, *args):

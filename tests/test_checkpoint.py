@@ -8,11 +8,11 @@ import pytest
 from flax import nnx
 
 from jaxformer import GPT, load_config
-from jaxformer.checkpoint import (checkpoint_steps, load_run, restore_checkpoint, save_checkpoint,
-                                  save_run_folder)
+from jaxformer.training.checkpoint import (checkpoint_steps, load_run, restore_checkpoint, save_checkpoint,
+                                           save_run_folder)
 from jaxformer.data import ByteTokenizer, CharTokenizer
 from jaxformer.errors import CheckpointError
-from jaxformer.training import make_optimizer
+from jaxformer.training.steps import make_optimizer
 
 OVERRIDES = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.max_len=16",
              "model.vocab_size=20", "train.max_steps=10"]

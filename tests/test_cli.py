@@ -34,7 +34,7 @@ def test_bad_config_is_one_line_exit_2():
 
 # ----------------------------------------------------------------------------- shipped configs
 def test_train_config_names_and_unknown_name_is_one_line(tmp_path):
-    from jaxformer.commands import train as command
+    from jaxformer.cli.commands import train as command
     assert command.DEFAULT_CONFIG in jaxformer.config.shipped_configs()   # package data, no repo path
     r = subprocess.run([sys.executable, "-m", "jaxformer", "train", "--config", "nope", "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=tmp_path)
@@ -68,7 +68,7 @@ def _last(records, key):
 
 
 def test_interrupt_before_the_first_step_exits_130(tmp_path, capsys, monkeypatch):
-    from jaxformer import train_loop
+    from jaxformer.training import loop as train_loop
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
@@ -81,8 +81,8 @@ def test_interrupt_before_the_first_step_exits_130(tmp_path, capsys, monkeypatch
 
 
 def test_interrupt_after_some_steps_exits_130_with_the_true_losses(tmp_path, capsys, monkeypatch):
-    from jaxformer import training
-    from jaxformer.checkpoint import checkpoint_steps, read_metrics
+    from jaxformer.training import steps as training
+    from jaxformer.training.checkpoint import checkpoint_steps, read_metrics
     real = training.train
     monkeypatch.setattr(training, "train", lambda *a, **k: real(*a, **k, stop_after=7))  # as Ctrl-C at 7
     rc, run = _train(tmp_path)
@@ -99,8 +99,8 @@ def test_interrupt_after_some_steps_exits_130_with_the_true_losses(tmp_path, cap
 def test_second_ctrl_c_during_a_checkpoint_save_completes_it_then_exits_130(tmp_path, capsys, monkeypatch):
     import signal
 
-    from jaxformer import train_loop
-    from jaxformer.checkpoint import checkpoint_steps, restore_checkpoint
+    from jaxformer.training import loop as train_loop
+    from jaxformer.training.checkpoint import checkpoint_steps, restore_checkpoint
     real = train_loop.save_checkpoint
 
     def save_under_two_ctrl_c(run_dir, step, *a, **k):
@@ -122,8 +122,8 @@ def test_second_ctrl_c_during_a_checkpoint_save_completes_it_then_exits_130(tmp_
 
 
 def test_resuming_a_finished_run_does_nothing_and_exits_0(tmp_path, capsys, monkeypatch):
-    from jaxformer import generation
-    from jaxformer.checkpoint import read_metrics
+    from jaxformer.infer import generation
+    from jaxformer.training.checkpoint import read_metrics
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from jaxformer.data import (BPETokenizer, ByteTokenizer, CharTokenizer, encode_corpus, get_batch,
-                            host_batch, host_rows, load_corpus, load_tokenizer, pydoc_text, save_tokenizer,
-                            token_dtype, tokenizer_from_dict)
+from jaxformer.data import (BPETokenizer, ByteTokenizer, CharTokenizer, encode_corpus, get_batch, host_batch,
+                            host_rows, load_corpus, load_tokenizer, pydoc_text, save_tokenizer, token_dtype,
+                            tokenizer_from_dict)
 from jaxformer.errors import DataError
 
 MULTILINGUAL = ("Grüße aus Köln, Straße — Ελληνικά: καλημέρα κόσμε; 中文：你好，世界！"
@@ -121,7 +121,7 @@ class ReadLog(np.ndarray):
 def test_host_batches_make_up_the_global_batch(hosts, grad_accum):
     """Each host computes only its rows of the batch of ``(seed, step)``; the hosts' rows,
     micro-batch by micro-batch, are the single-host global batch, at every step."""
-    from jaxformer.training import micro_batches
+    from jaxformer.training.steps import micro_batches
     ids = np.random.default_rng(0).integers(0, 500, 5000).astype(np.uint16)
     B, T = 24, 16
     for step in (0, 1, 7, 123):

@@ -1,4 +1,4 @@
-"""Joining a multi-host job (jaxformer.distributed) and laying out the mesh (parallel.make_mesh),
+"""Joining a multi-host job (jaxformer.training.distributed) and laying out the mesh (parallel.make_mesh),
 with a faked environment and a faked ``jax.distributed.initialize``: what is detected and what
 is called, without a cluster."""
 import logging
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
-from jaxformer import ConfigError, distributed, parallel
+from jaxformer import ConfigError
+from jaxformer.training import distributed, parallel
 from jaxformer.config import MeshConfig
-from jaxformer.distributed import Cluster, detect_cluster, maybe_initialize_distributed
+from jaxformer.training.distributed import Cluster, detect_cluster, maybe_initialize_distributed
 
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[001-004]", "SLURM_NTASKS": "4",
          "SLURM_PROCID": "2", "SLURM_LOCALID": "0"}
@@ -77,7 +78,7 @@ def test_open_mpi_5_through_jax_prrte_or_mpi4py(fake, monkeypatch):
 
 def test_other_mpi_needs_mpi4py(fake, monkeypatch, caplog):
     env = {"PMI_SIZE": "4", "PMI_RANK": "0"}      # MPICH / Intel MPI
-    with caplog.at_level(logging.WARNING, logger="jaxformer.distributed"):
+    with caplog.at_level(logging.WARNING, logger="jaxformer.training.distributed"):
         assert detect_cluster(env) is None
     assert "mpi4py" in caplog.text
     monkeypatch.setattr(distributed, "_importable", lambda name: name == "mpi4py")
@@ -113,7 +114,7 @@ def test_switch_off_already_initialized_and_too_late(fake, monkeypatch, caplog):
     assert maybe_initialize_distributed(SLURM) is False
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed, "_backends_initialized", lambda: True)
-    with caplog.at_level(logging.WARNING, logger="jaxformer.distributed"):
+    with caplog.at_level(logging.WARNING, logger="jaxformer.training.distributed"):
         assert maybe_initialize_distributed(SLURM) is False
     assert "already started" in caplog.text and fake == []
     assert parallel.maybe_initialize_distributed is maybe_initialize_distributed
@@ -122,7 +123,7 @@ def test_switch_off_already_initialized_and_too_late(fake, monkeypatch, caplog):
 def test_importing_the_cli_does_not_start_jax():
     """``jax.distributed.initialize`` must come before JAX starts its backends: importing
     the CLI and the library must not start them."""
-    code = ("import jaxformer, jaxformer.cli, jaxformer.commands.train, jaxformer.train_loop\n"
+    code = ("import jaxformer, jaxformer.cli, jaxformer.cli.commands.train, jaxformer.training.loop\n"
             "from jax._src import xla_bridge\nprint(xla_bridge.backends_are_initialized())")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

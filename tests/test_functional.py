@@ -213,7 +213,7 @@ def test_cross_entropy():
 def test_fused_attention_path_equals_explicit(H, G):
     """Through multi_head_attention: the cuDNN kernel set (jax.nn.dot_product_attention, on
     its XLA path here) and the CPU kernels == the textbook softmax path."""
-    from jaxformer.kernels import get
+    from jaxformer.model.kernels import get
     rng = np.random.default_rng(11)
     B, T, D = 3, 7, 16
     K = D // H

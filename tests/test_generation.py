@@ -10,8 +10,8 @@ from flax import nnx
 
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
-from jaxformer import generation as G
-from jaxformer import scoring
+from jaxformer.infer import generation as G
+from jaxformer.infer import scoring
 from jaxformer.errors import GenerationError
 
 BASE = dict(vocab_size=37, d_model=32, n_head=4, n_layer=2, d_ff=48, max_len=48)
@@ -236,7 +236,7 @@ def test_unstacked_decoder_equals_stacked(model):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run folder holding a small random byte-level model (written the way `train` writes it)."""
-    from jaxformer.checkpoint import save_checkpoint, save_run_folder
+    from jaxformer.training.checkpoint import save_checkpoint, save_run_folder
     from jaxformer.config import Config
     from jaxformer.data import ByteTokenizer
 
@@ -253,7 +253,7 @@ def run_dir(tmp_path_factory):
 def test_cli_sample_json_equals_generate(run_dir, capsys):
     import json
 
-    from jaxformer.checkpoint import load_run
+    from jaxformer.training.checkpoint import load_run
     from jaxformer.cli import main
 
     assert main(["sample", "--run", str(run_dir), "--prompt", "Hello", "--max-new-tokens", "12",
@@ -287,7 +287,7 @@ def test_cli_sample_streams_the_same_text(run_dir, capsys):
 def test_cli_score_and_errors(run_dir, capsys):
     import json
 
-    from jaxformer.checkpoint import load_run
+    from jaxformer.training.checkpoint import load_run
     from jaxformer.cli import main
 
     assert main(["score", "--run", str(run_dir), "--text", "abcab", "--json"]) == 0
@@ -308,7 +308,7 @@ def test_cli_sample_writes_past_the_context(run_dir, capsys):
     """A max_len=64 run writes 300 tokens after a 60-token prompt (docs/generation.md's use)."""
     import json
 
-    from jaxformer.checkpoint import load_run
+    from jaxformer.training.checkpoint import load_run
     from jaxformer.cli import main
 
     args = ["sample", "--run", str(run_dir), "--prompt", "x" * 60, "--max-new-tokens", "300",
@@ -486,7 +486,7 @@ def test_score_past_the_context_in_strided_windows(stride):
 # ----------------------------------------------------------------------------- start token
 def small_run(path, tokenizer):
     """A run folder with a small random model over ``tokenizer`` (the way `train` writes one)."""
-    from jaxformer.checkpoint import save_checkpoint, save_run_folder
+    from jaxformer.training.checkpoint import save_checkpoint, save_run_folder
     from jaxformer.config import Config
 
     cfg = Config(model=ModelConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_head=2, n_layer=1,

@@ -22,10 +22,10 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from jaxformer import ModelConfig, generation  # noqa: E402
+from jaxformer import ModelConfig
+from jaxformer.infer import generation  # noqa: E402
 from jaxformer.errors import CheckpointError, ConfigError  # noqa: E402
-from jaxformer.interop import (load_hf, model_config_from_hf_family, read_hf_state_dict,  # noqa: E402
-                               save_hf)
+from jaxformer.interop import load_hf, model_config_from_hf_family, read_hf_state_dict, save_hf
 
 pytestmark = pytest.mark.hf
 transformers.logging.set_verbosity_error()
@@ -419,7 +419,7 @@ def test_llama_style_tokenizer_json_is_wrapped(llama, tmp_path):
 
 @pytest.mark.parametrize("case", ["mistral"], indirect=True)
 def test_convert_cli_both_ways_keeps_the_family(case, tmp_path):
-    from jaxformer.checkpoint import load_run
+    from jaxformer.training.checkpoint import load_run
     from jaxformer.cli import main
     hf, folder = case.hf, case.folder
     llama_style_tokenizer(V, byte_fallback=False).save(str(tmp_path / "tokenizer.json"))

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from tokenizers import (AddedToken, Tokenizer, decoders, models, normalizers,  # noqa: E402
                         pre_tokenizers, processors, trainers)
 
-from jaxformer.checkpoint import load_run  # noqa: E402
+from jaxformer.training.checkpoint import load_run  # noqa: E402
 from jaxformer.cli import main  # noqa: E402
 from jaxformer.data import BPETokenizer, encode_corpus, end_ids, start_ids, tokenizer_from_dict  # noqa: E402
 from jaxformer.errors import CheckpointError, DataError  # noqa: E402

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from jaxformer import load_config
-from jaxformer.checkpoint import checkpoint_steps, load_run, read_metrics, restore_checkpoint
+from jaxformer.training.checkpoint import checkpoint_steps, load_run, read_metrics, restore_checkpoint
 from jaxformer.cli import main
 from jaxformer.data import encode_corpus, get_batch, pydoc_text
 from jaxformer.errors import ConfigError, DataError
-from jaxformer.finetune import INIT_FILE, init_from_config
-from jaxformer.training import evaluate, init_params, loss_fn, lr_schedule, train
+from jaxformer.training.init_from import INIT_FILE, init_from_config
+from jaxformer.training.steps import evaluate, init_params, loss_fn, lr_schedule, train
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",
         "data.tokenizer=char", "train.batch_size=8", "train.lr=3e-3", "train.min_lr=3e-4",

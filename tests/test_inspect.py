@@ -1,4 +1,4 @@
-"""jaxformer.inspect: attention maps, capture, logit lens and head statistics."""
+"""jaxformer.interp.capture: attention maps, capture, logit lens and head statistics."""
 import dataclasses
 import functools
 
@@ -12,7 +12,7 @@ from jaxformer_testing import reference as ref
 from conftest import randomize
 from jaxformer import GPT, ModelConfig, attention_maps, capture
 from jaxformer import functional as F
-from jaxformer import inspect as I
+from jaxformer.interp import capture as I
 from jaxformer.errors import DataError
 
 CFG = ModelConfig(vocab_size=29, d_model=16, n_head=4, n_layer=2, d_ff=32, max_len=16)

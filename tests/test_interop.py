@@ -17,8 +17,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from conftest import randomize  # noqa: E402
 from jaxformer import GPT, ModelConfig, load_config  # noqa: E402
 from jaxformer.errors import CheckpointError, ConfigError  # noqa: E402
-from jaxformer.interop import (hf_from_params, load_hf_gpt2, model_config_from_hf,  # noqa: E402
-                               params_from_hf, save_hf_gpt2)
+from jaxformer.interop import hf_from_params, load_hf_gpt2, model_config_from_hf, params_from_hf, save_hf_gpt2
 
 pytestmark = pytest.mark.hf
 transformers.logging.set_verbosity_error()
@@ -127,7 +126,7 @@ def test_small_logits_match_transformers(tmp_path, tied):
 
 
 def test_greedy_50_tokens_match_transformers_generate(small_hf):
-    from jaxformer import generation
+    from jaxformer.infer import generation
     hf, folder = small_hf
     model, _, _ = load_hf_gpt2(folder)
     for prompt in ([5, 17, 250, 3],):
@@ -302,7 +301,7 @@ def converted_run(small_hf, bpe, tmp_path_factory):
 
 
 def test_convert_cli_writes_a_run_folder_with_the_same_logits(small_hf, bpe, converted_run, tmp_path):
-    from jaxformer.checkpoint import load_run
+    from jaxformer.training.checkpoint import load_run
     from jaxformer.cli import main
     hf, _ = small_hf
     run = load_run(converted_run)
@@ -343,7 +342,7 @@ def test_convert_cli_errors_are_one_line(tmp_path, capsys, small_hf):
 @pytest.mark.slow
 def test_gpt2_124m_logits_and_greedy_match_transformers(tmp_path):
     """The full GPT-2 small shape, random weights (transformers' own init), batch 2, T=1024."""
-    from jaxformer import generation
+    from jaxformer.infer import generation
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(bos_token_id=None, eos_token_id=None)).eval()
     hf.save_pretrained(tmp_path)

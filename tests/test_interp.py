@@ -355,7 +355,7 @@ def test_detect_heads_scores_the_models_own_patterns():
 
 
 def test_interp_figures(tmp_path):
-    from jaxformer import plots
+    from jaxformer.viz import plots
     table = np.arange(12.0).reshape(2, 6)
     fig = plots.patching_heatmap(table, labels=list("abcdef"), clean=11.0, corrupted=0.0,
                                  path=tmp_path / "patch.png")

@@ -16,11 +16,11 @@ from jaxformer_testing import reference as ref
 from conftest import randomize
 from jaxformer import ModelConfig
 from jaxformer import functional as F
-from jaxformer import kernels as Kn
+from jaxformer.model import kernels as Kn
 from jaxformer.errors import ConfigError
-from jaxformer.kernels import cpu, cudnn
-from jaxformer.kernels.cpu import CPU
-from jaxformer.modules import GPT
+from jaxformer.model.kernels import cpu, cudnn
+from jaxformer.model.kernels.cpu import CPU
+from jaxformer.model.modules import GPT
 from jaxformer_testing.tolerances import BF16_VS_F32_LOSS_REL
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from jaxformer.checkpoint import checkpoint_steps, restore_checkpoint
+from jaxformer.training.checkpoint import checkpoint_steps, restore_checkpoint
 
 pytestmark = pytest.mark.slow
 

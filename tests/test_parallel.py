@@ -12,7 +12,7 @@ import pytest
 
 from jaxformer import ConfigError
 from jaxformer.config import MeshConfig
-from jaxformer.parallel import mesh_shape
+from jaxformer.training.parallel import mesh_shape
 
 CHECK = pathlib.Path(__file__).parent / "jaxformer_testing" / "parallel_check.py"
 MULTIPROCESS = pathlib.Path(__file__).parent / "jaxformer_testing" / "multiprocess_check.py"
@@ -121,7 +121,8 @@ def test_two_processes_train_like_one_device(tmp_path):
 
     from jaxformer_testing import multiprocess_check as mc
 
-    from jaxformer import load_config, training
+    from jaxformer import load_config
+    from jaxformer.training import steps as training
     from jaxformer.data import get_batch
     config = load_config(None, mc.OVERRIDES[:-2])
     params = training.init_params(config)
@@ -136,7 +137,7 @@ def test_two_processes_train_like_one_device(tmp_path):
 
     # the real training entry point, both hosts into one folder
     from jaxformer import train
-    from jaxformer.checkpoint import checkpoint_steps, read_metrics
+    from jaxformer.training.checkpoint import checkpoint_steps, read_metrics
     one = train(load_config(None, mc.OVERRIDES[:-2] + mc.TRAIN), tmp_path / "one", data_text=mc.TEXT,
                 progress=False)
     want = [m["train_loss"] for m in one.metrics if m.get("train_loss") is not None]
@@ -154,7 +155,7 @@ def test_process_rows_follow_the_sharding():
     process; with several, those its devices hold, micro-batch by micro-batch, in order."""
     import numpy as np
 
-    from jaxformer import parallel
+    from jaxformer.training import parallel
     mesh = parallel.make_mesh(MeshConfig(data=1))
     assert parallel.process_rows(parallel.batch_sharding(mesh), (2, 4, 17)).tolist() == list(range(8))
 

@@ -1,4 +1,4 @@
-"""jaxformer.plots, the HTML explorer and `jaxformer attention`: every figure is a real PNG of
+"""jaxformer.viz.plots, the HTML explorer and `jaxformer attention`: every figure is a real PNG of
 the expected size written without a display; the explorer works in a headless browser."""
 import json
 import os
@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxformer import plots as P
-from jaxformer.explorer import attention_explorer_html, write_attention_explorer
+from jaxformer.viz import plots as P
+from jaxformer.viz.explorer import attention_explorer_html, write_attention_explorer
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 
@@ -98,7 +98,7 @@ def test_loss_curves_from_a_metrics_file(tmp_path):
 
 
 def test_plots_never_touch_pyplot():
-    code = ("import sys, numpy as np; from jaxformer import plots; "
+    code = ("import sys, numpy as np; from jaxformer.viz import plots; "
             "plots.attention_heatmap(np.eye(3), list('abc')); "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
@@ -154,7 +154,7 @@ def run_dir(tmp_path_factory):
     from flax import nnx
 
     from jaxformer import GPT, ModelConfig
-    from jaxformer.checkpoint import save_checkpoint, save_run_folder
+    from jaxformer.training.checkpoint import save_checkpoint, save_run_folder
     from jaxformer.config import Config, DataConfig
     from jaxformer.data import ByteTokenizer
 
@@ -208,7 +208,7 @@ def test_cli_attention_not_a_run_folder(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- legible text
-from jaxformer import plot_text as PT  # noqa: E402
+from jaxformer.viz import text as PT  # noqa: E402
 
 CJK_EMOJI = ["你", "好", "世", "界", "\U0001F642", "ab\U0001F642", "$x$", "\u2423the"]
 
@@ -360,13 +360,13 @@ def test_displayable_and_thinning_rules():
 
 
 def head_stats():
-    from jaxformer.inspect import head_statistics
+    from jaxformer.interp.capture import head_statistics
 
     return head_statistics(causal_weights(L=2, H=3, T=10))
 
 
 def test_head_summary_one_quantity_per_colour_bar(tmp_path):
-    from jaxformer.inspect import describe_heads
+    from jaxformer.interp.capture import describe_heads
 
     stats = head_stats()
     fig = drawn(P.head_summary(stats), tmp_path)
@@ -384,7 +384,7 @@ def test_head_summary_one_quantity_per_colour_bar(tmp_path):
 
 
 def test_cli_attention_notes_characters_drawn_as_codes(capsys, monkeypatch):
-    from jaxformer.commands.attention import _note_missing_glyphs
+    from jaxformer.cli.commands.attention import _note_missing_glyphs
 
     monkeypatch.setattr(PT, "FALLBACK_FONTS", ())          # as on a machine without CJK fonts
     _note_missing_glyphs(["你", "好", "␣a", "ab🙂", "你"])

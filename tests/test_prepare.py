@@ -1,4 +1,4 @@
-"""Streaming prepare (jaxformer.prepare) and its reader (jaxformer.shards.TokenShards): the
+"""Streaming prepare (jaxformer.data.prepare) and its reader (jaxformer.data.shards.TokenShards): the
 same tokens as the whole-corpus path, shards, resume, corruption, bad inputs."""
 import json
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from jaxformer.cli import main
-from jaxformer.corpus import cut_pieces, list_sources
+from jaxformer.data.corpus import cut_pieces, list_sources
 from jaxformer.data import (BPETokenizer, TokenData, build_tokenizer, encode_corpus, encode_plain, get_batch,
                             host_batch, load_corpus, pydoc_text)
 from jaxformer.errors import DataError
-from jaxformer.prepare import MANIFEST, prepare
-from jaxformer.shards import TokenShards
+from jaxformer.data.prepare import MANIFEST, prepare
+from jaxformer.data.shards import TokenShards
 
 SMALL = dict(chunk_chars=3000, shard_tokens=4000)   # many work items and shards on a small corpus
 MULTI = "Grüße aus Köln — καλημέρα κόσμε; 中文：你好！ emoji 🙂🎉👩‍💻.\n\tTabs, 'quotes' \"too\".\n"
@@ -210,7 +210,7 @@ def test_tokenizer_errors_from_workers_and_inexact_cuts(tmp_path, docs):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from jaxformer.data import CharTokenizer
-    from jaxformer.encode_pool import Encoder, WorkerError, WorkerPool
+    from jaxformer.data.encode_pool import Encoder, WorkerError, WorkerPool
     f = tmp_path / "t.txt"
     f.write_text("\n\n".join(docs))
     tok = CharTokenizer(sorted(set(f.read_text()))[:-1])     # misses one character
@@ -306,8 +306,8 @@ def test_train_on_prepared_folder_equals_text_file_and_resumes_exactly(tmp_path,
     import jax
 
     from jaxformer import load_config
-    from jaxformer.checkpoint import load_run, read_metrics
-    from jaxformer.training import train
+    from jaxformer.training.checkpoint import load_run, read_metrics
+    from jaxformer.training.steps import train
 
     f = tmp_path / "c.txt"
     f.write_text("\n\n".join(docs))

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxformer import generation as G
-from jaxformer import sampling as S
+from jaxformer.infer import generation as G
+from jaxformer.infer import sampling as S
 from jaxformer.errors import GenerationError
 
 LOGITS = np.array([[2.0, 1.0, 0.5, -1.0, 0.0, 1.5, -0.3, 0.9],

@@ -10,13 +10,13 @@ import pytest
 
 from jaxformer import functional as F
 from jaxformer import load_config
-from jaxformer import train_loop
-from jaxformer.checkpoint import checkpoint_steps, load_run, read_metrics
+from jaxformer.training import loop as train_loop
+from jaxformer.training.checkpoint import checkpoint_steps, load_run, read_metrics
 from jaxformer.data import CharTokenizer, encode_corpus, get_batch, pydoc_text
 from jaxformer.errors import CheckpointError, DataError, RunExistsError
-from jaxformer.training import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,
-                                loss_fn, lr_schedule, make_optimizer, make_train_step,
-                                micro_batches, train, weight_decay_mask)
+from jaxformer.training.steps import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,
+                                      loss_fn, lr_schedule, make_optimizer, make_train_step, micro_batches,
+                                      train, weight_decay_mask)
 from jaxformer_testing.tolerances import BF16_VS_F32_CURVE_MEAN, BF16_VS_F32_CURVE_STEP
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",
@@ -104,7 +104,7 @@ def test_bf16_loss_curve_matches_float32():
     real text tracks the float32 run from the same weights and batches. Tolerance (docs/training.md):
     every step within 0.03 nats, the 10-step means within 0.01; measured on the toy model
     0.010 / 0.004, on the Tiny Shakespeare recipe (500 steps) 0.007 / 0.001."""
-    from jaxformer.training import loss_curve
+    from jaxformer.training.steps import loss_curve
     tok = CharTokenizer.from_text(TEXT)
     ids = np.asarray(tok.encode(TEXT))
     curves = {dt: loss_curve(tiny(f"train.dtype={dt}", f"model.vocab_size={tok.vocab_size}"), ids, 60)
@@ -181,7 +181,7 @@ def _train_command(argv):
     # the command module directly (the `jaxformer` parser imports every registered command)
     import argparse
 
-    from jaxformer.commands import train as command
+    from jaxformer.cli.commands import train as command
     p = argparse.ArgumentParser()
     command.add_arguments(p)
     return command.run(p.parse_args(argv))
@@ -209,7 +209,7 @@ def test_train_command_and_resume(tmp_path, capsys):
 
 
 def test_train_command_interrupted_run_names_the_flag(tmp_path, capsys, monkeypatch):
-    from jaxformer import training
+    from jaxformer.training import steps as training
     real = training.train
     monkeypatch.setattr(training, "train", lambda *a, **k: real(*a, **k, stop_after=3))
     data = tmp_path / "corpus.txt"

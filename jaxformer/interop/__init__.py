@@ -10,13 +10,14 @@ and GPT-2 checkpoints, both ways.
 - :func:`model_config_from_hf_family` / :func:`hf_config_for`: config.json <-> ModelConfig for
   every family (``hf_families.py``); the tensor tables are in ``hf_layouts.py``.
 """
-from .hf_families import (ARCHITECTURES, detect_architecture, hf_config_for,  # noqa: F401
-                          infer_architecture, model_config_from_hf_family)
-from .hf_files import (HFModel, load_hf, load_hf_gpt2, load_hf_tokenizer,  # noqa: F401
-                       read_hf_config, read_hf_state_dict, resolve_hf_path, save_hf, save_hf_gpt2)
-from .hf_gpt2 import (hf_config_from_model, hf_from_params, model_config_from_hf,  # noqa: F401
-                      params_from_hf)
-from .hf_tensors import TensorSource, open_tensors  # noqa: F401
+from jaxformer.interop.hf_families import (ARCHITECTURES, detect_architecture, hf_config_for,
+                                           infer_architecture, model_config_from_hf_family)
+from jaxformer.interop.hf_files import (HFModel, load_hf, load_hf_gpt2, load_hf_tokenizer, read_hf_config,
+                                        read_hf_state_dict, save_hf, save_hf_gpt2)
+from jaxformer.data.hf_tokenizer import resolve_hf_path
+from jaxformer.interop.hf_gpt2 import (hf_config_from_model, hf_from_params, model_config_from_hf,
+                                       params_from_hf)
+from jaxformer.interop.hf_tensors import TensorSource, open_tensors  # noqa: F401
 
 __all__ = ["load_hf", "save_hf", "HFModel", "ARCHITECTURES", "load_hf_gpt2", "save_hf_gpt2",
            "load_hf_tokenizer", "read_hf_config", "read_hf_state_dict", "resolve_hf_path",

@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from ..errors import JaxformerError, require_extra
-from .hf_files import load_hf, resolve_hf_path
+from jaxformer.errors import JaxformerError, require_extra
+from jaxformer.interop.hf_files import load_hf
+from jaxformer.data.hf_tokenizer import resolve_hf_path
 
 
 def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, prompt=None,
@@ -33,7 +34,7 @@ def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, pr
     import transformers
     from flax import nnx
 
-    from ..generation import generate
+    from jaxformer.infer.generation import generate
 
     t0 = time.perf_counter()
     model, cfg, tok = load_hf(folder)

@@ -34,9 +34,9 @@ import dataclasses
 import json
 from typing import Any, Dict, Mapping, Optional
 
-from ..config import ModelConfig
-from ..errors import CheckpointError, ConfigError
-from . import hf_gpt2
+from jaxformer.config import ModelConfig
+from jaxformer.errors import CheckpointError, ConfigError
+from jaxformer.interop import hf_gpt2
 
 __all__ = ["ARCHITECTURES", "detect_architecture", "model_config_from_hf_family",
            "hf_config_for", "infer_architecture"]

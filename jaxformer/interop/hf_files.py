@@ -18,59 +18,16 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError
-from .hf_families import GPT2, detect_architecture, hf_config_for, model_config_from_hf_family
-from .hf_layouts import hf_specs, iter_hf_tensors, layout_for, load_params
-from .hf_tensors import SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, open_tensors, write_safetensors  # noqa: F401
-from .hf_tokenizer import load_hf_tokenizer
+from jaxformer.errors import CheckpointError, ConfigError
+from jaxformer.interop.hf_families import (GPT2, detect_architecture, hf_config_for,
+                                           model_config_from_hf_family)
+from jaxformer.interop.hf_layouts import hf_specs, iter_hf_tensors, layout_for, load_params
+from jaxformer.interop.hf_tensors import (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, open_tensors,
+                                          write_safetensors)  # noqa: F401
+from jaxformer.data.hf_tokenizer import load_hf_tokenizer, resolve_hf_path
 
 __all__ = ["load_hf", "save_hf", "HFModel", "load_hf_gpt2", "save_hf_gpt2", "resolve_hf_path",
            "read_hf_config", "read_hf_state_dict", "load_hf_tokenizer"]
-
-
-# ----------------------------------------------------------------------------- locating
-def _cache_snapshot(name: str, cache_dir=None, revision: Optional[str] = None) -> Optional[pathlib.Path]:
-    """The snapshot folder of ``name`` in the local HF cache, or None (never downloads)."""
-    candidates = [name] + ([f"openai-community/{name}"] if "/" not in name else [])
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # no huggingface_hub: read the cache layout directly
-        snapshot_download = None
-    for repo in candidates:
-        if snapshot_download is not None:
-            try:
-                return pathlib.Path(snapshot_download(repo, cache_dir=cache_dir, revision=revision,
-                                                      local_files_only=True))
-            except Exception:  # LocalEntryNotFoundError, bad repo id, ...
-                continue
-        root = pathlib.Path(cache_dir or os.environ.get("HF_HUB_CACHE") or
-                            pathlib.Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub").expanduser()
-        folder = root / ("models--" + repo.replace("/", "--"))
-        ref = folder / "refs" / (revision or "main")
-        commit = ref.read_text().strip() if ref.is_file() else (revision or "")
-        if commit and (folder / "snapshots" / commit).is_dir():
-            return folder / "snapshots" / commit
-    return None
-
-
-def resolve_hf_path(path_or_name: str | os.PathLike, cache_dir=None,
-                    revision: Optional[str] = None) -> pathlib.Path:
-    """A local folder holding ``config.json``: ``path_or_name`` itself when it is a folder,
-    else the snapshot of that model name in the local Hugging Face cache (offline)."""
-    p = pathlib.Path(path_or_name).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise CheckpointError(f"{str(p)!r} is not a Hugging Face model folder (no config.json)")
-        return p
-    if p.exists():
-        raise CheckpointError(f"{str(p)!r} is a file; pass the folder that holds config.json")
-    snap = _cache_snapshot(str(path_or_name), cache_dir, revision)
-    if snap is None or not (snap / "config.json").is_file():
-        raise CheckpointError(
-            f"{str(path_or_name)!r} is neither a folder nor a model in the local Hugging Face cache "
-            "(set HF_HUB_CACHE or pass the folder; nothing is downloaded: on a machine with internet run "
-            f"`huggingface-cli download {path_or_name}` and copy ~/.cache/huggingface here, or pass that folder)")
-    return snap
 
 
 # ----------------------------------------------------------------------------- reading
@@ -126,8 +83,8 @@ def load_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32", cache_di
     Errors (missing folder, unsupported architecture or config value, unknown/missing
     tensors, shape mismatches) raise :class:`CheckpointError` in one line.
     """
-    from ..config import DTYPES
-    from ..modules import GPT
+    from jaxformer.config import DTYPES
+    from jaxformer.model.modules import GPT
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(map(repr, DTYPES))}")
     folder = resolve_hf_path(path_or_name, cache_dir, revision)

@@ -26,8 +26,8 @@ from typing import Any, Dict, Mapping
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..errors import CheckpointError, ConfigError
+from jaxformer.config import ModelConfig
+from jaxformer.errors import CheckpointError, ConfigError
 
 __all__ = ["model_config_from_hf", "hf_config_from_model", "params_from_hf", "hf_from_params",
            "HF_PREFIX"]

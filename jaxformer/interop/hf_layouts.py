@@ -45,10 +45,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..errors import CheckpointError
-from .hf_families import GEMMA2, GPT2, NEOX
-from .hf_tensors import TensorSource
+from jaxformer.config import ModelConfig
+from jaxformer.errors import CheckpointError
+from jaxformer.interop.hf_families import GEMMA2, GPT2, NEOX
+from jaxformer.interop.hf_tensors import TensorSource
 
 __all__ = ["Rule", "Layout", "layout_for", "load_params", "iter_hf_tensors", "hf_specs"]
 
@@ -226,7 +226,7 @@ def _unflat(flat: dict) -> dict:
 
 def _our_shapes(config: ModelConfig) -> Dict[str, tuple]:
     """Every leaf of jaxformer's parameter tree for ``config`` with its shape (no memory)."""
-    from ..modules import GPT
+    from jaxformer.model.modules import GPT
     return {k: tuple(v.shape) for k, v in _flat(GPT.abstract(config).params()).items()}
 
 

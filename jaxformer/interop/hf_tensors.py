@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CheckpointError
+from jaxformer.errors import CheckpointError
 
 __all__ = ["TensorSource", "open_tensors", "write_safetensors", "SAFETENSORS", "SAFETENSORS_INDEX",
            "TORCH_BIN"]

@@ -34,17 +34,17 @@ On top: :func:`patch_activations`, :func:`attribution_patching`, :func:`ablate_h
 :func:`residual_decomposition`, :func:`direct_logit_attribution` (module ``experiments``);
 the head detectors :func:`detect_heads` / :func:`head_scores` (previous-token, first-token,
 duplicate-token, induction) and :func:`name_heads` (module ``heads``). Figures for each:
-``jaxformer.plots.patching_heatmap``, ``logit_attribution``, ``head_detector_scores``.
+``jaxformer.viz.plots.patching_heatmap``, ``logit_attribution``, ``head_detector_scores``.
 
 In a notebook, models, parameter trees and caches render through ``treescope`` (a Flax
 dependency; ``treescope.basic_interactive_setup()`` once): a cache as a dict keyed by hook
 name, or folded by layer with :func:`nested`.
 """
-from .experiments import (ablate_heads, attribution_patching, direct_logit_attribution,  # noqa: F401
-                          logit_difference, patch_activations, residual_decomposition)
-from .heads import KINDS, detect_heads, detector_targets, head_scores, name_heads  # noqa: F401
-from .hooks import (HookError, hook_names, hook_shapes, run_with_cache, run_with_cache_fn,  # noqa: F401
-                    nested, run_with_hooks, select_names, stack_layers)
+from jaxformer.interp.patching import (ablate_heads, attribution_patching, direct_logit_attribution,
+                                       logit_difference, patch_activations, residual_decomposition)
+from jaxformer.interp.heads import KINDS, detect_heads, detector_targets, head_scores, name_heads  # noqa: F401
+from jaxformer.interp.hooks import (HookError, hook_names, hook_shapes, run_with_cache, run_with_cache_fn,
+                                    nested, run_with_hooks, select_names, stack_layers)
 
 __all__ = ["hook_names", "hook_shapes", "select_names", "run_with_cache", "run_with_cache_fn",
            "run_with_hooks", "stack_layers", "HookError", "patch_activations", "attribution_patching",

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..inspect import _parts
-from .hooks import HookError, _tokens, run_with_cache_fn, stack_layers
+from jaxformer.interp.capture import _parts
+from jaxformer.interp.hooks import HookError, _tokens, run_with_cache_fn, stack_layers
 
 KINDS = ("previous-token", "first-token", "duplicate-token", "induction")
 

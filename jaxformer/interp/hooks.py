@@ -16,10 +16,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from .. import functional as F
-from ..errors import JaxformerError
-from ..inspect import _check_tokens, _parts
-from ..modules import GPT
+from jaxformer import functional as F
+from jaxformer.errors import JaxformerError
+from jaxformer.interp.capture import _check_tokens, _parts
+from jaxformer.model.modules import GPT
 
 Names = Union[None, str, Iterable[str], Callable[[str], bool]]
 

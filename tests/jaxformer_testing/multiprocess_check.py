@@ -21,12 +21,13 @@ TRAIN = ["data.tokenizer=char", "train.max_steps=4", "train.log_interval=1", "tr
 
 
 def main():
-    from jaxformer.distributed import maybe_initialize_distributed
+    from jaxformer.training.distributed import maybe_initialize_distributed
     assert maybe_initialize_distributed()    # before JAX starts its backends
 
     import jax
 
-    from jaxformer import load_config, parallel, training
+    from jaxformer import load_config
+    from jaxformer.training import parallel, steps as training
     from jaxformer.data import get_batch
 
     config = load_config(None, OVERRIDES)

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer import load_config, parallel, training
+from jaxformer import load_config
+from jaxformer.training import parallel, steps as training
 from jaxformer.config import MeshConfig
 
 assert jax.device_count() == 8, jax.devices()
@@ -63,7 +64,7 @@ for name, m in {"dp8": MeshConfig(data=8), "fsdp8": MeshConfig(data=1, fsdp=8),
                 if all(a is None for a in x.sharding.spec))
     out[name]["replicated_bytes"] = small
     if name == "fsdp8":
-        from jaxformer import checkpoint
+        from jaxformer.training import checkpoint
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save_checkpoint(d, 3, params, opt_state)
             one = checkpoint.restore_checkpoint(d, params_like=ref_params)["params"]
@@ -100,7 +101,7 @@ for name, m in {"fsdp8": MeshConfig(data=1, fsdp=8), "dp4_tp2": MeshConfig(data=
         "full_param_bytes": sum(x.nbytes for x in jax.tree.leaves(params)),
         "max_held_bytes": max(parallel.bytes_per_device((params, state)).values())}
 # the training loop itself: the same config on one device and on a 2x4 mesh (mesh section only)
-from jaxformer.training import train  # noqa: E402
+from jaxformer.training.steps import train  # noqa: E402
 
 text = " ".join(["the cat sleeps on the warm mat while the dogs bark"] * 60)
 runs = {}

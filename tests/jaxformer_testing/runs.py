@@ -2,7 +2,7 @@
 from flax import nnx
 
 from jaxformer import GPT, load_config, save_checkpoint
-from jaxformer.checkpoint import save_run_folder
+from jaxformer.training.checkpoint import save_run_folder
 from jaxformer.data import ByteTokenizer
 
 #: One layer, width 16, context 16, byte tokens: the smallest model every command accepts.

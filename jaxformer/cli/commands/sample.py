@@ -1,0 +1,142 @@
+"""``jaxformer sample``: generate text from a run folder, streamed to the terminal as it is produced."""
+import argparse
+
+HELP = "generate text from a trained run folder (KV-cache decoding, streamed as it is produced)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `jaxformer train`")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--prompt", default="", help="text to continue (default: empty, i.e. start from "
+                   "the tokenizer's start token: the BOS of a converted model that has one, else "
+                   "end-of-text for BPE, a newline for char/byte; it is not printed). A converted "
+                   "model's BOS is put before the prompt, as transformers does")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="tokens to generate (default 200; past the model's context it sees the "
+                   "last max_len tokens, as nanoGPT's crop does)")
+    p.add_argument("--slide-every", type=int, default=1, metavar="N",
+                   help="past the context, re-read the window every N tokens (default 1: exactly "
+                   "the last max_len tokens for every token; larger is faster, each token then "
+                   "sees between max_len-N+1 and max_len tokens)")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=None, metavar="R",
+                   help="CTRL repetition penalty (> 1 discourages repeats)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same text)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples of the same prompt, "
+                   "generated as one batch")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-text token(s) "
+                   "(a converted model's: every eos id of its config)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.add_argument("--logprobs", action="store_true", help="with --json: the log-probability of each token")
+    p.add_argument("--top-n", type=int, default=0, metavar="N",
+                   help="with --json: also the N most likely alternatives at every step")
+    p.add_argument("--chunk", type=int, default=8, metavar="N",
+                   help="stream every N tokens (each chunk is one compiled decode loop)")
+
+
+def _prompt_ids(run, text: str) -> list:
+    """The prompt's ids as the model reads them (a converted model's BOS first); an empty
+    prompt starts from ``start_ids`` (the BOS when there is one)."""
+    from jaxformer.data.tokenizers import start_ids
+
+    ids = run.tokenizer.encode(text) if text else []
+    return ids or start_ids(run.tokenizer)
+
+
+def _text_of(tok, context: list, stop: tuple):
+    """A function from generated ids to their text (stop tokens left out), decoded after
+    ``context`` (the prompt's text ids) so that tokenizers whose decoder treats the first
+    token specially (SentencePiece's leading space) give the continuation's own spaces."""
+    head = tok.decode(context) if context else ""
+
+    def text_of(seq) -> str:
+        new = [t for t in seq if t not in stop]
+        if not context:
+            return tok.decode(new)
+        full = tok.decode(context + new)
+        return full[len(head):] if full.startswith(head) else tok.decode(new)
+    return text_of
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    import jax
+
+    from jaxformer.training.checkpoint import load_run
+    from jaxformer.data.tokenizers import encode_plain, end_ids
+    from jaxformer.errors import GenerationError
+    from jaxformer.infer.generation import generate, generate_stream
+
+    from jaxformer.infer.sampling import check_sampling
+
+    check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                   top_n=args.top_n)
+    if args.num_samples < 1:
+        raise GenerationError(f"--num-samples={args.num_samples} must be >= 1")
+    if args.chunk < 1:
+        raise GenerationError(f"--chunk={args.chunk} must be >= 1")
+    r = load_run(args.run, args.step)
+    tok = r.tokenizer
+    ids = _prompt_ids(r, args.prompt)
+    if args.slide_every < 1:
+        raise GenerationError(f"--slide-every={args.slide_every} must be >= 1")
+    n_new = args.max_new_tokens
+    stop = () if args.no_stop else end_ids(tok)
+    kw = dict(max_new_tokens=n_new, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+              key=jax.random.key(args.seed), stop_tokens=stop, slide_every=args.slide_every,
+              # a vocabulary padded past the tokenizer's (Qwen): ids it cannot decode are never drawn
+              vocab_limit=min(tok.vocab_size, r.config.model.vocab_size))
+    prompts = [ids] * args.num_samples
+    text_of = _text_of(tok, [] if not args.prompt else encode_plain(tok, args.prompt), stop)
+
+    if args.json:
+        out = generate(r.model, prompts, return_logprobs=args.logprobs, top_n=args.top_n, **kw)
+        samples = []
+        for b, seq in enumerate(out.sequences):
+            s = {"text": text_of(seq), "token_ids": seq, "stopped": bool(out.stopped[b])}
+            if args.logprobs:
+                s["logprobs"] = [float(x) for x in out.logprobs[b, :len(seq)]]
+            if args.top_n:
+                s["top"] = [[{"id": int(i), "text": tok.decode([int(i)]), "logprob": float(lp)}
+                             for i, lp in zip(out.top_ids[b, t], out.top_logprobs[b, t])]
+                            for t in range(len(seq))]
+            samples.append(s)
+        print(json.dumps({"run": str(r.path), "step": r.step, "prompt": args.prompt, "prompt_ids": ids,
+                          "settings": {k: v for k, v in kw.items() if k != "key"} | {"seed": args.seed},
+                          "samples": samples}, ensure_ascii=False))
+        return 0
+
+    it = generate_stream(r.model, prompts, chunk_size=args.chunk, **kw)
+    if args.num_samples == 1:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+        shown, seq = "", []
+        for _, chunk in it:
+            seq += [int(t) for t in chunk[0] if t >= 0]
+            text = text_of(seq)
+            # Print only what is new; hold back a trailing replacement character (a multi-byte
+            # character split across tokens) until the next chunk completes it.
+            stable = text[:-1] if text.endswith("\ufffd") else text
+            if stable.startswith(shown):
+                sys.stdout.write(stable[len(shown):])
+                sys.stdout.flush()
+                shown = stable
+        final = text_of(seq)
+        sys.stdout.write((final[len(shown):] if final.startswith(shown) else "") + "\n")
+        return 0
+    while True:
+        try:
+            next(it)
+        except StopIteration as done:
+            out = done.value
+            break
+    for b, seq in enumerate(out.sequences):
+        print(f"--- sample {b + 1} of {args.num_samples} ---")
+        print(args.prompt + text_of(seq))
+    return 0

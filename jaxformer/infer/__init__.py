@@ -1,0 +1,1 @@
+"""Inference: sampling filters, generation with a KV cache, scoring."""

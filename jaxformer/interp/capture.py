@@ -1,0 +1,257 @@
+"""Look inside a model: attention maps, named intermediates, logit lens, head statistics.
+
+Everything here is computed by :func:`jaxformer.functional.decoder` (``capture=True``, or
+its hook points through :mod:`jaxformer.interp`: the very attention the model runs), never
+by a second copy of the math. Results are batch-first (``weights_BLHTT``, ``resid_BLTD``)
+so that ``out[b]`` is one example.
+
+Shape legend as in :mod:`jaxformer.functional` (B batch, L layers, H heads, T time,
+D width, V vocabulary).
+
+    >>> w = attention_maps(model, tokens_BT)        # [B, L, H, T, T], rows sum to 1
+    >>> acts = capture(model, tokens_BT)            # dict of named intermediates
+    >>> acts["resid"].shape                         # [B, L+1, T, D]
+
+``model`` is a :class:`jaxformer.GPT` or a ``(params, config)`` pair everywhere.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformer import functional as F
+from jaxformer.errors import DataError
+from jaxformer.infer.sampling import check_sampling, filter_logits, greedy
+
+__all__ = ["attention_maps", "attention_maps_fn", "capture", "capture_fn", "logit_lens",
+           "layer_cosine_similarity", "token_cosine_similarity", "head_statistics",
+           "describe_heads", "token_labels", "next_token_distribution", "CAPTURE_SHAPES"]
+
+CAPTURE_SHAPES = {
+    "embed": "[B, T, D]  token (+ absolute position) embedding entering block 0",
+    "resid": "[B, L+1, T, D]  residual stream entering each block, then the last block's output",
+    "attn_out": "[B, L, T, D]  what each block's attention adds to the residual stream",
+    "mlp_out": "[B, L, T, D]  what each block's MLP adds to the residual stream",
+    "weights": "[B, L, H, T, T]  attention weights (query t, key s)",
+    "logits": "[B, T, V]  final next-token logits (float32)",
+    "logit_lens": "[B, L+1, T, V]  each resid entry through the final norm and unembedding",
+}
+
+
+def _parts(model) -> Tuple[Any, Any]:
+    if isinstance(model, tuple):
+        return model
+    return model.params(), model.config
+
+
+def _check_tokens(tokens_BT, config) -> jax.Array:
+    tokens = np.asarray(tokens_BT)
+    if tokens.ndim == 1:
+        raise DataError(f"tokens have shape {tokens.shape}: pass a batch [B, T] (e.g. tokens[None])")
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
+        raise DataError(f"tokens have shape {tokens.shape}: expected a non-empty [B, T] array")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise DataError(f"tokens have dtype {tokens.dtype}: expected integer token ids")
+    if tokens.shape[1] > config.max_len:
+        raise DataError(f"{tokens.shape[1]} tokens exceed the model's context max_len={config.max_len}")
+    if tokens.min() < 0 or tokens.max() >= config.vocab_size:
+        bad = int(tokens.min()) if tokens.min() < 0 else int(tokens.max())
+        raise DataError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
+    return jnp.asarray(tokens, jnp.int32)
+
+
+# ----------------------------------------------------------------------------- attention maps
+def _weights_one(params, tokens_T, config):
+    """One example: ids ``[T]`` -> attention weights ``[L, H, T, T]``."""
+    _, aux = F.decoder(params, tokens_T[None], config, capture=True)
+    return aux["weights"][:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def attention_maps_fn(params, tokens_BT, config):
+    """Pure, jitted: ``tokens [B, T]`` -> ``weights [B, L, H, T, T]`` (float32).
+
+    ``jax.vmap`` over the examples of a single-example forward pass, so one compiled
+    call serves the whole batch (and each example is computed exactly as it would be
+    alone). Right-padding is harmless: with a causal mask no real token sees it.
+    """
+    return jax.vmap(lambda t: _weights_one(params, t, config))(tokens_BT)
+
+
+def attention_maps(model, tokens_BT) -> jax.Array:
+    """Attention weights of every layer and head: ``tokens [B, T]`` -> ``[B, L, H, T, T]``.
+
+    Rows sum to 1; entries above the diagonal (future keys) are exactly 0.
+    Raises :class:`DataError` for tokens of the wrong shape, out-of-vocabulary ids or
+    more than ``max_len`` tokens.
+    """
+    params, config = _parts(model)
+    return attention_maps_fn(params, _check_tokens(tokens_BT, config), config)
+
+
+# ----------------------------------------------------------------------------- capture
+def logit_lens(params, resid_BLTD, config) -> jax.Array:
+    """Project residual streams through the final norm and the unembedding.
+
+    ``resid [B, L, T, D]`` (any number L of stream snapshots) -> ``logits [B, L, T, V]``
+    (float32). For the last snapshot of a pre-norm model this *is* the model's output.
+    """
+    B, L, T, D = resid_BLTD.shape
+    dtype = jnp.dtype(config.dtype)
+    params = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+                          params)
+    logits = F.unembed(params, resid_BLTD.reshape(B * L, T, D).astype(dtype), config)
+    return logits.reshape(B, L, T, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "with_logit_lens"))
+def capture_fn(params, tokens_BT, config, with_logit_lens: bool = True) -> Dict[str, jax.Array]:
+    """Pure, jitted version of :func:`capture` over a parameter pytree: a view of
+    :func:`jaxformer.interp.run_with_cache_fn` (the hook points, stacked over layers)."""
+    from jaxformer.interp import run_with_cache_fn, stack_layers  # interp builds on this module's helpers
+    L = config.n_layer
+    per_layer = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "attn.hook_pattern")
+    names = tuple(f"blocks.{l}.{n}" for l in range(L) for n in per_layer) + (f"blocks.{L - 1}.hook_resid_post",)
+    logits, cache = run_with_cache_fn(params, tokens_BT, config, names)
+    resid = jnp.concatenate([stack_layers(cache, "hook_resid_pre", L), cache[names[-1]][:, None]], axis=1)
+    out = {
+        "embed": resid[:, 0],
+        "resid": resid,
+        "attn_out": stack_layers(cache, "hook_attn_out", L),
+        "mlp_out": stack_layers(cache, "hook_mlp_out", L),
+        "weights": stack_layers(cache, "attn.hook_pattern", L),
+        "logits": logits,
+    }
+    if with_logit_lens:
+        out["logit_lens"] = logit_lens(params, out["resid"], config)
+    return out
+
+
+def capture(model, tokens_BT, *, with_logit_lens: bool = True) -> Dict[str, jax.Array]:
+    """Run the model once and return its named intermediates (see ``CAPTURE_SHAPES``).
+
+    Keys: ``embed [B, T, D]``, ``resid [B, L+1, T, D]`` (``resid[:, i]`` enters block i,
+    ``resid[:, L]`` leaves the last block, before the final norm), ``attn_out`` and
+    ``mlp_out [B, L, T, D]`` (the two branches added by each block, after dropout, so
+    for a pre-/no-norm model ``resid[:, i+1] = resid[:, i] + attn_out[:, i] + mlp_out[:, i]``),
+    ``weights [B, L, H, T, T]``, ``logits [B, T, V]`` and, unless ``with_logit_lens=False``,
+    ``logit_lens [B, L+1, T, V]`` (memory: ``B (L+1) T V`` floats).
+    """
+    params, config = _parts(model)
+    return capture_fn(params, _check_tokens(tokens_BT, config), config, with_logit_lens)
+
+
+# ----------------------------------------------------------------------------- analysis (NumPy)
+def _unit(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def layer_cosine_similarity(resid_LTD) -> np.ndarray:
+    """Mean over tokens of the cosine similarity between the representations of the same
+    token at two depths: ``resid [L, T, D]`` -> ``[L, L]`` (float64, symmetric, unit diagonal)."""
+    u = _unit(resid_LTD)
+    return np.einsum("itd,jtd->ij", u, u) / u.shape[1]
+
+
+def token_cosine_similarity(x_TD) -> np.ndarray:
+    """Cosine similarity between the tokens of one layer: ``[T, D]`` -> ``[T, T]``."""
+    u = _unit(x_TD)
+    return u @ u.T
+
+
+def head_statistics(weights_LHTT) -> Dict[str, np.ndarray]:
+    """Summarise each head of one example's causal attention: ``[L, H, T, T]`` -> dict of ``[L, H]``.
+
+    Averaged over query rows ``t >= 1`` (row 0 can only attend to itself):
+    ``entropy`` (nats), ``norm_entropy`` (entropy / log(t+1): 0 = one key, 1 = uniform over
+    the allowed keys), ``mean_offset`` (expected ``t - s``: 1 for a previous-token head),
+    ``prev``, ``first``, ``self`` (mean weight on key t-1, key 0, key t).
+    """
+    w = np.asarray(weights_LHTT, np.float64)
+    T = w.shape[-1]
+    if T < 2:
+        raise DataError("head statistics need at least 2 tokens")
+    t = np.arange(T)
+    rows = w[..., 1:, :]                                           # [L, H, T-1, T]
+    ent = -np.sum(np.where(rows > 0, rows * np.log(np.where(rows > 0, rows, 1.0)), 0.0), -1)
+    offset = np.sum(rows * (t[1:, None] - t[None, :]), -1)
+    diag = lambda k: np.diagonal(w, offset=-k, axis1=-2, axis2=-1)  # noqa: E731
+    return {
+        "entropy": ent.mean(-1),
+        "norm_entropy": (ent / np.log(t[1:] + 1.0)).mean(-1),
+        "mean_offset": offset.mean(-1),
+        "prev": diag(1).mean(-1),
+        "first": w[..., 1:, 0].mean(-1),
+        "self": diag(0)[..., 1:].mean(-1),
+    }
+
+
+def describe_heads(stats: Dict[str, np.ndarray], threshold: float = 0.5) -> List[List[str]]:
+    """A short label per head from :func:`head_statistics`: ``previous-token``,
+    ``first-token``, ``self`` (more than ``threshold`` of the weight on that key on average),
+    ``diffuse`` (normalised entropy > 0.8), otherwise ``mixed``; with the mean offset."""
+    L, H = stats["entropy"].shape
+    labels = []
+    for layer in range(L):
+        row = []
+        for h in range(H):
+            get = lambda k: float(stats[k][layer, h])  # noqa: E731
+            kind = max((("previous-token", get("prev")), ("first-token", get("first")),
+                        ("self", get("self"))), key=lambda kv: kv[1])
+            if kind[1] > threshold:
+                name = kind[0]
+            elif get("norm_entropy") > 0.8:
+                name = "diffuse"
+            else:
+                name = "mixed"
+            row.append(f"{name} (entropy {get('entropy'):.2f}, offset {get('mean_offset'):.1f})")
+        labels.append(row)
+    return labels
+
+
+def token_labels(tokenizer, ids: Sequence[int]) -> List[str]:
+    """One readable label per token id, as the tokenizer split the text: each id decoded
+    alone, spaces shown as ``␣``, newlines as ``↵``, tabs as ``⇥``; a byte that is not a
+    whole UTF-8 character alone (byte-level tokenizers) and control characters as ``<c3>``."""
+    out = []
+    for i in ids:
+        i = int(i)
+        try:
+            s = tokenizer.decode([i])
+        except Exception:  # noqa: BLE001 - any tokenizer failure -> show the id
+            s = "\ufffd"
+        if "\ufffd" in s or s == "":
+            s = _raw_label(tokenizer, i)
+        s = s.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5")
+        out.append("".join(ch if ch.isprintable() else f"<{ord(ch):02x}>" for ch in s))
+    return out
+
+
+def _raw_label(tokenizer, i: int) -> str:
+    """A label for a token that is not a whole character on its own."""
+    if type(tokenizer).__name__ == "ByteTokenizer" and 0 <= i < 256:
+        return f"<{i:02x}>"
+    tk = getattr(tokenizer, "tk", None)           # BPETokenizer wraps a tokenizers.Tokenizer
+    piece = tk.id_to_token(i) if tk is not None else None
+    return piece if piece else f"#{i}"
+
+
+def next_token_distribution(logits_V, *, temperature: float = 1.0, top_k=None, top_p=None) -> np.ndarray:
+    """The distribution a sampler with these settings draws from: ``logits [V]`` -> probs ``[V]``
+    (float64): the softmax of :func:`jaxformer.infer.sampling.filter_logits` (temperature, then
+    top-k, then top-p), the very filters :func:`jaxformer.generate` samples through;
+    ``temperature=0`` is greedy (one-hot on the arg-max). Raises
+    :class:`~jaxformer.errors.GenerationError` for invalid settings."""
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    x_1V = jnp.asarray(logits_V, jnp.float32)[None]
+    if temperature == 0:
+        p = np.zeros(x_1V.shape[-1])
+        p[int(greedy(x_1V)[0])] = 1.0
+        return p
+    x_1V = filter_logits(x_1V, temperature=temperature, top_k=top_k, top_p=top_p)
+    return np.asarray(jax.nn.softmax(x_1V, axis=-1)[0], np.float64)

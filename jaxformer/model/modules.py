@@ -1,0 +1,206 @@
+"""Flax NNX modules that own parameters and call :mod:`jaxformer.functional`.
+
+No math lives here: each module holds ``nnx.Param`` leaves named exactly like the
+functional parameter pytree (see the legend in ``functional.py``), so
+``nnx.to_pure_dict(nnx.state(module, nnx.Param))`` *is* the pytree the functional
+core takes, and ``module.params()`` returns it.
+
+:class:`GPT` holds its ``L`` blocks stacked (every parameter with a leading ``[L]``
+axis, created by ``nnx.vmap`` over :class:`DecoderBlock` with one RNG split per layer),
+the layout :func:`functional.decoder` scans over. The modules run the textbook
+(:mod:`jaxformer.functional` without kernels), so every autodiff mode works on them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer import functional as F
+from jaxformer.config import ModelConfig
+
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
+
+
+def _const(shape, value: float, dtype) -> nnx.Param:
+    return nnx.Param(jnp.full(shape, value, dtype))
+
+
+class ParamsMixin:
+    def params(self) -> dict:
+        """This module's parameters as the plain nested dict the functional core takes."""
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
+
+    def load_params(self, tree: dict) -> None:
+        """Overwrite this module's parameters from a plain nested dict (same structure)."""
+        state = nnx.state(self, nnx.Param)
+        nnx.replace_by_pure_dict(state, tree)
+        nnx.update(self, state)
+
+
+class LayerNorm(ParamsMixin, nnx.Module):
+    """Layer norm (or RMS norm with ``kind="rmsnorm"``) over the last axis."""
+
+    def __init__(self, dim: int, *, kind: str = "layernorm", bias: bool = True, eps: float = 1e-5,
+                 offset: float = 0.0, param_dtype=jnp.float32):
+        self.kind, self.eps, self.offset = kind, eps, offset
+        self.scale = _const((dim,), 1.0 - offset, param_dtype)  # applied as offset + scale = 1
+        if bias and kind == "layernorm":
+            self.bias = _const((dim,), 0.0, param_dtype)
+
+    def __call__(self, x):
+        return F.norm(self.params(), x, self.kind, self.eps, offset=self.offset)
+
+    @classmethod
+    def of(cls, config: ModelConfig, dim: Optional[int] = None, bias: Optional[bool] = None) -> "LayerNorm":
+        """The norm ``config`` asks for (kind, epsilon, offset, bias), over ``dim`` (default D)."""
+        return cls(dim or config.d_model, kind=config.norm, bias=config.bias if bias is None else bias,
+                   eps=config.norm_eps, offset=config.norm_offset, param_dtype=jnp.dtype(config.param_dtype))
+
+
+class MultiHeadAttention(ParamsMixin, nnx.Module):
+    """Multi-head self-attention with optional grouped K/V heads (``n_kv_head < n_head``)."""
+
+    def __init__(self, d_model: int, n_head: int, *, n_kv_head: Optional[int] = None,
+                 head_dim: Optional[int] = None, bias: bool = True, qkv_bias: Optional[bool] = None,
+                 qk_norm: Optional["LayerNorm"] = None, rngs: nnx.Rngs, init_std: float = 0.02,
+                 out_std: Optional[float] = None, param_dtype=jnp.float32):
+        G = n_head if n_kv_head is None else n_kv_head
+        K = d_model // n_head if head_dim is None else head_dim
+        self.wq = _normal(rngs, (d_model, n_head, K), init_std, param_dtype)
+        self.wk = _normal(rngs, (d_model, G, K), init_std, param_dtype)
+        self.wv = _normal(rngs, (d_model, G, K), init_std, param_dtype)
+        self.wo = _normal(rngs, (n_head, K, d_model), out_std or init_std, param_dtype)
+        if bias if qkv_bias is None else qkv_bias:
+            self.bq = _const((n_head, K), 0.0, param_dtype)
+            self.bk = _const((G, K), 0.0, param_dtype)
+            self.bv = _const((G, K), 0.0, param_dtype)
+        if bias:
+            self.bo = _const((d_model,), 0.0, param_dtype)
+        if qk_norm is not None:  # a LayerNorm over K, copied for q and for k (Qwen3)
+            self.q_norm, self.k_norm = qk_norm, nnx.clone(qk_norm)
+
+    def __call__(self, x_BTD, *, mask=None, rope=None):
+        """``x [B, T, D]``, boolean ``mask`` broadcastable to ``[B, 1, T, T]`` ->
+        ``(out [B, T, D], weights [B, H, T, T])``."""
+        qk_norm = getattr(self, "q_norm", None)
+        out, weights, _ = F.multi_head_attention(
+            self.params(), x_BTD, mask=mask, rope=rope,
+            qk_norm=None if qk_norm is None else (lambda p, h: F.norm(p, h, qk_norm.kind, qk_norm.eps,
+                                                                      offset=qk_norm.offset)))
+        return out, weights
+
+
+class FeedForward(ParamsMixin, nnx.Module):
+    """Position-wise MLP with ``relu`` | ``gelu`` | ``gelu_exact`` | ``swiglu`` | ``geglu``."""
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu", bias: bool = True,
+                 rngs: nnx.Rngs, init_std: float = 0.02, out_std: Optional[float] = None,
+                 param_dtype=jnp.float32):
+        self.activation = activation
+        self.w_in = _normal(rngs, (d_model, d_ff), init_std, param_dtype)
+        if activation in F.GATED:
+            self.w_gate = _normal(rngs, (d_model, d_ff), init_std, param_dtype)
+        self.w_out = _normal(rngs, (d_ff, d_model), out_std or init_std, param_dtype)
+        if bias:
+            self.b_in = _const((d_ff,), 0.0, param_dtype)
+            self.b_out = _const((d_model,), 0.0, param_dtype)
+
+    def __call__(self, x_BTD):
+        return F.feed_forward(self.params(), x_BTD, self.activation)
+
+
+class DecoderBlock(ParamsMixin, nnx.Module):
+    """One decoder block (attention + MLP with residuals; norms per ``config.norm_position``)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        pdt = jnp.dtype(c.param_dtype)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
+        out_std = c.init_std / (2 * c.n_layer) ** 0.5
+        if c.norm_position != "none":
+            self.ln1 = LayerNorm.of(c)
+        if c.norm_position == "sandwich":
+            self.ln_attn_out = LayerNorm.of(c)
+        self.attn = MultiHeadAttention(c.d_model, c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
+                                       bias=c.bias, qkv_bias=c.qkv_bias,
+                                       qk_norm=LayerNorm.of(c, c.head_dim, bias=False) if c.qk_norm else None,
+                                       rngs=rngs, init_std=c.init_std, out_std=out_std, param_dtype=pdt)
+        if not c.attn_only:
+            if c.norm_position != "none":
+                self.ln2 = LayerNorm.of(c)
+            if c.norm_position == "sandwich":
+                self.ln_mlp_out = LayerNorm.of(c)
+            self.mlp = FeedForward(c.d_model, c.d_ff, activation=c.activation, bias=c.bias, rngs=rngs,
+                                   init_std=c.init_std, out_std=out_std, param_dtype=pdt)
+
+    def __call__(self, x_BTD, *, mask=None, rope=None, key=None):
+        """``x [B, T, D] -> (y [B, T, D], aux)`` (see :func:`functional.decoder_block`)."""
+        if self.attn.wq.ndim != 3:
+            raise ValueError(f"this DecoderBlock holds {self.attn.wq.shape[0]} stacked layers (GPT.blocks): "
+                             "run them with GPT or functional.decoder, or take one layer's parameters "
+                             "with jax.tree.map(lambda a: a[i], gpt.params()['blocks'])")
+        if mask is None:
+            mask = F.causal_mask(x_BTD.shape[1])
+        return F.decoder_block(self.params(), x_BTD, self.config, mask=mask, rope=rope, key=key)
+
+
+class GPT(ParamsMixin, nnx.Module):
+    """A GPT-style decoder: ``GPT(config, rngs=nnx.Rngs(0))(tokens [B, T]) -> logits [B, T, V]``.
+
+    Blocks are stored stacked (leading ``[L]`` axis) and run by :func:`functional.decoder`
+    under ``lax.scan`` when ``config.scan_layers`` (the default). ``GPT.blocks`` is a
+    :class:`DecoderBlock` holding all ``L`` layers; calling it directly is an error.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        pdt = jnp.dtype(c.param_dtype)
+        self.tok_emb = _normal(rngs, (c.vocab_size, c.d_model), c.init_std, pdt)
+        if c.positions == "learned":
+            self.pos_emb = _normal(rngs, (c.max_len, c.d_model), c.init_std / 2, pdt)
+
+        @nnx.split_rngs(splits=c.n_layer)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def stacked_blocks(rngs):
+            return DecoderBlock(c, rngs=rngs)
+
+        self.blocks = stacked_blocks(rngs)
+        if c.norm_position in ("pre", "sandwich"):
+            self.ln_f = LayerNorm.of(c)
+        if not c.tie_embeddings:
+            self.lm_head = _normal(rngs, (c.d_model, c.vocab_size), c.init_std, pdt)
+
+    def __call__(self, tokens_BT, *, key: Optional[jax.Array] = None):
+        """Logits ``[B, T, V]`` (float32). ``key`` enables dropout (training)."""
+        logits, _ = F.decoder(self.params(), tokens_BT, self.config, key=key)
+        return logits
+
+    @classmethod
+    def abstract(cls, config: ModelConfig) -> "GPT":
+        """The model's structure with ``jax.ShapeDtypeStruct`` leaves: no memory, no random init."""
+        return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+
+    @classmethod
+    def from_params(cls, config: ModelConfig, params: dict) -> "GPT":
+        """A model holding ``params`` (a functional pytree), built without a random init.
+        The one way the library builds a model from loaded or trained parameters."""
+        model = cls.abstract(config)
+        model.load_params(params)
+        return model
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (``non_embedding``: without token/position tables)."""
+        return count_params(self.params(), non_embedding=non_embedding)
+
+
+def count_params(params: dict, non_embedding: bool = False) -> int:
+    """Count the scalars in a parameter pytree, optionally without ``tok_emb``/``pos_emb``."""
+    if non_embedding:
+        params = {k: v for k, v in params.items() if k not in ("tok_emb", "pos_emb")}
+    return int(sum(x.size for x in jax.tree.leaves(params)))

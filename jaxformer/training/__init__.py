@@ -1,0 +1,1 @@
+"""Training: the optimizer and jitted steps, the loop, checkpoints, runs started from runs, meshes, benchmarks."""

@@ -1,0 +1,1 @@
+"""Figures: matplotlib plots, token labels on figures, the HTML attention explorer."""
