@@ -82,7 +82,8 @@ def test_interrupt_before_the_first_step_exits_130(tmp_path, capsys, monkeypatch
 
 def test_interrupt_after_some_steps_exits_130_with_the_true_losses(tmp_path, capsys, monkeypatch):
     from jaxformer.training import steps as training
-    from jaxformer.training.checkpoint import checkpoint_steps, read_metrics
+    from jaxformer.runfolder import read_metrics
+    from jaxformer.training.checkpoint import checkpoint_steps
     real = training.train
     monkeypatch.setattr(training, "train", lambda *a, **k: real(*a, **k, stop_after=7))  # as Ctrl-C at 7
     rc, run = _train(tmp_path)
@@ -123,7 +124,7 @@ def test_second_ctrl_c_during_a_checkpoint_save_completes_it_then_exits_130(tmp_
 
 def test_resuming_a_finished_run_does_nothing_and_exits_0(tmp_path, capsys, monkeypatch):
     from jaxformer.infer import generation
-    from jaxformer.training.checkpoint import read_metrics
+    from jaxformer.runfolder import read_metrics
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt

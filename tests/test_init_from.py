@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from jaxformer import load_config
-from jaxformer.training.checkpoint import checkpoint_steps, load_run, read_metrics, restore_checkpoint
+from jaxformer.runfolder import read_metrics
+from jaxformer.training.checkpoint import checkpoint_steps, load_run, restore_checkpoint
 from jaxformer.cli import main
 from jaxformer.data import encode_corpus, get_batch, pydoc_text
 from jaxformer.errors import ConfigError, DataError
-from jaxformer.training.init_from import INIT_FILE, init_from_config
+from jaxformer.runfolder import INIT_FILE
+from jaxformer.training.init_from import init_from_config
 from jaxformer.training.steps import evaluate, init_params, loss_fn, lr_schedule, train
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",

@@ -137,7 +137,8 @@ def test_two_processes_train_like_one_device(tmp_path):
 
     # the real training entry point, both hosts into one folder
     from jaxformer import train
-    from jaxformer.training.checkpoint import checkpoint_steps, read_metrics
+    from jaxformer.runfolder import read_metrics
+    from jaxformer.training.checkpoint import checkpoint_steps
     one = train(load_config(None, mc.OVERRIDES[:-2] + mc.TRAIN), tmp_path / "one", data_text=mc.TEXT,
                 progress=False)
     want = [m["train_loss"] for m in one.metrics if m.get("train_loss") is not None]

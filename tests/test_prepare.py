@@ -306,7 +306,8 @@ def test_train_on_prepared_folder_equals_text_file_and_resumes_exactly(tmp_path,
     import jax
 
     from jaxformer import load_config
-    from jaxformer.training.checkpoint import load_run, read_metrics
+    from jaxformer.runfolder import read_metrics
+    from jaxformer.training.checkpoint import load_run
     from jaxformer.training.steps import train
 
     f = tmp_path / "c.txt"

@@ -11,7 +11,8 @@ import pytest
 from jaxformer import functional as F
 from jaxformer import load_config
 from jaxformer.training import loop as train_loop
-from jaxformer.training.checkpoint import checkpoint_steps, load_run, read_metrics
+from jaxformer.runfolder import read_metrics
+from jaxformer.training.checkpoint import checkpoint_steps, load_run
 from jaxformer.data import CharTokenizer, encode_corpus, get_batch, pydoc_text
 from jaxformer.errors import CheckpointError, DataError, RunExistsError
 from jaxformer.training.steps import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,

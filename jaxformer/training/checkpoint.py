@@ -16,9 +16,7 @@ may hold parameters only (e.g. converted GPT-2 weights): ``opt_state`` and ``met
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import pathlib
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -28,12 +26,11 @@ import numpy as np
 
 from jaxformer.config import Config, load_run_config, save_config
 from jaxformer.errors import CheckpointError, ConfigError, DataError
+from jaxformer.runfolder import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
 
 #: Checkpoint layout version: bump when the parameter tree or the saved items change.
 FORMAT_VERSION = 1
 
-CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, CHECKPOINT_DIR = (
-    "config.yaml", "tokenizer.json", "metrics.jsonl", "checkpoints")
 
 # Orbax logs every save/restore at INFO level through absl; keep the console quiet.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -210,31 +207,3 @@ def load_run(run_dir, step: Optional[int] = None) -> Run:
     model = GPT.from_params(config.model, ck["params"])
     return Run(model=model, config=config, tokenizer=tokenizer, step=ck["step"], path=run_dir,
                meta=ck["meta"])
-
-
-def append_metrics(run_dir, record: dict) -> None:
-    """Append one JSON object as a line of ``metrics.jsonl``."""
-    with open(pathlib.Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path) -> list[dict]:
-    """All records of a run's ``metrics.jsonl``, one dict per line: ``path`` is the run folder
-    or the ``.jsonl`` file itself. Empty when there is no such file."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        path = path / METRICS_FILE
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def truncate_metrics(run_dir, step: int) -> None:
-    """Drop records after ``step`` (used on resume, so a resumed log has no duplicates)."""
-    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    path = pathlib.Path(run_dir) / METRICS_FILE
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)

@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, checkpoint_steps, restore_checkpoint
+from jaxformer.runfolder import CONFIG_FILE, INIT_FILE, TOKENIZER_FILE
+from jaxformer.training.checkpoint import checkpoint_steps, restore_checkpoint
 from jaxformer.config import (Config, ConfigError, ModelConfig, apply_overrides, config_from_dict,
                               config_source, load_run_config)
 from jaxformer.errors import CheckpointError, DataError
 
 #: The provenance file of a run started with ``init_from``.
-INIT_FILE = "init_from.json"
 #: ``data`` keys that describe the tokenizer, which ``init_from`` fixes.
 TOKENIZER_KEYS = ("tokenizer", "vocab_size")
 

@@ -19,15 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer.training.checkpoint import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics,
-                                           checkpoint_steps, restore_checkpoint, save_checkpoint,
-                                           save_run_folder, truncate_metrics)
+from jaxformer.runfolder import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, append_metrics,
+                                 truncate_metrics)
+from jaxformer.training.checkpoint import (checkpoint_steps, restore_checkpoint, save_checkpoint,
+                                           save_run_folder)
 from jaxformer.config import Config, load_run_config
 from jaxformer.data.batches import TokenData, encode_corpus, get_batch, prefetch
 from jaxformer.data.tokenizers import build_tokenizer, load_tokenizer
 from jaxformer.data.texts import load_corpus
 from jaxformer.errors import CheckpointError, ConfigError, DataError, RunExistsError
-from jaxformer.training.init_from import (INIT_FILE, InitSource, check_init_compatible, load_init_params,
+from jaxformer.runfolder import INIT_FILE
+from jaxformer.training.init_from import (InitSource, check_init_compatible, load_init_params,
                                           open_init_source, read_init_record, write_init_record)
 from jaxformer.viz.plots import loss_curves
 from jaxformer.data.shards import TokenShards, is_prepared
@@ -405,5 +407,5 @@ def _train(config: Config, run_dir: pathlib.Path, at: _Position, *, resume: bool
 
 
 def _read_all(run_dir):
-    from jaxformer.training.checkpoint import read_metrics
+    from jaxformer.runfolder import read_metrics
     return read_metrics(run_dir)

@@ -252,10 +252,10 @@ def positional_curves(pe_PD, dims: Sequence[int] = (0, 1, 10, 20, 30), *,
 @_fonts
 def loss_curves(metrics, *, title: str = "training and validation loss", path=None) -> Figure:
     """Train / val loss against step from a list of metric dicts, a ``metrics.jsonl`` path or
-    a run folder (read by :func:`jaxformer.training.checkpoint.read_metrics`; entries without
+    a run folder (read by :func:`jaxformer.runfolder.read_metrics`; entries without
     ``val_loss`` are train-only logs). Raises :class:`DataError` for a path with no metrics."""
     if isinstance(metrics, (str, os.PathLike)):
-        from jaxformer.training.checkpoint import read_metrics
+        from jaxformer.runfolder import read_metrics
 
         source, metrics = metrics, read_metrics(metrics)
         if not metrics:

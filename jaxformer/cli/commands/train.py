@@ -81,7 +81,7 @@ def losses(records: list, upto: Optional[int] = None) -> str:
 def summary(out, state: str, step: Optional[int], checkpoint: Optional[int], n_params: Optional[int] = None) -> str:
     """One truthful line about a run folder: how it ended (``finished`` / ``interrupted``), at
     which step, its last train and val losses from metrics.jsonl, and its checkpoint."""
-    from jaxformer.training.checkpoint import read_metrics
+    from jaxformer.runfolder import read_metrics
 
     records = read_metrics(out)
     if step is None or (state == "interrupted" and step == 0):
