@@ -46,9 +46,9 @@ def shakespeare_path() -> pathlib.Path:
         if p and pathlib.Path(p).is_file():
             return pathlib.Path(p)
     sys.path.insert(0, str(REPO))
-    from jaxformer.data import _local_shakespeare, shakespeare_text
+    from jaxformer.data.texts import shakespeare_file, shakespeare_text
     shakespeare_text()
-    return _local_shakespeare()
+    return shakespeare_file()
 
 
 def write_corpus(path: pathlib.Path, size_bytes: int, source: str, seed: int = 0) -> int:

@@ -3,7 +3,7 @@ and the train step's throughput next to the same model in eager PyTorch, measure
 
     python benchmarks/train_shakespeare.py [--data PATH] [--steps N] [--out DIR] [--json FILE]
 
-1. Trains ``configs/shakespeare_char_cpu.yaml`` with ``jaxformer.training.steps.train`` (the same
+1. Trains ``configs/shakespeare_char_cpu.yaml`` with ``jaxformer.training.loop.train`` (the same
    code path as ``jaxformer train``) and reads val loss and tokens/s from its metrics.
 2. Times the jitted JAX train step and the eager PyTorch AdamW step of the same model (same
    batch, context, optimizer, clipping) in alternating rounds, so both see the same machine
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     from jaxformer import load_config
     from jaxformer.torch_reference import time_train_step
-    from jaxformer.training.steps import train
+    from jaxformer.training.loop import train
 
     if not pathlib.Path(args.data).is_file():
         print(f"Tiny Shakespeare not found at {args.data}; pass --data PATH", file=sys.stderr)

@@ -14,7 +14,7 @@
 # # Lab 4: train a tiny GPT
 #
 # About a minute of training on a 2-core CPU with the library's training API
-# (`jaxformer.training.steps.train`), the train and validation loss curves read back from the
+# (`jaxformer.training.loop.train`), the train and validation loss curves read back from the
 # run's `metrics.jsonl`, and a sample from the trained model.
 #
 # The run folder (`<out>/run`) is a normal jaxformer run: `jaxformer sample --run` and
@@ -42,7 +42,7 @@ import jax  # noqa: E402  (after parse: --help answers without importing JAX)
 
 from jaxformer import generate
 from jaxformer.viz import plots  # noqa: E402
-from jaxformer.training.steps import train  # noqa: E402
+from jaxformer.training.loop import train  # noqa: E402
 
 report = Report(args.out)
 

@@ -147,7 +147,7 @@ def trained_model(args, report: Report, *, n_layer: int = 2, n_head: int = 4, st
     the text is ``None`` when a run's corpus cannot be read here."""
     from jaxformer.training.checkpoint import load_run
     from jaxformer.errors import JaxformerError
-    from jaxformer.training.steps import train
+    from jaxformer.training.loop import train
 
     if getattr(args, "run", None):
         run = load_run(args.run)

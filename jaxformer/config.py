@@ -284,10 +284,6 @@ class Config:
         return d
 
 
-#: Keys that no longer exist, with what to use instead.
-RENAMED = {("model", "attention"): "model.attention was replaced by model.kernels (auto | textbook | cpu | "
-                                   "cudnn): attention=explicit is kernels=textbook, attention=auto is kernels=auto"}
-
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
 
 
@@ -348,8 +344,6 @@ def config_from_dict(raw: Any) -> Config:
         names = [f.name for f in fields(cls)]
         kwargs = {}
         for key, value in values.items():
-            if (section, key) in RENAMED:
-                raise ConfigError(RENAMED[section, key])
             if key not in names:
                 raise ConfigError(f"unknown config key {section}.{_name(key)}{_suggest(str(key), names)}")
             kwargs[key] = _coerce(section, cls, key, value)
@@ -411,7 +405,7 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[st
     see :func:`shipped_configs`); an existing file of that name wins. ``path=None`` starts
     from the defaults. Raises :class:`ConfigError` for every problem.
     """
-    raw = _read_yaml(config_source(path)) if path is not None else {}
+    raw = read_yaml(config_source(path)) if path is not None else {}
     return config_from_dict(apply_overrides(raw or {}, overrides))
 
 
@@ -424,7 +418,7 @@ def _yaml_error_where(e: Exception) -> str:
     return f" at line {mark.line + 1}, column {mark.column + 1}: {problem or first}"
 
 
-def _read_yaml(path) -> Any:
+def read_yaml(path) -> Any:
     """The mapping in a YAML config file (``yaml.safe_load``); ConfigError for every problem."""
     source = path if hasattr(path, "read_text") else pathlib.Path(path)  # a file or package data
     try:
@@ -442,17 +436,6 @@ def _read_yaml(path) -> Any:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
     return raw or {}
-
-
-def load_run_config(path: str | os.PathLike) -> Config:
-    """Read a run folder's resolved ``config.yaml``, written by this or an earlier version
-    (an old ``model.attention`` becomes the matching ``model.kernels``)."""
-    raw = _read_yaml(path)
-    model = raw.get("model") if isinstance(raw, dict) else None
-    if isinstance(model, dict) and "attention" in model:
-        old = model.pop("attention")
-        model.setdefault("kernels", "textbook" if old == "explicit" else "auto")
-    return config_from_dict(raw)
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

@@ -230,8 +230,8 @@ def test_bad_knobs_are_named(overrides, field):
 
 
 def test_layer_types_round_trip_through_yaml(tmp_path):
-    from jaxformer.config import Config, load_run_config, save_config
+    from jaxformer.config import Config, load_config, save_config
     cfg = Config(model=ModelConfig(**{**BASE, **FAMILIES["gemma2"]}))
     save_config(cfg, tmp_path / "config.yaml")
     assert "- sliding" in (tmp_path / "config.yaml").read_text()
-    assert load_run_config(tmp_path / "config.yaml").model == cfg.model
+    assert load_config(tmp_path / "config.yaml").model == cfg.model

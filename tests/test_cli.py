@@ -81,11 +81,11 @@ def test_interrupt_before_the_first_step_exits_130(tmp_path, capsys, monkeypatch
 
 
 def test_interrupt_after_some_steps_exits_130_with_the_true_losses(tmp_path, capsys, monkeypatch):
-    from jaxformer.training import steps as training
+    from jaxformer.training import loop
     from jaxformer.runfolder import read_metrics
     from jaxformer.training.checkpoint import checkpoint_steps
-    real = training.train
-    monkeypatch.setattr(training, "train", lambda *a, **k: real(*a, **k, stop_after=7))  # as Ctrl-C at 7
+    real = loop.train
+    monkeypatch.setattr(loop, "train", lambda *a, **k: real(*a, **k, stop_after=7))  # as Ctrl-C at 7
     rc, run = _train(tmp_path)
     assert rc == 130 and checkpoint_steps(run) == [4, 7]
     records = read_metrics(run)

@@ -117,7 +117,6 @@ def test_switch_off_already_initialized_and_too_late(fake, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="jaxformer.training.distributed"):
         assert maybe_initialize_distributed(SLURM) is False
     assert "already started" in caplog.text and fake == []
-    assert parallel.maybe_initialize_distributed is maybe_initialize_distributed
 
 
 def test_importing_the_cli_does_not_start_jax():

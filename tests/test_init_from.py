@@ -18,7 +18,8 @@ from jaxformer.data import encode_corpus, get_batch, pydoc_text
 from jaxformer.errors import ConfigError, DataError
 from jaxformer.runfolder import INIT_FILE
 from jaxformer.training.init_from import init_from_config
-from jaxformer.training.steps import evaluate, init_params, loss_fn, lr_schedule, train
+from jaxformer.training.loop import train
+from jaxformer.training.steps import evaluate, init_params, loss_fn, lr_schedule
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",
         "data.tokenizer=char", "train.batch_size=8", "train.lr=3e-3", "train.min_lr=3e-4",

@@ -473,9 +473,9 @@ def test_kernels_resolved_by_platform_not_default_backend():
     assert Kn.platform_of(mesh) == Kn.platform_of(jax.devices()[0])
 
 
-def test_old_attention_key_names_its_replacement():
+def test_attention_key_and_bad_kernels_name_are_errors():
     from jaxformer import load_config
-    with pytest.raises(ConfigError, match="model.attention was replaced by model.kernels"):
+    with pytest.raises(ConfigError, match="unknown config key model.attention"):
         load_config(None, ["model.attention=explicit"])
     with pytest.raises(ConfigError, match="model.kernels='fast' is not one of"):
         load_config(None, ["model.kernels=fast"])

@@ -308,7 +308,7 @@ def test_train_on_prepared_folder_equals_text_file_and_resumes_exactly(tmp_path,
     from jaxformer import load_config
     from jaxformer.runfolder import read_metrics
     from jaxformer.training.checkpoint import load_run
-    from jaxformer.training.steps import train
+    from jaxformer.training.loop import train
 
     f = tmp_path / "c.txt"
     f.write_text("\n\n".join(docs))

@@ -15,9 +15,10 @@ from jaxformer.runfolder import read_metrics
 from jaxformer.training.checkpoint import checkpoint_steps, load_run
 from jaxformer.data import CharTokenizer, encode_corpus, get_batch, pydoc_text
 from jaxformer.errors import CheckpointError, DataError, RunExistsError
+from jaxformer.training.loop import train
 from jaxformer.training.steps import (NonFiniteLossError, accumulate_gradients, evaluate, init_params,
                                       loss_fn, lr_schedule, make_optimizer, make_train_step, micro_batches,
-                                      train, weight_decay_mask)
+                                      weight_decay_mask)
 from jaxformer_testing.tolerances import BF16_VS_F32_CURVE_MEAN, BF16_VS_F32_CURVE_STEP
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",
@@ -210,9 +211,9 @@ def test_train_command_and_resume(tmp_path, capsys):
 
 
 def test_train_command_interrupted_run_names_the_flag(tmp_path, capsys, monkeypatch):
-    from jaxformer.training import steps as training
-    real = training.train
-    monkeypatch.setattr(training, "train", lambda *a, **k: real(*a, **k, stop_after=3))
+    from jaxformer.training import loop
+    real = loop.train
+    monkeypatch.setattr(loop, "train", lambda *a, **k: real(*a, **k, stop_after=3))
     data = tmp_path / "corpus.txt"
     data.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "run"

@@ -29,6 +29,7 @@ import os
 import pathlib
 from typing import Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
+from jaxformer.data.texts import TEXT_SUFFIXES, pydoc_text, shakespeare_file, shakespeare_text
 from jaxformer.errors import DataError
 
 #: A piece is cut at most this many times ``piece_chars`` characters long.
@@ -70,7 +71,6 @@ def file_kind(p: pathlib.Path, named: bool = True) -> str:
 
 
 def _in_folder(p: pathlib.Path) -> bool:
-    from jaxformer.data.texts import TEXT_SUFFIXES
     name = p.name.lower()
     inner = pathlib.Path(name[:-3] if name.endswith(".gz") else name)
     return file_kind(p, named=False) != "text" or inner.suffix in TEXT_SUFFIXES
@@ -84,12 +84,10 @@ def list_sources(data: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]
         return [s for d in data for s in list_sources(d)]
     name = os.fspath(data)
     if name == "pydoc":
-        from jaxformer.data.texts import pydoc_text
         return [Source(None, "text", pydoc_text())]
     if name == "shakespeare":
-        from jaxformer.data.texts import _local_shakespeare, shakespeare_text
         shakespeare_text()   # makes sure the local copy exists (downloads once, as train does)
-        return [Source(_local_shakespeare(), "text")]
+        return [Source(shakespeare_file(), "text")]
     p = pathlib.Path(name).expanduser()
     if any(c in name for c in "*?[") and not p.exists():
         found = sorted(pathlib.Path(f) for f in glob.glob(str(p), recursive=True))

@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxformer.data.corpus import cut_pieces, iter_documents, joined
 from jaxformer.data.encode_pool import Encoder
+from jaxformer.data.hf_tokenizer import cache_snapshot, load_hf_tokenizer, tokenizer_from_hf_json
 from jaxformer.errors import DataError
 from jaxformer.data.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, encode_plain,
                                        tokenizer_from_dict)
@@ -27,8 +28,6 @@ _PROBES = (("Hello world.\n", "Second line"), ("a\n", "'s b"), ("x1\n", "23 y"),
 def _hf_tokenizer(name: str, label: str):
     """A tokenizer from a folder (a jaxformer run or a Hugging Face folder), a JSON file (a
     jaxformer tokenizer.json or a Hugging Face one), or a model name in the local HF cache."""
-    from jaxformer.data.hf_tokenizer import cache_snapshot
-    from jaxformer.data.hf_tokenizer import load_hf_tokenizer
     p = pathlib.Path(name).expanduser()
     if p.is_file():
         try:
@@ -39,7 +38,6 @@ def _hf_tokenizer(name: str, label: str):
             return tokenizer_from_dict(d)
         tok = load_hf_tokenizer(p.parent) if p.name == "tokenizer.json" else None
         if tok is None:
-            from jaxformer.data.hf_tokenizer import tokenizer_from_hf_json
             tok = tokenizer_from_hf_json(p.read_text(encoding="utf-8"), where=str(p))
         return tok
     if p.is_dir():

@@ -22,6 +22,7 @@ import os
 import pathlib
 from typing import Any, Dict, List, Optional
 
+from jaxformer.data.tokenizers import BPETokenizer
 from jaxformer.errors import CheckpointError
 
 __all__ = ["load_hf_tokenizer", "hf_special_tokens", "read_json_if_present"]
@@ -97,7 +98,6 @@ def hf_special_tokens(tk, tokenizer_config: Optional[dict] = None, *model_config
     for cfg, label in model_configs:
         eos_cfg += [i for i in _ids(cfg.get("eos_token_id"), f"{label} eos_token_id") if i < V]
         bos_cfg += [i for i in _ids(cfg.get("bos_token_id"), f"{label} bos_token_id") if i < V]
-    from jaxformer.data.tokenizers import BPETokenizer
     eos_id = named("eos_token")
     if eos_id is None:
         eos_id = eos_cfg[0] if eos_cfg else BPETokenizer.detect_eos(tk)
@@ -145,7 +145,6 @@ def load_hf_tokenizer(folder: str | os.PathLike, *, model_folder: Optional[str |
     and ``config.json`` come from ``model_folder`` (default: ``folder``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-    from jaxformer.data.tokenizers import BPETokenizer
     folder = pathlib.Path(folder)
     try:
         if (folder / "tokenizer.json").is_file():
@@ -169,7 +168,6 @@ def tokenizer_from_hf_json(text: str, *, model_folder=None, where: str = "tokeni
     post-processor adds, the eos ids of ``model_folder``'s generation_config.json / config.json."""
     from tokenizers import Tokenizer
 
-    from jaxformer.data.tokenizers import BPETokenizer
     tk = Tokenizer.from_str(text)
     configs = _model_configs(pathlib.Path(model_folder)) if model_folder is not None else []
     return BPETokenizer(tk, **hf_special_tokens(tk, {}, *configs, where=where))

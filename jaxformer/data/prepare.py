@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
+from jaxformer.data.batches import token_dtype
 from jaxformer.data.corpus import RECORD_KINDS, Source, cut_pieces, iter_documents, joined, list_sources
 from jaxformer.data.encode_pool import Encoder, WorkerError, WorkerPool
 from jaxformer.errors import DataError
@@ -80,7 +81,6 @@ def _write_json(path: pathlib.Path, obj) -> None:
 
 
 def _dtype(vocab_size: int) -> np.dtype:
-    from jaxformer.data.batches import token_dtype
     return np.dtype(token_dtype(vocab_size)).newbyteorder("<")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxformer.errors import DataError
 from jaxformer.data.prepare import MANIFEST, file_sha256, read_manifest
+from jaxformer.data.tokenizers import load_tokenizer
 
 __all__ = ["TokenShards", "TokenView", "is_prepared"]
 
@@ -182,7 +183,6 @@ class TokenShards:
 
     @functools.cached_property
     def tokenizer(self):
-        from jaxformer.data.tokenizers import load_tokenizer
         return load_tokenizer(self.folder / self.manifest["tokenizer"]["file"])
 
     def tokens(self) -> TokenView:

@@ -31,7 +31,7 @@ def pydoc_text() -> str:
 SHAKESPEARE_ENV = "JAXFORMER_SHAKESPEARE"
 
 
-def _local_shakespeare() -> pathlib.Path:
+def shakespeare_file() -> pathlib.Path:
     """``$JAXFORMER_SHAKESPEARE`` when set (it must then be a file), else the cache's copy."""
     env = os.environ.get(SHAKESPEARE_ENV)
     if env:
@@ -47,7 +47,7 @@ def shakespeare_text(download: bool = True) -> str:
     """Tiny Shakespeare: the file named by ``$JAXFORMER_SHAKESPEARE``, else the copy in
     :func:`cache_dir`, else (``download``) downloaded once into the cache. No other place is
     searched."""
-    target = _local_shakespeare()
+    target = shakespeare_file()
     if target.is_file():
         return target.read_text(encoding="utf-8")
     offline = (f"put the file at {target}, set {SHAKESPEARE_ENV}=/path/to/tinyshakespeare.txt, or set "

@@ -17,13 +17,26 @@ could skip half). Forward only is one third of it (``2 N + 4 L H K T``).
 """
 from __future__ import annotations
 
+import collections
+import glob
 import os
 import resource
+import tempfile
 import time
 from typing import Callable, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.profiler import ProfileData
+
+from jaxformer.infer.generation import generate
+from jaxformer.model.modules import GPT
+from jaxformer.training.steps import (compute_config, init_params, make_optimizer, make_train_step,
+                                      micro_batches, step_kernels)
 
 __all__ = ["matmul_params", "flops_per_token", "measure_peak_flops", "peak_memory_mb",
            "time_fn", "compile_time", "build_train_step", "bench_train_step", "bench_decode",
@@ -91,8 +104,6 @@ def peak_memory_mb() -> float:
 
 # ----------------------------------------------------------------------------- the benchmark
 def _versions() -> dict:
-    import flax
-    import optax
     return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
 
 
@@ -100,19 +111,15 @@ def build_train_step(config) -> dict:
     """Compile the library's real train step (``training.make_train_step``) on random tokens
     of the configured batch and context. Returns ``{"compiled", "params", "opt_state",
     "batch", "compile_s", "kernels"}`` (``compiled.as_text()`` is the optimized HLO)."""
-    import numpy as np
-
-    from jaxformer.training import steps as training
-
     tc, mc = config.train, config.model
-    params = training.init_params(config)
-    optimizer = training.make_optimizer(tc, params)
+    params = init_params(config)
+    optimizer = make_optimizer(tc, params)
     opt_state = optimizer.init(params)
-    kernels = training.step_kernels(training.compute_config(config))
-    step_fn = training.make_train_step(config, optimizer, kernels=kernels)
+    kernels = step_kernels(compute_config(config))
+    step_fn = make_train_step(config, optimizer, kernels=kernels)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, mc.vocab_size, (tc.batch_size, mc.max_len + 1), dtype=np.int32)
-    batch = jnp.asarray(training.micro_batches(batch, tc.grad_accum))
+    batch = jnp.asarray(micro_batches(batch, tc.grad_accum))
     compile_s, compiled = compile_time(step_fn, params, opt_state, batch, jnp.int32(0))
     return {"compiled": compiled, "params": params, "opt_state": opt_state, "batch": batch,
             "compile_s": compile_s, "kernels": kernels.name}
@@ -132,8 +139,6 @@ def run_train_steps(built: dict, steps: int, start: int = 0) -> float:
 
 def bench_train_step(config, *, steps: int = 10, warmup: int = 2, built: Optional[dict] = None) -> dict:
     """Compile (or take ``built``, from :func:`build_train_step`) and time the train step."""
-    from jaxformer.training.steps import compute_config
-
     tc, mc = config.train, config.model
     built = built or build_train_step(config)
     run_train_steps(built, warmup)
@@ -150,12 +155,6 @@ def top_device_ops(fn: Callable, *, top: int = 10) -> dict:
     ``top`` operations by total device time from the accelerator's "XLA Ops" timeline (its
     streams, or the host's threads on a CPU). ``device_ms / wall_ms`` under 1 means the
     device waited (on the host, on launches or on synchronisation)."""
-    import collections
-    import glob
-    import tempfile
-
-    from jax.profiler import ProfileData
-
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp):
             t0 = time.perf_counter()
@@ -183,12 +182,6 @@ def top_device_ops(fn: Callable, *, top: int = 10) -> dict:
 def decode_runner(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: int = 64) -> tuple[Callable, int]:
     """A compiled, warmed-up greedy KV-cache decode of ``new_tokens`` for ``batch`` random
     prompts: ``(run, new_tokens)``; ``run()`` blocks until the tokens are ready."""
-    import numpy as np
-    from flax import nnx
-
-    from jaxformer.infer.generation import generate
-    from jaxformer.model.modules import GPT
-
     mc = config.model
     new_tokens = max(1, min(new_tokens, mc.max_len - prompt_len))
     model = GPT(mc, rngs=nnx.Rngs(0))
@@ -214,7 +207,6 @@ def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: in
 def run_benchmark(config, *, steps: int = 10, decode: bool = True, torch: bool = False,
                   peak_flops: Optional[float] = None) -> dict:
     """Everything ``jaxformer bench`` reports, as one dict (see the module docstring)."""
-    from jaxformer.training.steps import compute_config
     dtype = compute_config(config).dtype
     result = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
               "dtype": dtype, **_versions()}

@@ -24,9 +24,12 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from jaxformer.config import Config, load_run_config, save_config
+from jaxformer.config import Config, load_config, save_config
+from jaxformer.data.tokenizers import load_tokenizer, save_tokenizer
 from jaxformer.errors import CheckpointError, ConfigError, DataError
+from jaxformer.model.modules import GPT
 from jaxformer.runfolder import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
+from jaxformer.version import __version__
 
 #: Checkpoint layout version: bump when the parameter tree or the saved items change.
 FORMAT_VERSION = 1
@@ -51,8 +54,6 @@ class Run:
 
 def save_run_folder(run_dir, config: Config, tokenizer) -> pathlib.Path:
     """Create ``run_dir`` and write ``config.yaml`` and ``tokenizer.json`` into it."""
-    from jaxformer.data.tokenizers import save_tokenizer
-
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / CONFIG_FILE)
@@ -99,7 +100,6 @@ def save_checkpoint(run_dir, step: int, params, opt_state=None, extra: Optional[
     items = {"params": ocp.args.StandardSave(_to_host(params))}
     if opt_state is not None:
         items["opt_state"] = ocp.args.StandardSave(_to_host(opt_state))
-    from jaxformer import __version__
     meta = {"step": int(step), "format_version": FORMAT_VERSION, "jaxformer_version": __version__,
             **(extra or {})}
     items["meta"] = ocp.args.JsonSave(meta)
@@ -189,16 +189,13 @@ def load_run(run_dir, step: Optional[int] = None) -> Run:
     """Load a run folder: config, tokenizer and a ``GPT`` with checkpoint ``step``'s
     parameters (default: the latest). Raises :class:`CheckpointError` when ``run_dir`` is
     not a run folder or has no complete checkpoint."""
-    from jaxformer.data.tokenizers import load_tokenizer
-    from jaxformer.model.modules import GPT
-
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE})")
     if not (run_dir / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {TOKENIZER_FILE})")
     try:
-        config = load_run_config(run_dir / CONFIG_FILE)
+        config = load_config(run_dir / CONFIG_FILE)
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
     except (ConfigError, DataError) as e:
         raise CheckpointError(f"run folder {str(run_dir)!r}: {e}") from None

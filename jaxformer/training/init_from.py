@@ -31,13 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxformer.config import (Config, ModelConfig, apply_overrides, config_from_dict, config_source,
+                              load_config, read_yaml)
+from jaxformer.data.tokenizers import load_tokenizer
+from jaxformer.errors import CheckpointError, ConfigError, DataError
+from jaxformer.model.modules import GPT
 from jaxformer.runfolder import CONFIG_FILE, INIT_FILE, TOKENIZER_FILE
 from jaxformer.training.checkpoint import checkpoint_steps, restore_checkpoint
-from jaxformer.config import (Config, ConfigError, ModelConfig, apply_overrides, config_from_dict,
-                              config_source, load_run_config)
-from jaxformer.errors import CheckpointError, DataError
 
-#: The provenance file of a run started with ``init_from``.
 #: ``data`` keys that describe the tokenizer, which ``init_from`` fixes.
 TOKENIZER_KEYS = ("tokenizer", "vocab_size")
 
@@ -61,8 +62,6 @@ def open_init_source(run_dir, step: Optional[int] = None) -> InitSource:
     """The run folder ``run_dir`` as a starting point (config, tokenizer, checkpoint step;
     the parameters are read later by :func:`load_init_params`). :class:`CheckpointError`
     when it is not a run folder, has no complete checkpoint or no checkpoint ``step``."""
-    from jaxformer.data.tokenizers import load_tokenizer
-
     name = os.fspath(run_dir)
     run = pathlib.Path(run_dir).expanduser()
     if not run.is_dir():
@@ -78,7 +77,7 @@ def open_init_source(run_dir, step: Optional[int] = None) -> InitSource:
         raise CheckpointError(f"init_step={step!r} is not a checkpoint of init_from={name!r} "
                               f"(steps: {', '.join(map(str, steps))})")
     try:
-        config = load_run_config(run / CONFIG_FILE)
+        config = load_config(run / CONFIG_FILE)
         tokenizer = load_tokenizer(run / TOKENIZER_FILE)
     except (ConfigError, DataError) as e:
         raise CheckpointError(f"init_from={name!r}: {e}") from None
@@ -87,8 +86,6 @@ def open_init_source(run_dir, step: Optional[int] = None) -> InitSource:
 
 
 def _shapes(model: ModelConfig) -> dict:
-    from jaxformer.model.modules import GPT
-
     flat = jax.tree_util.tree_flatten_with_path(GPT.abstract(model).params())[0]
     return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat}
 
@@ -128,13 +125,11 @@ def init_from_config(run_dir, path=None, overrides: Sequence[str] = (), step: Op
     ``data.vocab_size`` stay the run's. Raises :class:`ConfigError` (naming the field) for a
     change of a parameter shape or of the tokenizer, :class:`CheckpointError` when
     ``run_dir`` cannot be started from."""
-    from jaxformer.config import _read_yaml
-
     source = open_init_source(run_dir, step)
     raw = source.config.to_dict()
     given = {}   # the data keys the user states (file, then overrides)
     if path is not None:
-        explicit = _read_yaml(config_source(path))
+        explicit = read_yaml(config_source(path))
         # the file's own sections are checked as usual (unknown sections and keys, values);
         # its model keys are checked below, on top of the run's model
         config_from_dict({k: v for k, v in explicit.items() if not (k == "model" and isinstance(v, dict))})
@@ -163,8 +158,6 @@ def load_init_params(source: InitSource, model: ModelConfig, shardings=None) -> 
     """``source``'s checkpoint parameters, in ``model.param_dtype`` (shapes checked).
     ``shardings``: a tree of shardings like the parameters; each device then reads only its
     shards (a run on a mesh), else the whole tree lands on the default device."""
-    from jaxformer.model.modules import GPT
-
     like = GPT.abstract(source.config.model).params()
     if shardings is not None:
         like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)

@@ -23,7 +23,7 @@ from jaxformer.runfolder import (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, appe
                                  truncate_metrics)
 from jaxformer.training.checkpoint import (checkpoint_steps, restore_checkpoint, save_checkpoint,
                                            save_run_folder)
-from jaxformer.config import Config, load_run_config
+from jaxformer.config import Config, load_config
 from jaxformer.data.batches import TokenData, encode_corpus, get_batch, prefetch
 from jaxformer.data.tokenizers import build_tokenizer, load_tokenizer
 from jaxformer.data.texts import load_corpus
@@ -167,7 +167,7 @@ def _prepare(config: Config, run_dir: pathlib.Path, resume: bool, data_text: Opt
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
         if record is None:   # a started-from run keeps its source's vocab_size
             config = resolve_config(config, tokenizer)
-        _check_same_run(load_run_config(run_dir / CONFIG_FILE), config, run_dir)
+        _check_same_run(load_config(run_dir / CONFIG_FILE), config, run_dir)
     elif source is not None:
         check_init_compatible(config, source)
         tokenizer = source.tokenizer

@@ -26,8 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxformer.training.distributed import maybe_initialize_distributed  # noqa: F401  (re-exported)
 from jaxformer.errors import ConfigError
+from jaxformer.training.steps import compute_config, fresh_params, make_train_step, step_kernels
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -191,8 +191,6 @@ def init_program(config, optimizer, mesh: Mesh):
     ``out_shardings`` computed from ``jax.eval_shape``. XLA partitions the random init, so
     each device computes and holds only its own shards and the whole model never exists on
     one device; ``init.lower().compile().memory_analysis()`` shows the bytes per device."""
-    from jaxformer.training.steps import fresh_params
-
     def init():
         params = fresh_params(config.model, config.train.seed)
         return params, optimizer.init(params)
@@ -213,8 +211,6 @@ def make_sharded_train_step(config, optimizer, mesh: Mesh, params, opt_state):
     in/out shardings on ``mesh``; params and optimizer state are donated. ``params`` and
     ``opt_state`` give only structure and shapes (arrays or ``jax.ShapeDtypeStruct``).
     Returns ``(step_fn, param_shardings, state_shardings, batch_sharding)``."""
-    from jaxformer.training.steps import compute_config, make_train_step, step_kernels
-
     rows = config.train.batch_size // config.train.grad_accum
     split = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % split:

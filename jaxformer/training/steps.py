@@ -1,4 +1,5 @@
-"""Training: the optimizer, a jitted pure train step, evaluation and the run loop.
+"""Training: the optimizer, a jitted pure train step and evaluation (the run loop is
+:mod:`jaxformer.training.loop`).
 
 The train step is one pure function ``(params, opt_state, batch_KBT1, step) -> (params,
 opt_state, metrics)`` over the plain parameter pytree, jitted with its buffers donated:
@@ -17,13 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
-from jaxformer import functional as F
 from jaxformer.config import Config, ModelConfig, TrainConfig
 from jaxformer.data.batches import get_batch
 from jaxformer.errors import JaxformerError
 from jaxformer.model.kernels import Kernels, platform_of
 from jaxformer.model.kernels import resolve as resolve_kernels
+from jaxformer.model import stack
+from jaxformer.model.modules import GPT
 
 DECAYED_NAMES = ("wq", "wk", "wv", "wo", "w_in", "w_out", "w_gate", "lm_head")
 EMBEDDING_NAMES = ("tok_emb", "pos_emb")
@@ -84,7 +87,7 @@ def step_kernels(model_config: ModelConfig, where=None) -> Kernels:
 def loss_fn(params, batch_BT1, model_config: ModelConfig, key=None, kernels: Optional[Kernels] = None):
     """Mean next-token cross-entropy of ``batch [B, T+1]`` (inputs ``[:, :-1]``, targets
     ``[:, 1:]``): :func:`functional.next_token_loss`, with ``kernels`` (None = textbook)."""
-    return F.next_token_loss(params, batch_BT1, model_config, key=key, kernels=kernels)
+    return stack.next_token_loss(params, batch_BT1, model_config, key=key, kernels=kernels)
 
 
 def accumulate_gradients(params, batch_KBT1, model_config: ModelConfig, key=None,
@@ -184,9 +187,6 @@ def fresh_params(model_config: ModelConfig, seed: int) -> dict:
     """A random init of ``model_config`` from ``seed`` as a plain nested dict: the function
     that :func:`init_params` (one device) and :func:`jaxformer.training.parallel.init_sharded` (a
     mesh, each device computing only its shards) both compile, so they agree exactly."""
-    from flax import nnx
-
-    from jaxformer.model.modules import GPT
     return GPT(model_config, rngs=nnx.Rngs(seed)).params()
 
 
@@ -201,14 +201,4 @@ def init_params(config: Config):
 
 def abstract_params(config: Config):
     """The parameters' structure as ``jax.ShapeDtypeStruct`` leaves: nothing computed."""
-    from jaxformer.model.modules import GPT
     return GPT.abstract(config.model).params()
-
-
-def __getattr__(name):
-    # The run loop lives in train_loop.py (imported lazily to avoid an import cycle);
-    # ``jaxformer.training.steps.train`` is its entry point.
-    if name in ("train", "TrainResult", "TrainingInterrupted"):
-        from jaxformer.training import loop as train_loop
-        return getattr(train_loop, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -101,7 +101,7 @@ for name, m in {"fsdp8": MeshConfig(data=1, fsdp=8), "dp4_tp2": MeshConfig(data=
         "full_param_bytes": sum(x.nbytes for x in jax.tree.leaves(params)),
         "max_held_bytes": max(parallel.bytes_per_device((params, state)).values())}
 # the training loop itself: the same config on one device and on a 2x4 mesh (mesh section only)
-from jaxformer.training.steps import train  # noqa: E402
+from jaxformer.training.loop import train  # noqa: E402
 
 text = " ".join(["the cat sleeps on the warm mat while the dogs bark"] * 60)
 runs = {}

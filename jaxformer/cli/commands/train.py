@@ -112,7 +112,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from jaxformer.errors import ConfigError, JaxformerError
-    from jaxformer.training.parallel import maybe_initialize_distributed
+    from jaxformer.training.distributed import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
 
@@ -140,7 +140,7 @@ def run(args) -> int:
             return 0
     from jaxformer.infer.generation import sample_text
     from jaxformer.model.modules import count_params
-    from jaxformer.training.steps import TrainingInterrupted, train
+    from jaxformer.training.loop import TrainingInterrupted, train
 
     start = f", weights from {args.init_from}" + (f" step {args.step}" if args.step is not None else "") \
         if args.init_from else ""
