@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jaxformer import GPT, attention_maps, load_config  # noqa: E402
-from jaxformer.interp import capture as I  # noqa: E402
+from jaxformer.interp import activations as I  # noqa: E402
 
 
 def timed(fn, repeat: int):

@@ -12,7 +12,7 @@ batch size: one warm-up call each (compilation for jaxformer), then ``--rounds``
 alternate jaxformer and transformers, so load on a shared host hits both alike; each
 library's best round is reported and the ratio is taken between bests of the same run.
 tokens/s counts the new tokens of all rows (prefill included for both). jaxformer decodes
-through one :class:`jaxformer.Generator` (weights laid out for the decode loop once, as a
+through one :class:`jaxformer.infer.generation.Generator` (weights laid out for the decode loop once, as a
 serving loop would); transformers through ``model.generate`` with its KV cache and default
 attention (``sdpa``), ``torch.inference_mode``, ``--threads`` torch threads (default:
 torch's own). Neither stops early (no end-of-text token), and the greedy tokens of both

@@ -20,6 +20,7 @@ library's throughput at these shapes.
     python benchmarks/gemm_ceiling.py --config configs/default.yaml --steps 3 [--json out.json]
 """
 import argparse
+import pathlib
 import json
 import time
 
@@ -86,6 +87,18 @@ def best_time(fn, target_s: float = 0.2, rounds: int = 5) -> float:
     return best
 
 
+def torch_gpt():
+    """The eager PyTorch GPT the tests check against (``tests/jaxformer_testing/torch_gpt.py``),
+    imported by its file path: tests/ never goes on sys.path."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tests" / "jaxformer_testing" / "torch_gpt.py"
+    spec = importlib.util.spec_from_file_location("jaxformer_testing_torch_gpt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/shakespeare_char_cpu.yaml")
@@ -96,7 +109,7 @@ def main():
     args = ap.parse_args()
     import torch
     from jaxformer.training.bench import bench_train_step
-    from jaxformer.torch_reference import time_train_step
+    time_train_step = torch_gpt().time_train_step
 
     cfg = load_config(args.config, args.overrides)
     m, tc = cfg.model, cfg.train

@@ -11,7 +11,7 @@ Four ways to produce the same text (the model sees the last ``max_len`` tokens, 
 - ``naive crop loop``: a Python loop calling a jitted forward pass on the last ``max_len``
   tokens every step (what the greedy-equality tests compare against).
 - ``nanoGPT (PyTorch)``: nanoGPT's ``generate``: an eager PyTorch model of the same
-  shape (:mod:`jaxformer.torch_reference`), ``idx[:, -block_size:]`` and a full forward
+  shape (``tests/jaxformer_testing/torch_gpt.py``), ``idx[:, -block_size:]`` and a full forward
   pass per token, on one thread (``--torch-threads``). Skipped without torch.
 
 Every method is warmed up first (compilation excluded), then timed over ``--repeats`` runs
@@ -24,6 +24,7 @@ methods are checked to produce the same tokens as the naive loop.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import json
 import os
 import platform
@@ -73,6 +74,18 @@ def nanogpt(tmodel, prompt, new: int, block_size: int) -> list:
     return idx[0, len(prompt):].tolist()
 
 
+def torch_gpt():
+    """The eager PyTorch GPT the tests check against (``tests/jaxformer_testing/torch_gpt.py``),
+    imported by its file path: tests/ never goes on sys.path."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tests" / "jaxformer_testing" / "torch_gpt.py"
+    spec = importlib.util.spec_from_file_location("jaxformer_testing_torch_gpt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-lens", type=int, nargs="+", default=[64, 256])
@@ -85,7 +98,7 @@ def main() -> None:
     args = ap.parse_args()
     try:
         import torch
-        from jaxformer.torch_reference import build_torch_gpt, load_jax_params
+        build_torch_gpt, load_jax_params = torch_gpt().build_torch_gpt, torch_gpt().load_jax_params
         torch.set_num_threads(args.torch_threads)
     except ImportError:
         torch = None

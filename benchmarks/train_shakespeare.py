@@ -58,6 +58,18 @@ def time_jax_steps(config, steps: int) -> float:
     return rounds
 
 
+def torch_gpt():
+    """The eager PyTorch GPT the tests check against (``tests/jaxformer_testing/torch_gpt.py``),
+    imported by its file path: tests/ never goes on sys.path."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tests" / "jaxformer_testing" / "torch_gpt.py"
+    spec = importlib.util.spec_from_file_location("jaxformer_testing_torch_gpt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="Tiny Shakespeare text file (default: "
@@ -76,7 +88,7 @@ def main(argv=None) -> int:
     import jax
 
     from jaxformer import load_config
-    from jaxformer.torch_reference import time_train_step
+    time_train_step = torch_gpt().time_train_step
     from jaxformer.training.loop import train
 
     if not pathlib.Path(args.data).is_file():

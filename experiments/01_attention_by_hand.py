@@ -32,7 +32,7 @@ args = parse("01_attention_by_hand", "Lab 1: attention by hand, checked against 
 import jax.numpy as jnp  # noqa: E402  (after parse: --help answers without importing JAX)
 from flax import nnx  # noqa: E402
 
-from jaxformer import MultiHeadAttention  # noqa: E402
+from jaxformer.model.modules import MultiHeadAttention  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
 from jaxformer.viz import plots  # noqa: E402
 
@@ -113,7 +113,7 @@ f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
 out_f, w_f = F.scaled_dot_product_attention(f32(x @ W_Q), f32(x @ W_K), f32(x @ W_V))
 params = {"wq": f32(W_Q[:, None, :]), "wk": f32(W_K[:, None, :]), "wv": f32(W_V[:, None, :]),
           "wo": f32(np.eye(4)[None])}          # one head; identity output projection
-out_m, w_m, _ = F.multi_head_attention(params, f32(x)[None], mask=F.causal_mask(3))
+out_m, w_m = F.multi_head_attention(params, f32(x)[None], mask=F.causal_mask(3))
 module = MultiHeadAttention(4, 1, bias=False, rngs=nnx.Rngs(0))
 module.load_params(params)
 out_n, w_n = module(f32(x)[None])

@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402  (after parse: --help answers without impo
 
 from jaxformer import functional as F  # noqa: E402
 from jaxformer.viz import plots  # noqa: E402
-from jaxformer.interp.capture import token_cosine_similarity  # noqa: E402
+from jaxformer.interp.activations import token_cosine_similarity  # noqa: E402
 
 report = Report(args.out)
 
@@ -120,7 +120,7 @@ T = len(SENTENCE)
 pos = np.asarray(F.sinusoidal_positions(T, Dm))
 weights = {}
 for name, x in (("tokens only", emb[ids]), ("tokens + sinusoidal positions", emb[ids] + pos)):
-    _, wts, _ = F.multi_head_attention(params, jnp.asarray(x, jnp.float32)[None])
+    _, wts = F.multi_head_attention(params, jnp.asarray(x, jnp.float32)[None])
     weights[name] = np.asarray(wts)[0, 0]
 the = [i for i, w in enumerate(SENTENCE) if w == "the"]
 report(f"attention of one random head over {' '.join(SENTENCE)!r} (no causal mask):")
@@ -131,7 +131,7 @@ for name, wts in weights.items():
 report("  without positions attention is permutation-equivariant: the same word gets the same "
        "row wherever it stands, and shuffling the words only shuffles the rows and columns")
 perm = rng.permutation(T)
-_, wp, _ = F.multi_head_attention(params, jnp.asarray(emb[ids][perm], jnp.float32)[None])
+_, wp = F.multi_head_attention(params, jnp.asarray(emb[ids][perm], jnp.float32)[None])
 err = np.abs(np.asarray(wp)[0, 0] - weights["tokens only"][np.ix_(perm, perm)]).max()
 report(f"  check: attention(shuffled words) = shuffled attention(words), max error {err:.1e}")
 

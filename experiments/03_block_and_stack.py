@@ -38,11 +38,12 @@ import jax  # noqa: E402  (after parse: --help answers without importing JAX)
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxformer import GPT, ModelConfig, capture  # noqa: E402
+from jaxformer import GPT, ModelConfig  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
 from jaxformer.viz import plots  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
-from jaxformer.interp.capture import layer_cosine_similarity, token_cosine_similarity, token_labels  # noqa: E402
+from jaxformer.interp.activations import capture, layer_cosine_similarity, token_cosine_similarity  # noqa: E402
+from jaxformer.viz.text import token_labels  # noqa: E402
 
 report = Report(args.out)
 
@@ -119,7 +120,7 @@ report.figure(path)
 # %% [markdown]
 # ## 2. A stack of 6 layers: how representations evolve
 #
-# The same sentence through a 6-layer model for each placement; `jaxformer.capture` returns
+# The same sentence through a 6-layer model for each placement; `jaxformer.interp.capture` returns
 # the residual stream entering every block (`resid [B, L+1, T, D]`). Three numbers per depth:
 # the mean norm of a token's vector, its cosine similarity to the embedding it started from
 # (how much of the input survives), and the mean cosine similarity between two different

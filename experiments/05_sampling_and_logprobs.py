@@ -40,7 +40,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxformer import generate
 from jaxformer.viz import plots  # noqa: E402
-from jaxformer.interp.capture import next_token_distribution, token_labels  # noqa: E402
+from jaxformer.interp.activations import next_token_distribution  # noqa: E402
+from jaxformer.viz.text import token_labels  # noqa: E402
 
 report = Report(args.out)
 

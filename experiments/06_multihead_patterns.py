@@ -60,7 +60,9 @@ from jaxformer import interp, load_config
 from jaxformer.viz import plots  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
 from jaxformer.viz.explorer import write_attention_explorer  # noqa: E402
-from jaxformer.interp.capture import capture_fn, describe_heads, head_statistics, token_labels  # noqa: E402
+from jaxformer.interp.activations import capture_fn  # noqa: E402
+from jaxformer.interp.heads import describe_heads, head_statistics  # noqa: E402
+from jaxformer.viz.text import token_labels  # noqa: E402
 from jaxformer.training.steps import init_params, make_optimizer, make_train_step, micro_batches  # noqa: E402
 
 report = Report(args.out)
@@ -264,7 +266,7 @@ for key, label, meaning, fname in (
 # ## 5. Naming the heads
 #
 # A head is named after its larger score when that score is at least 0.4; the others get the
-# library's generic description (`jaxformer.interp.capture.describe_heads`: first-token, self,
+# library's generic description (`jaxformer.interp.describe_heads`: first-token, self,
 # diffuse or mixed, from the entropy and the mean offset of its attention).
 
 # %%

@@ -17,7 +17,7 @@
 # the implementations everyone else uses. This lab loads the same weights into
 # `flax.nnx.MultiHeadAttention`, PyTorch's `nn.MultiheadAttention` (when torch is installed)
 # and Hugging Face GPT-2 (when transformers is installed: a small random GPT-2 saved to a
-# temporary folder and loaded with `jaxformer.interop.load_hf_gpt2`; nothing is downloaded),
+# temporary folder and loaded with `jaxformer.load_hf`; nothing is downloaded),
 # and prints the largest difference from each.
 #
 # - Script: `python experiments/07_compare_with_references.py [--out DIR] [--small]`
@@ -30,15 +30,16 @@ import tempfile
 
 import numpy as np
 
-from lab_common import Report, parse
+from lab_common import Report, parse, torch_gpt
 
 args = parse("07_compare_with_references", "Lab 7: the library against Flax, PyTorch and Hugging Face GPT-2.")
 
 import jax.numpy as jnp  # noqa: E402  (after parse: --help answers without importing JAX)
 from flax import nnx  # noqa: E402
 
-from jaxformer import MultiHeadAttention, attention_maps  # noqa: E402
+from jaxformer import attention_maps, load_hf  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
+from jaxformer.model.modules import MultiHeadAttention  # noqa: E402
 from jaxformer.viz import plots  # noqa: E402
 
 report = Report(args.out)
@@ -100,9 +101,7 @@ if importlib.util.find_spec("torch") is None:
 else:
     import torch
 
-    from jaxformer.torch_reference import torch_mha_from_params
-
-    mha = torch_mha_from_params(p, D, H)
+    mha = torch_gpt().torch_mha_from_params(p, D, H)   # tests/jaxformer_testing/torch_gpt.py
     xt = torch.from_numpy(np.asarray(x, np.float64))
     causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)          # torch: True = masked out
     ref, ref_w = mha(xt, xt, xt, attn_mask=causal, average_attn_weights=False)
@@ -115,17 +114,13 @@ else:
 # ## 4. Hugging Face GPT-2, through `jaxformer.interop`
 #
 # A whole model this time: a random 2-layer GPT-2 is saved the way Hugging Face saves
-# models, loaded with `load_hf_gpt2`, and run on the same random tokens by both libraries.
+# models, loaded with `load_hf`, and run on the same random tokens by both libraries.
 # We compare the logits and every layer's attention maps (`jaxformer.attention_maps` against
 # `output_attentions=True`).
 
 # %%
-try:
-    from jaxformer.interop import load_hf_gpt2
-except ImportError:
-    load_hf_gpt2 = None
-if load_hf_gpt2 is None or importlib.util.find_spec("transformers") is None:
-    report("jaxformer.interop or transformers not available: skipping the Hugging Face GPT-2 comparison")
+if importlib.util.find_spec("transformers") is None:
+    report("transformers not available: skipping the Hugging Face GPT-2 comparison")
 else:
     import torch
     import transformers
@@ -138,7 +133,7 @@ else:
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
-        model, _, _ = load_hf_gpt2(folder)
+        model, _, _ = load_hf(folder)
     ids = rng.integers(0, 97, (B, T))
     with torch.no_grad():
         o = hf(torch.from_numpy(ids), output_attentions=True, output_hidden_states=True)

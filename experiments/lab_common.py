@@ -21,6 +21,18 @@ from jaxformer import compile_cache  # noqa: E402  (after the path above)
 ARGS_ENV = "JAXFORMER_EXPERIMENT_ARGS"
 
 
+def torch_gpt():
+    """The eager PyTorch GPT the tests check against (``tests/jaxformer_testing/torch_gpt.py``),
+    imported by its file path: tests/ never goes on sys.path (lab 7)."""
+    import importlib.util
+
+    path = ROOT / "tests" / "jaxformer_testing" / "torch_gpt.py"
+    spec = importlib.util.spec_from_file_location("jaxformer_testing_torch_gpt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (the experiments also run as notebooks: ``jupytext --to ipynb``)."""
     if "IPython" not in sys.modules:          # never import IPython from a plain script

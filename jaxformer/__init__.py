@@ -1,20 +1,31 @@
 """jaxformer: GPT-style decoder-only transformers in JAX/Flax, from first principles.
 
-Public names: ``functional`` (the textbook math), ``kernels`` (the fast paths beside it),
-``GPT`` and the NNX modules, the configs and :func:`load_config`, training, generation
-(``generate``, ``Generator``) and inspection.
+The names below are the whole public surface of the top level (one line each in the README's
+"Public API" table): the textbook math, configs, the model, training and run folders,
+generation and scoring, looking inside, and Hugging Face in and out. Everything else lives in
+the subpackages (``jaxformer.model``, ``jaxformer.data``, ``jaxformer.training``,
+``jaxformer.infer``, ``jaxformer.interp``, ``jaxformer.viz``, ``jaxformer.interop``).
 """
 from jaxformer.version import __version__  # noqa: F401
 
-from jaxformer import functional, interp
-from jaxformer.model import kernels  # noqa: F401
-from jaxformer.config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig, TrainConfig,
-                              load_config)
-from jaxformer.model.modules import (GPT, DecoderBlock, FeedForward, LayerNorm, MultiHeadAttention,
-                                     count_params)
-from jaxformer.interp.capture import attention_maps, capture  # noqa: F401
-from jaxformer.interop import load_hf, load_hf_gpt2, save_hf, save_hf_gpt2  # noqa: F401
-from jaxformer.training.loop import train  # noqa: F401
-from jaxformer.training.steps import evaluate, make_train_step  # noqa: F401
-from jaxformer.training.checkpoint import load_run, save_checkpoint  # noqa: F401
-from jaxformer.infer.generation import Generation, Generator, generate, generate_stream  # noqa: F401
+from jaxformer import functional
+from jaxformer.config import Config, ModelConfig, TrainConfig, load_config
+from jaxformer.errors import ConfigError, JaxformerError
+from jaxformer.infer.generation import generate, generate_stream
+from jaxformer.infer.scoring import score
+from jaxformer.interop.hf_files import load_hf, save_hf
+from jaxformer.interp.activations import attention_maps
+from jaxformer.interp.hooks import run_with_cache, run_with_hooks
+from jaxformer.model.modules import GPT, count_params
+from jaxformer.training.checkpoint import load_run
+from jaxformer.training.loop import train
+
+__all__ = [
+    "functional",
+    "Config", "ModelConfig", "TrainConfig", "load_config", "ConfigError", "JaxformerError",
+    "GPT", "count_params",
+    "train", "load_run",
+    "generate", "generate_stream", "score",
+    "attention_maps", "run_with_cache", "run_with_hooks",
+    "load_hf", "save_hf",
+]

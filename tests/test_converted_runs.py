@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from jaxformer.training.checkpoint import load_run  # noqa: E402
 from jaxformer.cli import main  # noqa: E402
-from jaxformer.interp.capture import attention_maps  # noqa: E402
+from jaxformer.interp.activations import attention_maps  # noqa: E402
 
 TEXT = ("The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
         "To be, or not to be, that is the question. All that glitters is not gold. ") * 4

@@ -15,7 +15,7 @@ from flax import nnx
 from conftest import randomize
 from jaxformer import GPT, ModelConfig, load_config
 from jaxformer import functional as F
-from jaxformer.interp import capture as inspect
+from jaxformer.interp import activations as inspect
 from jaxformer.infer import scoring
 from jaxformer.training import steps as training
 

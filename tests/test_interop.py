@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from conftest import randomize  # noqa: E402
 from jaxformer import GPT, ModelConfig, load_config  # noqa: E402
 from jaxformer.errors import CheckpointError, ConfigError  # noqa: E402
-from jaxformer.interop import hf_from_params, load_hf_gpt2, model_config_from_hf, params_from_hf, save_hf_gpt2
+from jaxformer.interop import hf_from_params, load_hf, model_config_from_hf, params_from_hf, save_hf
 
 pytestmark = pytest.mark.hf
 transformers.logging.set_verbosity_error()
@@ -115,7 +115,7 @@ def test_unsupported_variants_are_refused(key, value):
 def test_small_logits_match_transformers(tmp_path, tied):
     hf = small_hf_model(seed=1, tie_word_embeddings=tied)
     hf.save_pretrained(tmp_path)
-    model, cfg, tok = load_hf_gpt2(tmp_path)
+    model, cfg, tok = load_hf(tmp_path)
     assert tok is None
     assert (cfg.d_ff, cfg.norm_eps, cfg.tie_embeddings, cfg.max_len) == (80, 1e-6, tied, 64)
     tokens = np.random.default_rng(0).integers(0, 300, (3, 64))   # batch 3, the full context
@@ -128,7 +128,7 @@ def test_small_logits_match_transformers(tmp_path, tied):
 def test_greedy_50_tokens_match_transformers_generate(small_hf):
     from jaxformer.infer import generation
     hf, folder = small_hf
-    model, _, _ = load_hf_gpt2(folder)
+    model, _, _ = load_hf(folder)
     for prompt in ([5, 17, 250, 3],):
         with torch.no_grad():
             ref = hf.generate(torch.tensor([prompt]), max_new_tokens=50, do_sample=False,
@@ -143,7 +143,7 @@ def test_pytorch_bin_is_read_weights_only(small_hf, tmp_path):
     hf, _ = small_hf
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")   # includes the tied lm_head.weight
     hf.config.to_json_file(tmp_path / "config.json")
-    model, _, _ = load_hf_gpt2(tmp_path)
+    model, _, _ = load_hf(tmp_path)
     tokens = np.arange(40)[None] % 300
     assert np.abs(logits_of(model, tokens) - hf_logits(hf, tokens)).max() <= 1e-4
 
@@ -157,14 +157,14 @@ def test_pytorch_bin_with_arbitrary_objects_is_refused(small_hf, tmp_path):
     torch.save({"wte.weight": NotATensor()}, tmp_path / "pytorch_model.bin")
     hf.config.to_json_file(tmp_path / "config.json")
     with pytest.raises(CheckpointError, match="weights_only"):
-        load_hf_gpt2(tmp_path)
+        load_hf(tmp_path)
 
 
 def test_sharded_safetensors(small_hf, tmp_path):
     hf, _ = small_hf
     hf.save_pretrained(tmp_path, max_shard_size="40KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
-    model, _, _ = load_hf_gpt2(tmp_path)
+    model, _, _ = load_hf(tmp_path)
     tokens = np.arange(64)[None] * 7 % 300
     assert np.abs(logits_of(model, tokens) - hf_logits(hf, tokens)).max() <= 1e-4
 
@@ -175,12 +175,12 @@ def test_round_trip_jaxformer_transformers_jaxformer(tmp_path, tied):
     cfg = ModelConfig(vocab_size=300, d_model=32, n_head=4, n_layer=2, d_ff=72, max_len=48,
                       norm_eps=1e-5, tie_embeddings=tied)
     model = random_gpt(cfg, seed=3)
-    save_hf_gpt2(model, tmp_path / "exported")
+    save_hf(model, tmp_path / "exported", architecture="GPT2LMHeadModel")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
     tokens = np.random.default_rng(1).integers(0, 300, (2, 48))
     assert np.abs(hf_logits(hf, tokens) - logits_of(model, tokens)).max() <= 1e-4
     hf.save_pretrained(tmp_path / "resaved")
-    back, back_cfg, _ = load_hf_gpt2(tmp_path / "resaved")
+    back, back_cfg, _ = load_hf(tmp_path / "resaved")
     assert back_cfg == cfg
     a, b = _flat(model.params()), _flat(back.params())
     assert a.keys() == b.keys()
@@ -191,7 +191,7 @@ def test_round_trip_jaxformer_transformers_jaxformer(tmp_path, tied):
 def test_export_refuses_non_gpt2_architectures(tmp_path):
     cfg = ModelConfig(vocab_size=300, d_model=32, n_head=4, n_layer=1, positions="rope")
     with pytest.raises(ConfigError, match="model.positions='rope'"):
-        save_hf_gpt2(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))), tmp_path)
+        save_hf(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))), tmp_path, architecture="GPT2LMHeadModel")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -218,7 +218,7 @@ def test_shape_mismatch_names_tensor_and_both_shapes(small_hf, tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text((small_hf[1] / "config.json").read_text())
     with pytest.raises(CheckpointError, match=r"'h.2.mlp.c_proj.weight' has shape \(80, 40\), expected \(80, 48\)"):
-        load_hf_gpt2(tmp_path)
+        load_hf(tmp_path)
 
 
 def test_old_checkpoint_buffers_and_unprefixed_names_are_accepted(small_hf):
@@ -239,10 +239,10 @@ def test_tied_lm_head_must_equal_embeddings(small_hf):
 
 def test_missing_folder_or_weights(tmp_path, small_hf):
     with pytest.raises(CheckpointError, match="neither a folder nor a model in the local"):
-        load_hf_gpt2(str(tmp_path / "nope"), cache_dir=tmp_path)
+        load_hf(str(tmp_path / "nope"), cache_dir=tmp_path)
     (tmp_path / "config.json").write_text((small_hf[1] / "config.json").read_text())
     with pytest.raises(CheckpointError, match="holds no weights"):
-        load_hf_gpt2(tmp_path)
+        load_hf(tmp_path)
 
 
 def test_name_is_resolved_in_the_local_hf_cache_only(small_hf, tmp_path):
@@ -255,10 +255,10 @@ def test_name_is_resolved_in_the_local_hf_cache_only(small_hf, tmp_path):
         (snap / f).write_bytes((folder / f).read_bytes())
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    model, cfg, _ = load_hf_gpt2("someone/tiny-gpt2", cache_dir=tmp_path)
+    model, cfg, _ = load_hf("someone/tiny-gpt2", cache_dir=tmp_path)
     assert cfg.n_layer == 3
     with pytest.raises(CheckpointError, match="local Hugging Face cache"):
-        load_hf_gpt2("someone/absent-gpt2", cache_dir=tmp_path)
+        load_hf("someone/absent-gpt2", cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -278,7 +278,7 @@ def test_gpt2_tokenizer_files_are_wrapped(small_hf, bpe, tmp_path, files):
         bpe.save(str(tmp_path / "tokenizer.json"))
     else:
         bpe.model.save(str(tmp_path))            # vocab.json + merges.txt
-    _, _, tok = load_hf_gpt2(tmp_path)
+    _, _, tok = load_hf(tmp_path)
     assert isinstance(tok, BPETokenizer) and tok.to_dict()["type"] == "bpe"
     text = "First Citizen: speak, speak! You are all resolved?"
     ref = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)   # transformers reads the same files
@@ -347,7 +347,7 @@ def test_gpt2_124m_logits_and_greedy_match_transformers(tmp_path):
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(bos_token_id=None, eos_token_id=None)).eval()
     hf.save_pretrained(tmp_path)
     t0 = time.perf_counter()
-    model, cfg, _ = load_hf_gpt2(tmp_path)
+    model, cfg, _ = load_hf(tmp_path)
     load_s = time.perf_counter() - t0
     assert model.num_params() == 124_439_808
     tokens = np.random.default_rng(0).integers(0, 50257, (2, 1024))
@@ -355,7 +355,7 @@ def test_gpt2_124m_logits_and_greedy_match_transformers(tmp_path):
     ours = logits_of(model, tokens)
     diff = float(np.abs(ours - ref).max())
     print(f"\nGPT-2 124M, B=2, T=1024: max |logits diff| = {diff:.2e} "
-          f"(max |logit| {np.abs(ref).max():.2f}); load_hf_gpt2 took {load_s:.2f} s")
+          f"(max |logit| {np.abs(ref).max():.2f}); load_hf took {load_s:.2f} s")
     assert diff <= 1e-4
     prompt = [464, 2068, 7586, 21831]
     with torch.no_grad():

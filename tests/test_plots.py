@@ -360,13 +360,13 @@ def test_displayable_and_thinning_rules():
 
 
 def head_stats():
-    from jaxformer.interp.capture import head_statistics
+    from jaxformer.interp.heads import head_statistics
 
     return head_statistics(causal_weights(L=2, H=3, T=10))
 
 
 def test_head_summary_one_quantity_per_colour_bar(tmp_path):
-    from jaxformer.interp.capture import describe_heads
+    from jaxformer.interp.heads import describe_heads
 
     stats = head_stats()
     fig = drawn(P.head_summary(stats), tmp_path)

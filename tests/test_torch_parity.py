@@ -10,7 +10,7 @@ from flax import nnx  # noqa: E402
 from conftest import randomize  # noqa: E402
 from jaxformer import GPT, ModelConfig  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
-from jaxformer.torch_reference import torch_mha_from_params  # noqa: E402
+from jaxformer_testing.torch_gpt import torch_mha_from_params  # noqa: E402
 
 pytestmark = pytest.mark.hf
 

@@ -226,7 +226,7 @@ def test_train_command_interrupted_run_names_the_flag(tmp_path, capsys, monkeypa
 
 def test_torch_reference_matches_functional_decoder():
     torch = pytest.importorskip("torch")
-    from jaxformer.torch_reference import build_torch_gpt, load_jax_params
+    from jaxformer_testing.torch_gpt import build_torch_gpt, load_jax_params
     from conftest import randomize
     for extra in ([], ["model.activation=relu", "model.tie_embeddings=false", "model.bias=false"]):
         cfg = tiny("model.vocab_size=40", *extra)
@@ -249,7 +249,7 @@ def test_train_steps_match_pytorch_adamw():
     """Same init, batches and schedule: the jitted JAX step and an eager PyTorch AdamW step
     (clipping, decay on matrices only) give the same losses step after step."""
     torch = pytest.importorskip("torch")
-    from jaxformer.torch_reference import build_torch_gpt, load_jax_params, make_torch_optimizer
+    from jaxformer_testing.torch_gpt import build_torch_gpt, load_jax_params, make_torch_optimizer
     tok = CharTokenizer.from_text(TEXT)
     cfg = tiny(f"model.vocab_size={tok.vocab_size}", "model.bias=false", "train.max_steps=20")
     ids = np.asarray(tok.encode(TEXT), np.uint16)

@@ -3,7 +3,7 @@
 There is one sampling pipeline, :func:`filter_logits`, applied in this order: repetition
 penalty (optional), temperature, top-k, top-p (nucleus). :func:`sample` draws from it
 (or takes the arg-max when ``temperature == 0``); :func:`jaxformer.infer.generation.generate`,
-:func:`make_sampler` and :func:`jaxformer.interp.capture.next_token_distribution` all go through
+:func:`make_sampler` and :func:`jaxformer.interp.activations.next_token_distribution` all go through
 these two functions. Each stage is its own function so it can be tested and reused:
 
 - :func:`greedy` -- the arg-max token (``temperature == 0`` means greedy).

@@ -17,24 +17,23 @@ import sys
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from jaxformer.errors import JaxformerError, require_extra
-from jaxformer.interop.hf_files import load_hf
 from jaxformer.data.hf_tokenizer import resolve_hf_path
+from jaxformer.errors import JaxformerError, require_extra
+from jaxformer.infer.generation import generate
+from jaxformer.interop.hf_files import load_hf
 
 
 def compare(folder, *, batch: int = 2, seq: int = 1024, new_tokens: int = 50, prompt=None,
             seed: int = 0, out=print) -> dict:
     """Run the comparison on a local Hugging Face folder; returns the figures it prints."""
     require_extra("hf", "torch", "transformers", what="python -m jaxformer.interop.compare")
-    import jax
-    import jax.numpy as jnp
     import torch
     import transformers
-    from flax import nnx
-
-    from jaxformer.infer.generation import generate
 
     t0 = time.perf_counter()
     model, cfg, tok = load_hf(folder)

@@ -7,17 +7,18 @@ A folder holds ``config.json`` and the weights as ``model.safetensors`` (or shar
 looked up in the local Hugging Face cache only (no network). The architectures and their
 config mapping are in ``hf_families.py``, the tensor tables in ``hf_layouts.py``, the
 tokenizer's BOS / EOS settings in ``hf_tokenizer.py``.
-``load_hf_gpt2`` / ``save_hf_gpt2`` are the GPT-2-era names, kept working.
 """
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
+import jax.numpy as jnp
 import numpy as np
 
+from jaxformer.config import DTYPES
 from jaxformer.errors import CheckpointError, ConfigError
 from jaxformer.interop.hf_families import (GPT2, detect_architecture, hf_config_for,
                                            model_config_from_hf_family)
@@ -25,8 +26,9 @@ from jaxformer.interop.hf_layouts import hf_specs, iter_hf_tensors, layout_for, 
 from jaxformer.interop.hf_tensors import (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, open_tensors,
                                           write_safetensors)  # noqa: F401
 from jaxformer.data.hf_tokenizer import load_hf_tokenizer, resolve_hf_path
+from jaxformer.model.modules import GPT
 
-__all__ = ["load_hf", "save_hf", "HFModel", "load_hf_gpt2", "save_hf_gpt2", "resolve_hf_path",
+__all__ = ["load_hf", "save_hf", "HFModel", "resolve_hf_path",
            "read_hf_config", "read_hf_state_dict", "load_hf_tokenizer"]
 
 
@@ -83,8 +85,6 @@ def load_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32", cache_di
     Errors (missing folder, unsupported architecture or config value, unknown/missing
     tensors, shape mismatches) raise :class:`CheckpointError` in one line.
     """
-    from jaxformer.config import DTYPES
-    from jaxformer.model.modules import GPT
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(map(repr, DTYPES))}")
     folder = resolve_hf_path(path_or_name, cache_dir, revision)
@@ -94,12 +94,6 @@ def load_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32", cache_di
     source = open_tensors(folder)
     params = load_params(source, arch, config, dtype)
     return HFModel(GPT.from_params(config, params), config, load_hf_tokenizer(folder), arch)
-
-
-def load_hf_gpt2(path_or_name: str | os.PathLike, *, cache_dir=None, revision: Optional[str] = None,
-                 dtype: str = "float32", **config_overrides) -> Tuple[Any, Any, Any]:
-    """:func:`load_hf` under its GPT-2-era name (any supported architecture loads)."""
-    return load_hf(path_or_name, cache_dir=cache_dir, revision=revision, dtype=dtype, **config_overrides)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -152,7 +146,6 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None, *, architecture: Opt
     ``tokenizer.json`` + ``tokenizer_config.json``. Returns the folder. Raises
     :class:`ConfigError` naming the first field the architecture cannot express.
     """
-    import jax.numpy as jnp
     if isinstance(model, tuple):
         params, config = model
     else:
@@ -183,10 +176,3 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None, *, architecture: Opt
     if tokenizer is not None:
         _write_tokenizer(tokenizer, out, config.max_len)
     return out
-
-
-def save_hf_gpt2(model, path: str | os.PathLike, tokenizer=None) -> pathlib.Path:
-    """Write ``model`` (a :class:`jaxformer.GPT` with a GPT-2-shaped config) as a folder that
-    ``transformers.GPT2LMHeadModel.from_pretrained(path)`` loads (float32). Raises
-    :class:`ConfigError` when the architecture has no GPT-2 equivalent."""
-    return save_hf(model, path, tokenizer, architecture=GPT2)

@@ -43,12 +43,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxformer.config import ModelConfig
 from jaxformer.errors import CheckpointError
 from jaxformer.interop.hf_families import GEMMA2, GPT2, NEOX
 from jaxformer.interop.hf_tensors import TensorSource
+from jaxformer.model.modules import GPT
 
 __all__ = ["Rule", "Layout", "layout_for", "load_params", "iter_hf_tensors", "hf_specs"]
 
@@ -226,7 +229,6 @@ def _unflat(flat: dict) -> dict:
 
 def _our_shapes(config: ModelConfig) -> Dict[str, tuple]:
     """Every leaf of jaxformer's parameter tree for ``config`` with its shape (no memory)."""
-    from jaxformer.model.modules import GPT
     return {k: tuple(v.shape) for k, v in _flat(GPT.abstract(config).params()).items()}
 
 
@@ -355,8 +357,6 @@ def load_params(source: TensorSource, architecture: str, config: ModelConfig, dt
     and freed. So the host holds the model plus one leaf at most (on the CPU: the model plus
     one tensor).
     """
-    import jax
-    import jax.numpy as jnp
     layout = layout_for(architecture, config)
     specs = hf_specs(layout, config)
     found = _match_names(source, layout, specs, config, architecture)

@@ -30,23 +30,31 @@ lists a model's own; shapes in :mod:`jaxformer.functional`'s legend, ``G`` = ``n
       .hook_resid_post         [B, T, D]     the stream leaving block l
     ln_final.hook_normalized   [B, T, D]     the final norm's output (pre-norm / sandwich only)
 
+Views of the cache (module ``activations``): :func:`attention_maps` (every ``hook_pattern``,
+``[B, L, H, T, T]``) and :func:`capture` (the residual stream, each branch's output, the
+patterns and the logit lens, stacked over layers).
+
 On top: :func:`patch_activations`, :func:`attribution_patching`, :func:`ablate_heads`,
 :func:`residual_decomposition`, :func:`direct_logit_attribution` (module ``experiments``);
-the head detectors :func:`detect_heads` / :func:`head_scores` (previous-token, first-token,
-duplicate-token, induction) and :func:`name_heads` (module ``heads``). Figures for each:
+what each head does (module ``heads``): the detectors :func:`detect_heads` / :func:`head_scores`
+(previous-token, first-token, duplicate-token, induction), :func:`head_statistics` (entropy,
+offset) and :func:`name_heads` / :func:`describe_heads`. Figures for each:
 ``jaxformer.viz.plots.patching_heatmap``, ``logit_attribution``, ``head_detector_scores``.
 
 In a notebook, models, parameter trees and caches render through ``treescope`` (a Flax
 dependency; ``treescope.basic_interactive_setup()`` once): a cache as a dict keyed by hook
 name, or folded by layer with :func:`nested`.
 """
+from jaxformer.interp.activations import attention_maps, capture
+from jaxformer.interp.heads import (KINDS, describe_heads, detect_heads, detector_targets, head_scores,
+                                    head_statistics, name_heads)
+from jaxformer.interp.hooks import (HookError, hook_names, hook_shapes, nested, run_with_cache, run_with_cache_fn,
+                                    run_with_hooks, select_names, stack_layers)
 from jaxformer.interp.patching import (ablate_heads, attribution_patching, direct_logit_attribution,
                                        logit_difference, patch_activations, residual_decomposition)
-from jaxformer.interp.heads import KINDS, detect_heads, detector_targets, head_scores, name_heads  # noqa: F401
-from jaxformer.interp.hooks import (HookError, hook_names, hook_shapes, run_with_cache, run_with_cache_fn,
-                                    nested, run_with_hooks, select_names, stack_layers)
 
 __all__ = ["hook_names", "hook_shapes", "select_names", "run_with_cache", "run_with_cache_fn",
            "run_with_hooks", "stack_layers", "HookError", "patch_activations", "attribution_patching",
            "ablate_heads", "residual_decomposition", "direct_logit_attribution", "logit_difference",
-           "KINDS", "detect_heads", "detector_targets", "head_scores", "name_heads", "nested"]
+           "KINDS", "detect_heads", "detector_targets", "head_scores", "name_heads", "nested",
+           "attention_maps", "capture", "head_statistics", "describe_heads"]

@@ -1,5 +1,11 @@
-"""Attention-head detectors: how much of a head's attention goes where a known kind of head
-looks (TransformerLens's ``detect_head`` kinds, scored as mean attention mass).
+"""What each attention head does: detector scores, the shape of its attention, and names.
+
+- :func:`head_scores` / :func:`detect_heads`: how much of a head's attention goes where a known
+  kind of head looks (TransformerLens's ``detect_head`` kinds, scored as mean attention mass);
+- :func:`head_statistics`: entropy, mean offset and the weight on the previous, first and own
+  key of one example's attention;
+- :func:`name_heads`: the heads whose best score passes a threshold, and :func:`describe_heads`,
+  the same naming over :func:`head_statistics` as one printable line per head.
 
 For each kind, a boolean target ``[B, T, S]`` (query t may find what it looks for at key s)
 and the queries that have a target at all. A head's score is its attention mass on the
@@ -20,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer.interp.capture import _parts
-from jaxformer.interp.hooks import HookError, _tokens, run_with_cache_fn, stack_layers
+from jaxformer.errors import DataError
+from jaxformer.interp.hooks import HookError, run_with_cache_fn, stack_layers
+from jaxformer.interp.inputs import check_tokens, model_parts
 
 KINDS = ("previous-token", "first-token", "duplicate-token", "induction")
 
@@ -72,8 +79,8 @@ def detect_heads(model, tokens_BT, kinds: Optional[Sequence[str]] = None) -> Dic
         >>> half = rng.integers(0, V, (B, 20)); probe = np.concatenate([half, half], 1)
         >>> interp.detect_heads(model, probe)["induction"]        # [L, H]
     """
-    params, config = _parts(model)
-    tokens_BT = _tokens(tokens_BT, config)
+    params, config = model_parts(model)
+    tokens_BT = check_tokens(tokens_BT, config)
     names = tuple(f"blocks.{l}.attn.hook_pattern" for l in range(config.n_layer))
     _, cache = run_with_cache_fn(params, tokens_BT, config, names)
     return head_scores(stack_layers(cache, "attn.hook_pattern", config.n_layer), tokens_BT, kinds)
@@ -90,3 +97,47 @@ def name_heads(scores: Dict[str, np.ndarray], threshold: float = 0.4) -> List[Tu
         if stack[k, layer, head] >= threshold:
             found.append((layer, head, kinds[k], float(stack[k, layer, head])))
     return found
+
+
+def head_statistics(weights_LHTT) -> Dict[str, np.ndarray]:
+    """Summarise each head of one example's causal attention: ``[L, H, T, T]`` -> dict of ``[L, H]``.
+
+    Averaged over query rows ``t >= 1`` (row 0 can only attend to itself):
+    ``entropy`` (nats), ``norm_entropy`` (entropy / log(t+1): 0 = one key, 1 = uniform over
+    the allowed keys), ``mean_offset`` (expected ``t - s``: 1 for a previous-token head),
+    ``prev``, ``first``, ``self`` (mean weight on key t-1, key 0, key t).
+    """
+    w = np.asarray(weights_LHTT, np.float64)
+    T = w.shape[-1]
+    if T < 2:
+        raise DataError("head statistics need at least 2 tokens")
+    t = np.arange(T)
+    rows = w[..., 1:, :]                                           # [L, H, T-1, T]
+    ent = -np.sum(np.where(rows > 0, rows * np.log(np.where(rows > 0, rows, 1.0)), 0.0), -1)
+    offset = np.sum(rows * (t[1:, None] - t[None, :]), -1)
+    diag = lambda k: np.diagonal(w, offset=-k, axis1=-2, axis2=-1)  # noqa: E731
+    return {
+        "entropy": ent.mean(-1),
+        "norm_entropy": (ent / np.log(t[1:] + 1.0)).mean(-1),
+        "mean_offset": offset.mean(-1),
+        "prev": diag(1).mean(-1),
+        "first": w[..., 1:, 0].mean(-1),
+        "self": diag(0)[..., 1:].mean(-1),
+    }
+
+
+def _describe(stats: Dict[str, np.ndarray], layer: int, head: int, kind: Optional[str]) -> str:
+    get = lambda k: float(stats[k][layer, head])  # noqa: E731
+    name = kind or ("diffuse" if get("norm_entropy") > 0.8 else "mixed")
+    return f"{name} (entropy {get('entropy'):.2f}, offset {get('mean_offset'):.1f})"
+
+
+def describe_heads(stats: Dict[str, np.ndarray], threshold: float = 0.5) -> List[List[str]]:
+    """One printable line per head (``[L][H]``) from :func:`head_statistics`: the kind
+    :func:`name_heads` gives it among ``previous-token``, ``first-token`` and ``self`` (at least
+    ``threshold`` of its weight on that key on average), else ``diffuse`` (normalised entropy
+    > 0.8) or ``mixed``; then its entropy and mean offset."""
+    L, H = stats["entropy"].shape
+    scores = {"previous-token": stats["prev"], "first-token": stats["first"], "self": stats["self"]}
+    kinds = {(layer, head): kind for layer, head, kind, _ in name_heads(scores, threshold)}
+    return [[_describe(stats, layer, h, kinds.get((layer, h))) for h in range(H)] for layer in range(L)]

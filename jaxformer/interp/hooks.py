@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxformer import functional as F
 from jaxformer.errors import JaxformerError
-from jaxformer.interp.capture import _check_tokens, _parts
+from jaxformer.interp.inputs import check_tokens, model_parts
 from jaxformer.model.modules import GPT
 
 Names = Union[None, str, Iterable[str], Callable[[str], bool]]
@@ -79,7 +79,7 @@ def hook_shapes(config, batch: int, seq: int) -> Dict[str, Tuple[int, ...]]:
     no memory, no compute)."""
     params = GPT.abstract(config).params()
     tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-    _, cache = jax.eval_shape(lambda p, t: _run(p, t, config, None, tuple(hook_names(config))), params, tokens)
+    _, cache = jax.eval_shape(lambda p, t: run_hooked(p, t, config, None, tuple(hook_names(config))), params, tokens)
     return {n: tuple(cache[n].shape) for n in hook_names(config)}
 
 
@@ -122,13 +122,6 @@ def select_names(config, names: Names = None) -> Tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- running
-def _tokens(tokens_BT, config):
-    """Checked token ids; traced ones (under the caller's jit / vmap / grad) pass as they are."""
-    if isinstance(tokens_BT, jax.core.Tracer):
-        return tokens_BT
-    return _check_tokens(tokens_BT, config)
-
-
 def _checked(name: str, fn: Callable) -> Callable:
     """``fn`` as a hook: None keeps the activation (a hook that only reads), and a
     replacement must keep the shape."""
@@ -143,7 +136,7 @@ def _checked(name: str, fn: Callable) -> Callable:
     return hook
 
 
-def _run(params, tokens_BT, config, hooks: Optional[Mapping[str, Callable]], names: Tuple[str, ...]):
+def run_hooked(params, tokens_BT, config, hooks: Optional[Mapping[str, Callable]], names: Tuple[str, ...]):
     """One hooked forward pass that also records ``names`` (after any hook on them):
     ``(logits [B, T, V], {name: value})``. The record is a dict local to this call, so the
     function stays pure for every JAX transformation around it."""
@@ -163,7 +156,7 @@ def _run(params, tokens_BT, config, hooks: Optional[Mapping[str, Callable]], nam
 def run_with_cache_fn(params, tokens_BT, config, names: Tuple[str, ...]):
     """Pure, jitted :func:`run_with_cache` over a parameter pytree; ``names`` a tuple of
     exact hook names (see :func:`select_names`)."""
-    return _run(params, tokens_BT, config, None, names)
+    return run_hooked(params, tokens_BT, config, None, names)
 
 
 def run_with_cache(model, tokens_BT, names: Names = None, *, hooks: Optional[Mapping[str, Callable]] = None):
@@ -173,13 +166,13 @@ def run_with_cache(model, tokens_BT, names: Names = None, *, hooks: Optional[Map
     materialised. ``hooks`` (as in :func:`run_with_hooks`) apply first, so the cache shows
     the hooked run. ``model``: a GPT or a ``(params, config)`` pair. Pure; jit / vmap / grad
     it freely (with ``(params, config)`` to differentiate the parameters)."""
-    params, config = _parts(model)
+    params, config = model_parts(model)
     picked = select_names(config, names)
-    tokens_BT = _tokens(tokens_BT, config)
+    tokens_BT = check_tokens(tokens_BT, config)
     if not hooks:
         logits, cache = run_with_cache_fn(params, tokens_BT, config, picked)
         return logits, {n: cache[n] for n in picked}          # forward order (jit sorts keys)
-    return _run(params, tokens_BT, config, _check_hooks(config, hooks), picked)
+    return run_hooked(params, tokens_BT, config, _check_hooks(config, hooks), picked)
 
 
 def _check_hooks(config, hooks: Mapping[str, Callable]) -> Dict[str, Callable]:
@@ -200,8 +193,8 @@ def run_with_hooks(model, tokens_BT, hooks: Mapping[str, Callable]):
     leave it. Layer-qualified names (``blocks.1.attn.hook_z``) hook that layer only.
     Pure: ``jax.jit`` / ``jax.vmap`` / ``jax.grad`` work through it (hooks may close over
     traced arrays)."""
-    params, config = _parts(model)
-    logits, _ = _run(params, _tokens(tokens_BT, config), config, _check_hooks(config, hooks), ())
+    params, config = model_parts(model)
+    logits, _ = run_hooked(params, check_tokens(tokens_BT, config), config, _check_hooks(config, hooks), ())
     return logits
 
 

@@ -13,8 +13,8 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxformer.interp.capture import _parts
-from jaxformer.interp.hooks import HookError, _run, _tokens, hook_names, run_with_cache_fn
+from jaxformer.interp.hooks import HookError, hook_names, run_hooked, run_with_cache_fn
+from jaxformer.interp.inputs import check_tokens, model_parts
 
 Metric = Callable[[jax.Array], jax.Array]
 
@@ -59,8 +59,8 @@ def _layer_names(config, hook: str, over: str) -> Tuple[Tuple[str, ...], int]:
 
 
 def _pair(model, clean_tokens, corrupted_tokens):
-    params, config = _parts(model)
-    clean, corrupted = _tokens(clean_tokens, config), _tokens(corrupted_tokens, config)
+    params, config = model_parts(model)
+    clean, corrupted = check_tokens(clean_tokens, config), check_tokens(corrupted_tokens, config)
     if clean.shape != corrupted.shape:
         raise HookError(f"corrupted_tokens have shape {tuple(corrupted.shape)}, clean_tokens {tuple(clean.shape)}: "
                         "patching needs the same [B, T]")
@@ -99,14 +99,14 @@ def patch_activations(model, clean_tokens, corrupted_tokens, metric: Optional[Me
 
     @jax.jit
     def table(params, clean, corrupted):
-        _, cached = _run(params, clean, config, None, names)
+        _, cached = run_hooked(params, clean, config, None, names)
         rows = []
         for n in names:
             size, ndim = cached[n].shape[axis], cached[n].ndim
 
             def patched(i, n=n, size=size, ndim=ndim):
                 hooks = {n: lambda x: jnp.where(_one_hot(i, size, axis, ndim), cached[n], x)}
-                return metric(_run(params, corrupted, config, hooks, ())[0])
+                return metric(run_hooked(params, corrupted, config, hooks, ())[0])
             rows.append(jax.vmap(patched)(jnp.arange(size)))
         return jnp.stack(rows)
 
@@ -125,12 +125,12 @@ def attribution_patching(model, clean_tokens, corrupted_tokens, metric: Optional
 
     @jax.jit
     def table(params, clean, corrupted):
-        _, cached = _run(params, clean, config, None, names)
+        _, cached = run_hooked(params, clean, config, None, names)
 
         def corrupted_metric(deltas):
             # Adding zero at each hook point makes d metric / d delta the activation's gradient.
             hooks = {n: (lambda x, n=n: x + deltas[n]) for n in names}
-            logits, seen = _run(params, corrupted, config, hooks, names)
+            logits, seen = run_hooked(params, corrupted, config, hooks, names)
             return metric(logits), seen
 
         zeros = {n: jnp.zeros_like(a) for n, a in cached.items()}
@@ -153,8 +153,8 @@ def ablate_heads(model, tokens_BT, heads: Iterable[Tuple[int, int]], mode: str =
     positions of this run."""
     if mode not in ("zero", "mean"):
         raise HookError(f"mode={mode!r}: expected 'zero' or 'mean'")
-    params, config = _parts(model)
-    tokens_BT = _tokens(tokens_BT, config)
+    params, config = model_parts(model)
+    tokens_BT = check_tokens(tokens_BT, config)
     by_layer: Dict[int, list] = {}
     for layer, head in heads:
         if not (0 <= layer < config.n_layer and 0 <= head < config.n_head):
@@ -167,14 +167,14 @@ def ablate_heads(model, tokens_BT, heads: Iterable[Tuple[int, int]], mode: str =
     def run(params, tokens_BT):
         means = {}
         if mode == "mean":
-            _, cached = _run(params, tokens_BT, config, None, names)
+            _, cached = run_hooked(params, tokens_BT, config, None, names)
             means = {n: jnp.mean(z, axis=(0, 1)) for n, z in cached.items()}       # [H, K]
 
         def knock(n, hs):
             off = jnp.isin(jnp.arange(config.n_head), jnp.asarray(hs))[:, None]  # [H, 1]
             return lambda z: jnp.where(off, means.get(n, 0.0), z)
         hooks = {f"blocks.{l}.attn.hook_z": knock(f"blocks.{l}.attn.hook_z", hs) for l, hs in by_layer.items()}
-        return _run(params, tokens_BT, config, hooks, ())[0]
+        return run_hooked(params, tokens_BT, config, hooks, ())[0]
 
     return run(params, tokens_BT)
 
@@ -194,11 +194,11 @@ def residual_decomposition(model, tokens_BT) -> Tuple[Tuple[str, ...], jax.Array
     attention output after the heads are summed, so their attention is one part per layer
     (``L{l}.attn``). Post-norm models have no such sum: :class:`HookError`.
     """
-    params, config = _parts(model)
+    params, config = model_parts(model)
     if config.norm_position == "post":
         raise HookError("norm_position='post' renormalises the stream after each branch, so it is no sum of "
                         "parts; residual_decomposition takes pre, sandwich or none")
-    return _decompose(params, _tokens(tokens_BT, config), config)[:2]
+    return _decompose(params, check_tokens(tokens_BT, config), config)[:2]
 
 
 def _decompose_names(config) -> Tuple[str, ...]:
@@ -249,11 +249,11 @@ def direct_logit_attribution(model, tokens_BT, answer_ids: Sequence[int], *, pos
     before any final soft-cap (Gemma 2 caps after). ``attribution[..., 0] -
     attribution[..., 1]`` is each part's share of a logit difference.
     """
-    params, config = _parts(model)
+    params, config = model_parts(model)
     if config.norm_position == "post":
         raise HookError("norm_position='post' has no residual sum to attribute; direct_logit_attribution "
                         "takes pre, sandwich or none")
-    labels, parts_CBTD, resid_BTD = _decompose(params, _tokens(tokens_BT, config), config)
+    labels, parts_CBTD, resid_BTD = _decompose(params, check_tokens(tokens_BT, config), config)
     ids = jnp.asarray(answer_ids, jnp.int32).reshape(-1)
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
         raise HookError(f"answer_ids={list(map(int, ids))} reach outside the vocabulary [0, {config.vocab_size})")

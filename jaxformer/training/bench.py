@@ -204,7 +204,7 @@ def bench_decode(config, *, batch: int = 1, prompt_len: int = 16, new_tokens: in
     return batch * new_tokens / (time.perf_counter() - t0)
 
 
-def run_benchmark(config, *, steps: int = 10, decode: bool = True, torch: bool = False,
+def run_benchmark(config, *, steps: int = 10, decode: bool = True,
                   peak_flops: Optional[float] = None) -> dict:
     """Everything ``jaxformer bench`` reports, as one dict (see the module docstring)."""
     dtype = compute_config(config).dtype
@@ -216,11 +216,5 @@ def run_benchmark(config, *, steps: int = 10, decode: bool = True, torch: bool =
     result["mfu"] = result["model_flops_per_step"] / (result["step_ms"] / 1e3) / peak
     result["peak_memory_mb"] = peak_memory_mb()
     result["decode_tokens_per_s"] = bench_decode(config) if decode else None
-    if torch:
-        from jaxformer.torch_reference import time_train_step
-        t = time_train_step(config.model, config.train, steps=steps)
-        result["torch_step_ms"] = t["ms_per_step"]
-        result["torch_tokens_per_s"] = t["tokens_per_s"]
-        result["jax_over_torch"] = result["tokens_per_s"] / t["tokens_per_s"]
     result["config"] = config.to_dict()
     return result

@@ -118,7 +118,7 @@ document.body.dataset.ready = 'true';
 def attention_explorer_html(labels: Sequence[str], weights_LHTT, *, title: str = "attention explorer",
                             subtitle: str = "", decimals: int = 3) -> str:
     """The explorer as one HTML string. ``labels``: one display string per token (see
-    :func:`jaxformer.interp.capture.token_labels`); ``weights [L, H, T, T]`` for one example."""
+    :func:`jaxformer.viz.text.token_labels`); ``weights [L, H, T, T]`` for one example."""
     w = np.asarray(weights_LHTT, np.float64)
     if w.ndim != 4 or w.shape[-1] != w.shape[-2] or w.shape[-1] != len(labels):
         raise ValueError(f"weights of shape {w.shape} do not match {len(labels)} token labels "

@@ -9,7 +9,7 @@ Text stays legible at any length and in any script (:mod:`jaxformer.viz.text`): 
 go through :func:`token_axis` (labels at 8 pt, thinned to every k-th rather than shrunk), the
 text is drawn with the :func:`font_chain` fallback fonts and any character none of them has
 is written as ``<U+XXXX>``; titles sit above every axes and colour bar; each colour bar has
-one quantity and its unit.
+one quantity and its unit. matplotlib is imported when a figure is drawn, not with this module.
 """
 from __future__ import annotations
 
@@ -17,15 +17,17 @@ import contextlib
 import functools
 import math
 import os
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 
 from jaxformer.errors import DataError
+from jaxformer.runfolder import read_metrics
 from jaxformer.viz.text import (MIN_PT, TOKEN_PT, displayable, font_chain, make_displayable, token_axis,
                                 wrap_text)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["attention_heatmap", "head_grid", "layer_head_grid", "positional_encoding_heatmap",
            "positional_curves", "loss_curves", "layer_similarity",
@@ -70,12 +72,16 @@ def _fonts(fn):
     (and every tick made later) can draw CJK and emoji when such a font is installed."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import matplotlib
+
         with matplotlib.rc_context({"font.family": list(font_chain())}):
             return fn(*args, **kwargs)
     return wrapper
 
 
 def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
@@ -255,8 +261,6 @@ def loss_curves(metrics, *, title: str = "training and validation loss", path=No
     a run folder (read by :func:`jaxformer.runfolder.read_metrics`; entries without
     ``val_loss`` are train-only logs). Raises :class:`DataError` for a path with no metrics."""
     if isinstance(metrics, (str, os.PathLike)):
-        from jaxformer.runfolder import read_metrics
-
         source, metrics = metrics, read_metrics(metrics)
         if not metrics:
             raise DataError(f"no metrics records at {os.fspath(source)!r} (expected a run folder "
@@ -283,7 +287,7 @@ def _depth_names(n: int):
 @_fonts
 def layer_similarity(sim_LL, *, title: str = "cosine similarity of token representations across depth",
                      path=None) -> Figure:
-    """An ``[L+1, L+1]`` matrix from :func:`jaxformer.interp.capture.layer_cosine_similarity`
+    """An ``[L+1, L+1]`` matrix from :func:`jaxformer.interp.activations.layer_cosine_similarity`
     (entry i, j: mean over tokens of cos(resid_i, resid_j); 0 = embedding)."""
     s = np.asarray(sim_LL)
     n = s.shape[0]
@@ -326,7 +330,7 @@ def residual_norms(resid_LTD, labels: Sequence[str], *, title: str = "norm of ea
 @_fonts
 def logit_lens_heatmap(lens_LTV, labels: Sequence[str], decode, *, targets: Optional[Sequence[int]] = None,
                        title: str = "logit lens: top prediction after each block", path=None) -> Figure:
-    """Logit lens ``[L+1, T, V]`` (from :func:`jaxformer.interp.capture.capture`): each cell shows the
+    """Logit lens ``[L+1, T, V]`` (from :func:`jaxformer.interp.activations.capture`): each cell shows the
     most likely next token read from that depth (``decode(id) -> str``; written in the cells
     while they are wide enough, up to 40 tokens), coloured by its probability. With
     ``targets`` (the true next ids, ``[T]``) correct cells are outlined."""
@@ -437,11 +441,11 @@ def _annotate(ax, m, im, fmt: str = "{:.2f}", fontsize: float = 8):
 @_fonts
 def head_summary(stats: Dict[str, np.ndarray], *, title: str = "what each head does",
                  path=None) -> Figure:
-    """What each head does, from :func:`jaxformer.interp.capture.head_statistics` (``[L, H]`` arrays;
+    """What each head does, from :func:`jaxformer.interp.heads.head_statistics` (``[L, H]`` arrays;
     one head per row, ``L0 H0``, ``L0 H1``, ...), one quantity per colour scale:
 
     - mean attention weight on the previous token, the first token and itself (0-1);
-    - attention entropy in nats, the number :func:`jaxformer.interp.capture.describe_heads` prints;
+    - attention entropy in nats, the number :func:`jaxformer.interp.heads.describe_heads` prints;
     - normalised entropy (entropy / log(allowed keys): 0 = one key, 1 = uniform), what
       ``describe_heads`` calls ``diffuse`` above 0.8;
     - mean offset of the attended key, in tokens (1 for a previous-token head).

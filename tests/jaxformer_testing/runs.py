@@ -1,8 +1,8 @@
 """The tiny model and untrained run folder that tests needing *a* run share."""
 from flax import nnx
 
-from jaxformer import GPT, load_config, save_checkpoint
-from jaxformer.training.checkpoint import save_run_folder
+from jaxformer import GPT, load_config
+from jaxformer.training.checkpoint import save_checkpoint, save_run_folder
 from jaxformer.data import ByteTokenizer
 
 #: One layer, width 16, context 16, byte tokens: the smallest model every command accepts.

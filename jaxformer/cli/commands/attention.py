@@ -24,7 +24,8 @@ def run(args) -> int:
     from jaxformer.training.checkpoint import load_run
     from jaxformer.errors import ConfigError, DataError
     from jaxformer.viz.explorer import write_attention_explorer
-    from jaxformer.interp.capture import attention_maps, token_labels
+    from jaxformer.interp.activations import attention_maps
+    from jaxformer.viz.text import token_labels
 
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".html", ".png"):

@@ -4,15 +4,14 @@ import argparse
 from jaxformer.cli.commands import add_config_arguments
 import json
 
-HELP = "measure train-step compile/step time, tokens/s, MFU, peak memory and KV-cache decode speed"
+HELP = ("measure train-step compile/step time, tokens/s, MFU, peak memory and KV-cache decode speed "
+        "(against eager PyTorch: benchmarks/train_shakespeare.py in the repository)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--steps", type=int, default=10, help="timed train steps (after 2 warm-up steps)")
     p.add_argument("--no-decode", action="store_true", help="skip the decode measurement")
-    p.add_argument("--torch", action="store_true",
-                   help="also time the same model in eager PyTorch (needs the hf extra) and report the ratio")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -24,7 +23,7 @@ def run(args) -> int:
     if args.steps < 1:
         raise ConfigError(f"--steps={args.steps} must be >= 1")
     cfg = load_config(args.config, args.overrides)
-    r = run_benchmark(cfg, steps=args.steps, decode=not args.no_decode, torch=args.torch)
+    r = run_benchmark(cfg, steps=args.steps, decode=not args.no_decode)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -40,9 +39,6 @@ def run(args) -> int:
             ("peak memory", f"{r['peak_memory_mb']:,.0f} MB")]
     if r.get("decode_tokens_per_s"):
         rows.append(("decode (batch 1, greedy)", f"{r['decode_tokens_per_s']:,.1f} tokens/s"))
-    if "torch_step_ms" in r:
-        rows.append(("PyTorch eager step", f"{r['torch_step_ms']:.1f} ms"))
-        rows.append(("jaxformer / PyTorch", f"{r['jax_over_torch']:.2f}x tokens/s"))
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{w}}  {v}")

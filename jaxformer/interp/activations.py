@@ -1,9 +1,9 @@
-"""Look inside a model: attention maps, named intermediates, logit lens, head statistics.
+"""Views of :func:`jaxformer.interp.run_with_cache`: attention maps, the residual stream and its
+logit lens, and the similarities between representations.
 
-Everything here is computed by :func:`jaxformer.functional.decoder` (``capture=True``, or
-its hook points through :mod:`jaxformer.interp`: the very attention the model runs), never
-by a second copy of the math. Results are batch-first (``weights_BLHTT``, ``resid_BLTD``)
-so that ``out[b]`` is one example.
+Everything here is read from the hook points of :mod:`jaxformer.functional` (the very math the
+model runs), never computed by a second copy of it. Results are batch-first
+(``weights_BLHTT``, ``resid_BLTD``) so that ``out[b]`` is one example.
 
 Shape legend as in :mod:`jaxformer.functional` (B batch, L layers, H heads, T time,
 D width, V vocabulary).
@@ -17,19 +17,19 @@ D width, V vocabulary).
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxformer import functional as F
-from jaxformer.errors import DataError
 from jaxformer.infer.sampling import check_sampling, filter_logits, greedy
+from jaxformer.interp.hooks import run_hooked, run_with_cache_fn, stack_layers
+from jaxformer.interp.inputs import check_tokens, model_parts
 
 __all__ = ["attention_maps", "attention_maps_fn", "capture", "capture_fn", "logit_lens",
-           "layer_cosine_similarity", "token_cosine_similarity", "head_statistics",
-           "describe_heads", "token_labels", "next_token_distribution", "CAPTURE_SHAPES"]
+           "layer_cosine_similarity", "token_cosine_similarity", "next_token_distribution", "CAPTURE_SHAPES"]
 
 CAPTURE_SHAPES = {
     "embed": "[B, T, D]  token (+ absolute position) embedding entering block 0",
@@ -42,33 +42,12 @@ CAPTURE_SHAPES = {
 }
 
 
-def _parts(model) -> Tuple[Any, Any]:
-    if isinstance(model, tuple):
-        return model
-    return model.params(), model.config
-
-
-def _check_tokens(tokens_BT, config) -> jax.Array:
-    tokens = np.asarray(tokens_BT)
-    if tokens.ndim == 1:
-        raise DataError(f"tokens have shape {tokens.shape}: pass a batch [B, T] (e.g. tokens[None])")
-    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
-        raise DataError(f"tokens have shape {tokens.shape}: expected a non-empty [B, T] array")
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise DataError(f"tokens have dtype {tokens.dtype}: expected integer token ids")
-    if tokens.shape[1] > config.max_len:
-        raise DataError(f"{tokens.shape[1]} tokens exceed the model's context max_len={config.max_len}")
-    if tokens.min() < 0 or tokens.max() >= config.vocab_size:
-        bad = int(tokens.min()) if tokens.min() < 0 else int(tokens.max())
-        raise DataError(f"token id {bad} is outside the vocabulary [0, {config.vocab_size})")
-    return jnp.asarray(tokens, jnp.int32)
-
-
 # ----------------------------------------------------------------------------- attention maps
 def _weights_one(params, tokens_T, config):
-    """One example: ids ``[T]`` -> attention weights ``[L, H, T, T]``."""
-    _, aux = F.decoder(params, tokens_T[None], config, capture=True)
-    return aux["weights"][:, 0]
+    """One example: ids ``[T]`` -> attention weights ``[L, H, T, T]`` (its ``hook_pattern``s)."""
+    names = tuple(f"blocks.{l}.attn.hook_pattern" for l in range(config.n_layer))
+    _, cache = run_hooked(params, tokens_T[None], config, None, names)
+    return stack_layers(cache, "attn.hook_pattern", config.n_layer)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -89,8 +68,8 @@ def attention_maps(model, tokens_BT) -> jax.Array:
     Raises :class:`DataError` for tokens of the wrong shape, out-of-vocabulary ids or
     more than ``max_len`` tokens.
     """
-    params, config = _parts(model)
-    return attention_maps_fn(params, _check_tokens(tokens_BT, config), config)
+    params, config = model_parts(model)
+    return attention_maps_fn(params, check_tokens(tokens_BT, config), config)
 
 
 # ----------------------------------------------------------------------------- capture
@@ -112,7 +91,6 @@ def logit_lens(params, resid_BLTD, config) -> jax.Array:
 def capture_fn(params, tokens_BT, config, with_logit_lens: bool = True) -> Dict[str, jax.Array]:
     """Pure, jitted version of :func:`capture` over a parameter pytree: a view of
     :func:`jaxformer.interp.run_with_cache_fn` (the hook points, stacked over layers)."""
-    from jaxformer.interp import run_with_cache_fn, stack_layers  # interp builds on this module's helpers
     L = config.n_layer
     per_layer = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "attn.hook_pattern")
     names = tuple(f"blocks.{l}.{n}" for l in range(L) for n in per_layer) + (f"blocks.{L - 1}.hook_resid_post",)
@@ -141,8 +119,8 @@ def capture(model, tokens_BT, *, with_logit_lens: bool = True) -> Dict[str, jax.
     ``weights [B, L, H, T, T]``, ``logits [B, T, V]`` and, unless ``with_logit_lens=False``,
     ``logit_lens [B, L+1, T, V]`` (memory: ``B (L+1) T V`` floats).
     """
-    params, config = _parts(model)
-    return capture_fn(params, _check_tokens(tokens_BT, config), config, with_logit_lens)
+    params, config = model_parts(model)
+    return capture_fn(params, check_tokens(tokens_BT, config), config, with_logit_lens)
 
 
 # ----------------------------------------------------------------------------- analysis (NumPy)
@@ -162,83 +140,6 @@ def token_cosine_similarity(x_TD) -> np.ndarray:
     """Cosine similarity between the tokens of one layer: ``[T, D]`` -> ``[T, T]``."""
     u = _unit(x_TD)
     return u @ u.T
-
-
-def head_statistics(weights_LHTT) -> Dict[str, np.ndarray]:
-    """Summarise each head of one example's causal attention: ``[L, H, T, T]`` -> dict of ``[L, H]``.
-
-    Averaged over query rows ``t >= 1`` (row 0 can only attend to itself):
-    ``entropy`` (nats), ``norm_entropy`` (entropy / log(t+1): 0 = one key, 1 = uniform over
-    the allowed keys), ``mean_offset`` (expected ``t - s``: 1 for a previous-token head),
-    ``prev``, ``first``, ``self`` (mean weight on key t-1, key 0, key t).
-    """
-    w = np.asarray(weights_LHTT, np.float64)
-    T = w.shape[-1]
-    if T < 2:
-        raise DataError("head statistics need at least 2 tokens")
-    t = np.arange(T)
-    rows = w[..., 1:, :]                                           # [L, H, T-1, T]
-    ent = -np.sum(np.where(rows > 0, rows * np.log(np.where(rows > 0, rows, 1.0)), 0.0), -1)
-    offset = np.sum(rows * (t[1:, None] - t[None, :]), -1)
-    diag = lambda k: np.diagonal(w, offset=-k, axis1=-2, axis2=-1)  # noqa: E731
-    return {
-        "entropy": ent.mean(-1),
-        "norm_entropy": (ent / np.log(t[1:] + 1.0)).mean(-1),
-        "mean_offset": offset.mean(-1),
-        "prev": diag(1).mean(-1),
-        "first": w[..., 1:, 0].mean(-1),
-        "self": diag(0)[..., 1:].mean(-1),
-    }
-
-
-def describe_heads(stats: Dict[str, np.ndarray], threshold: float = 0.5) -> List[List[str]]:
-    """A short label per head from :func:`head_statistics`: ``previous-token``,
-    ``first-token``, ``self`` (more than ``threshold`` of the weight on that key on average),
-    ``diffuse`` (normalised entropy > 0.8), otherwise ``mixed``; with the mean offset."""
-    L, H = stats["entropy"].shape
-    labels = []
-    for layer in range(L):
-        row = []
-        for h in range(H):
-            get = lambda k: float(stats[k][layer, h])  # noqa: E731
-            kind = max((("previous-token", get("prev")), ("first-token", get("first")),
-                        ("self", get("self"))), key=lambda kv: kv[1])
-            if kind[1] > threshold:
-                name = kind[0]
-            elif get("norm_entropy") > 0.8:
-                name = "diffuse"
-            else:
-                name = "mixed"
-            row.append(f"{name} (entropy {get('entropy'):.2f}, offset {get('mean_offset'):.1f})")
-        labels.append(row)
-    return labels
-
-
-def token_labels(tokenizer, ids: Sequence[int]) -> List[str]:
-    """One readable label per token id, as the tokenizer split the text: each id decoded
-    alone, spaces shown as ``␣``, newlines as ``↵``, tabs as ``⇥``; a byte that is not a
-    whole UTF-8 character alone (byte-level tokenizers) and control characters as ``<c3>``."""
-    out = []
-    for i in ids:
-        i = int(i)
-        try:
-            s = tokenizer.decode([i])
-        except Exception:  # noqa: BLE001 - any tokenizer failure -> show the id
-            s = "\ufffd"
-        if "\ufffd" in s or s == "":
-            s = _raw_label(tokenizer, i)
-        s = s.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5")
-        out.append("".join(ch if ch.isprintable() else f"<{ord(ch):02x}>" for ch in s))
-    return out
-
-
-def _raw_label(tokenizer, i: int) -> str:
-    """A label for a token that is not a whole character on its own."""
-    if type(tokenizer).__name__ == "ByteTokenizer" and 0 <= i < 256:
-        return f"<{i:02x}>"
-    tk = getattr(tokenizer, "tk", None)           # BPETokenizer wraps a tokenizers.Tokenizer
-    piece = tk.id_to_token(i) if tk is not None else None
-    return piece if piece else f"#{i}"
 
 
 def next_token_distribution(logits_V, *, temperature: float = 1.0, top_k=None, top_p=None) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""An eager PyTorch GPT equivalent to a :class:`ModelConfig`, for parity checks and for
-side-by-side throughput (``benchmarks/train_shakespeare.py``, ``jaxformer bench``).
+"""An eager PyTorch GPT equivalent to a :class:`ModelConfig`, for parity checks (the tests,
+lab 7) and for side-by-side throughput (``benchmarks/train_shakespeare.py``,
+``benchmarks/gemm_ceiling.py``, ``benchmarks/past_context.py``). Not part of the wheel: the tests
+import it as ``jaxformer_testing.torch_gpt``, the labs and benchmarks by its file path.
 
 nanoGPT-style: fused ``c_attn`` projection, ``torch.nn.functional.scaled_dot_product_attention``
 with ``is_causal=True``, pre-norm LayerNorm, learned positions, gelu (tanh) or relu, optional
-biases, tied or untied embeddings. torch is imported lazily: ``import jaxformer`` never needs it.
+biases, tied or untied embeddings. torch is imported by the functions that need it.
 """
 from __future__ import annotations
 
@@ -33,15 +35,13 @@ def _check_supported(cfg) -> None:
         raise ConfigError("the PyTorch reference does not support " + "; ".join(problems))
 
 
-def build_torch_gpt(cfg, seed: int = 0):
-    """A ``torch.nn.Module`` computing the same function as ``GPT(cfg)``:
-    ``module(tokens LongTensor [B, T]) -> logits [B, T, V]``."""
+def _block_classes(cfg):
+    """``(LN, Block)``: the LayerNorm and the pre-norm block of :func:`build_torch_gpt`."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as TF
 
-    _check_supported(cfg)
-    D, H, V, Fd = cfg.d_model, cfg.n_head, cfg.vocab_size, cfg.d_ff
+    D, H, Fd = cfg.d_model, cfg.n_head, cfg.d_ff
     act = (lambda x: TF.gelu(x, approximate="tanh")) if cfg.activation == "gelu" else TF.relu
     p_drop = cfg.dropout
 
@@ -73,13 +73,40 @@ def build_torch_gpt(cfg, seed: int = 0):
             x = x + self.drop(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
             return x + self.drop(self.proj(act(self.fc(self.ln2(x)))))
 
+    return LN, Block
+
+
+def _init_weights(model, cfg) -> None:
+    """GPT-2's init: biases zero, matrices normal(0, init_std), the residual projections scaled
+    by 1 / sqrt(2 n_layer)."""
+    import torch.nn as nn
+
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            nn.init.zeros_(p)
+        elif p.ndim >= 2:
+            std = cfg.init_std / (2 * cfg.n_layer) ** 0.5 if name.endswith(("c_proj.weight", "proj.weight")) \
+                else cfg.init_std
+            nn.init.normal_(p, 0.0, std)
+
+
+def build_torch_gpt(cfg, seed: int = 0):
+    """A ``torch.nn.Module`` computing the same function as ``GPT(cfg)``:
+    ``module(tokens LongTensor [B, T]) -> logits [B, T, V]``."""
+    import torch
+    import torch.nn as nn
+
+    _check_supported(cfg)
+    D, V = cfg.d_model, cfg.vocab_size
+    LN, Block = _block_classes(cfg)
+
     class TorchGPT(nn.Module):
         def __init__(self):
             super().__init__()
             self.config = cfg
             self.wte = nn.Embedding(V, D)
             self.wpe = nn.Embedding(cfg.max_len, D)
-            self.drop = nn.Dropout(p_drop)
+            self.drop = nn.Dropout(cfg.dropout)
             self.blocks = nn.ModuleList(Block() for _ in range(cfg.n_layer))
             self.ln_f = LN()
             self.lm_head = None if cfg.tie_embeddings else nn.Linear(D, V, bias=False)
@@ -94,13 +121,7 @@ def build_torch_gpt(cfg, seed: int = 0):
 
     torch.manual_seed(seed)
     model = TorchGPT()
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            nn.init.zeros_(p)
-        elif p.ndim >= 2:
-            std = cfg.init_std / (2 * cfg.n_layer) ** 0.5 if name.endswith(("c_proj.weight", "proj.weight")) \
-                else cfg.init_std
-            nn.init.normal_(p, 0.0, std)
+    _init_weights(model, cfg)
     return model
 
 
