@@ -11,6 +11,7 @@ from flax import nnx
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
 from jaxformer.errors import ConfigError
+from jaxformer.model import stack
 
 from jaxformer_testing import reference as R
 
@@ -112,8 +113,8 @@ def test_cached_decoding_equals_the_full_forward(family):
     params = jax.tree.map(jnp.asarray, _random_params(cfg))
     tokens = jnp.asarray(_tokens(cfg, B=2, T=12))
     full, _ = F.decoder(params, tokens, cfg)
-    step = jax.jit(lambda p, tok, cache, i: F.decoder(p, tok, cfg, cache=cache, cache_index=i))
-    logits, aux = step(params, tokens[:, :3], F.init_cache(cfg, 2, 16, jnp.float64), 0)
+    step = jax.jit(lambda p, tok, cache, i: stack.decoder(p, tok, cfg, cache=cache, cache_index=i))
+    logits, aux = step(params, tokens[:, :3], stack.init_cache(cfg, 2, 16, jnp.float64), 0)
     steps = [logits]
     for t in range(3, 12):
         logits, aux = step(params, tokens[:, t:t + 1], aux["cache"], t)
@@ -204,7 +205,7 @@ def test_kernels_equal_the_textbook_on_the_new_knobs():
         params = jax.tree.map(jnp.asarray, _random_params(cfg))
         tokens = jnp.asarray(_tokens(cfg, T=11))
         want = jax.jit(jax.value_and_grad(lambda p: F.next_token_loss(p, tokens, cfg)))(params)
-        got = jax.jit(jax.value_and_grad(lambda p: F.next_token_loss(p, tokens, cfg, kernels=kernels.get("cpu"))))(params)
+        got = jax.jit(jax.value_and_grad(lambda p: stack.next_token_loss(p, tokens, cfg, kernels=kernels.get("cpu"))))(params)
         np.testing.assert_allclose(got[0], want[0], rtol=1e-10, err_msg=family)
         for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
             np.testing.assert_allclose(a, b, atol=1e-9, err_msg=family)

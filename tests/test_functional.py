@@ -11,6 +11,7 @@ from jaxformer_testing import reference as ref
 from conftest import randomize
 from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
+from jaxformer.model import stack
 from jaxformer_testing.tolerances import F32_VS_F64
 
 RTOL = F32_VS_F64["rtol"]
@@ -157,11 +158,10 @@ def test_multi_head_attention(H, G, use_rope):
     mask = np.tril(np.ones((T, T), bool))
     pos = np.broadcast_to(np.arange(T), (B, T))
     rope = F.rope_frequencies(jnp.asarray(pos), K) if use_rope else None
-    out, w, cache = F.multi_head_attention(p, x, mask=mask, rope=rope)
+    out, w = F.multi_head_attention(p, x, mask=mask, rope=rope)
     ref_out, ref_w = ref.mha(p, x, mask, pos, 10000.0 if use_rope else None)
     close(out, ref_out)
     close(w, ref_w)
-    assert cache is None
 
 
 CONFIGS = [
@@ -179,8 +179,9 @@ def test_decoder_matches_reference(kw, scan):
                       scan_layers=scan, **kw)
     params = randomize(GPT(cfg, rngs=nnx.Rngs(0)).params(), seed=7, scale=0.2)
     tokens = np.random.default_rng(0).integers(0, 50, (2, 9))
-    logits, _ = F.decoder(params, jnp.asarray(tokens), cfg)
-    close(logits, ref.decoder(params, tokens, cfg))
+    for decoder in (F.decoder, stack.decoder):   # the textbook, and the engine (scan or not)
+        logits, _ = decoder(params, jnp.asarray(tokens), cfg)
+        close(logits, ref.decoder(params, tokens, cfg))
 
 
 def test_block_norm_positions_differ():
@@ -225,9 +226,10 @@ def test_fused_attention_path_equals_explicit(H, G):
     mask = F.causal_mask(T)[None, None] & pad[:, None, None, :]
     rope = F.rope_frequencies(jnp.broadcast_to(jnp.arange(T), (B, T)), K)
     for m in (mask, F.causal_mask(T)):
-        explicit, w, _ = F.multi_head_attention(p, x, mask=m, rope=rope)
+        explicit, w = F.multi_head_attention(p, x, mask=m, rope=rope)
         for name in ("cudnn", "cpu"):
-            fused, none, _ = F.multi_head_attention(p, x, mask=m, rope=rope, kernels=get(name),
-                                                    is_causal=m.ndim == 2)
+            fast = get(name)
+            fused, none = F.multi_head_attention(p, x, mask=m, rope=rope, dense=stack.block_kernels(fast)["dense"],
+                                                 attend=stack.attention_kernel(fast, is_causal=m.ndim == 2))
             assert none is None and w is not None
             np.testing.assert_allclose(np.asarray(fused), np.asarray(explicit), atol=1e-5, rtol=1e-5)

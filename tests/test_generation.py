@@ -12,6 +12,7 @@ from jaxformer import GPT, ModelConfig
 from jaxformer import functional as F
 from jaxformer.infer import generation as G
 from jaxformer.infer import scoring
+from jaxformer.model import stack
 from jaxformer.errors import GenerationError
 
 BASE = dict(vocab_size=37, d_model=32, n_head=4, n_layer=2, d_ff=48, max_len=48)
@@ -224,8 +225,8 @@ def test_prompt_exactly_filling_the_context_is_allowed(model):
 def test_unstacked_decoder_equals_stacked(model):
     """The per-layer parameter layout the decode loop uses computes the same thing."""
     tokens = jnp.asarray([[1, 2, 3, 4, 5, 6]])
-    stacked, aux_s = F.decoder(model.params(), tokens, model.config, capture=True)
-    unstacked, aux_u = F.decoder(G.unstack_layers(model.params()), tokens, model.config, capture=True)
+    stacked, aux_s = stack.decoder(model.params(), tokens, model.config, capture=True)
+    unstacked, aux_u = stack.decoder(G.unstack_layers(model.params()), tokens, model.config, capture=True)
     np.testing.assert_allclose(unstacked, stacked, atol=1e-5)
     np.testing.assert_allclose(aux_u["weights"], aux_s["weights"], atol=1e-6)
     cfg_ns = dataclasses.replace(model.config, scan_layers=False)

@@ -21,6 +21,7 @@ from jaxformer.errors import ConfigError
 from jaxformer.model.kernels import cpu, cudnn
 from jaxformer.model.kernels.cpu import CPU
 from jaxformer.model.modules import GPT
+from jaxformer.model import stack
 from jaxformer_testing.tolerances import BF16_VS_F32_LOSS_REL
 
 
@@ -86,8 +87,12 @@ def test_cached_attention_equals_attention_over_the_written_cache(T, index):
     cache = {"k": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32),
              "v": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32)}
     m4 = jnp.asarray(mask[:, :, 0])
-    fast, _, c1 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index, kernels=CPU)
-    slow, _, c2 = F.multi_head_attention(params, x, mask=m4, cache=cache, cache_index=index)
+    w1, w2 = {}, {}
+    fast, _ = F.multi_head_attention(params, x, mask=m4, dense=CPU.dense,
+                                     attend=stack.attention_kernel(CPU, cache=cache, cache_index=index, written=w1))
+    slow, _ = F.multi_head_attention(params, x, mask=m4,
+                                     attend=stack.attention_kernel(None, cache=cache, cache_index=index, written=w2))
+    c1, c2 = w1["cache"], w2["cache"]
     assert rel_err(fast, slow) < 1e-5
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), c1, c2))
 
@@ -149,7 +154,8 @@ def test_attention_layer_fast_path_equals_explicit_float64(H, G, rope):
         c = jnp.asarray(rng.normal(size=(B, T, D)))
 
         def loss(p, x, need):
-            y, w, _ = F.multi_head_attention(p, x, mask=mask, rope=rf, kernels=None if need else CPU)
+            fast = {} if need else {"attend": stack.attention_kernel(CPU), "dense": CPU.dense}
+            y, w = F.multi_head_attention(p, x, mask=mask, rope=rf, **fast)
             assert (w is None) == (not need)
             return jnp.sum(y * c)
 
@@ -199,7 +205,7 @@ def test_unembed_cross_entropy_equals_unfused_float64(kw, masked):
             return F.cross_entropy(logits, tokens[:, 1:], mask)
 
         def fused(p):
-            x, _ = F.decoder_hidden(p, tokens[:, :-1], c64, kernels=CPU)
+            x, _ = stack.decoder_hidden(p, tokens[:, :-1], c64, kernels=CPU)
             return cpu.unembed_cross_entropy(p, x, tokens[:, 1:], c64, mask)
 
         (l_u, g_u), (l_f, g_f) = jax.value_and_grad(unfused)(params), jax.value_and_grad(fused)(params)
@@ -230,7 +236,7 @@ def test_unembed_cross_entropy_bfloat16_close_to_float32():
     losses = {}
     for dt in ("float32", "bfloat16"):
         c = dataclasses.replace(cfg, dtype=dt)
-        x, _ = F.decoder_hidden(params, tokens[:, :-1], c)
+        x, _ = stack.decoder_hidden(params, tokens[:, :-1], c)
         losses[dt] = cpu.unembed_cross_entropy(params, x, tokens[:, 1:], c)
         assert losses[dt].dtype == jnp.float32
     assert abs(float(losses["bfloat16"] - losses["float32"])) < BF16_VS_F32_LOSS_REL * float(losses["float32"])
@@ -247,7 +253,7 @@ def test_cudnn_head_and_loss_equals_textbook(kw):
     mask = jnp.asarray(rng.random((3, cfg.max_len)) > 0.3)
 
     def both(c, params):
-        x = F.decoder_hidden(params, tokens[:, :-1], c)[0]
+        x = stack.decoder_hidden(params, tokens[:, :-1], c)[0]
         book = lambda p, x: F.unembed_cross_entropy(p, x, tokens[:, 1:], c, mask)  # noqa: E731
         fast = lambda p, x: cudnn.unembed_cross_entropy(p, x, tokens[:, 1:], c, mask)  # noqa: E731
         return [jax.value_and_grad(f, (0, 1))(params, x) for f in (book, fast)]
@@ -283,7 +289,7 @@ def test_decoder_gradients_scan_equal_unrolled_float64(activation):
 
         def loss(p, scan, kernels=CPU):
             c = as_f64(dataclasses.replace(cfg, scan_layers=scan))
-            return F.next_token_loss(p, tokens, c, kernels=kernels)
+            return stack.next_token_loss(p, tokens, c, kernels=kernels)
 
         g_scan = jax.grad(loss)(params, True)
         g_loop = jax.grad(loss)(params, False)
@@ -343,7 +349,7 @@ def test_training_gradient_matches_numpy_finite_difference(kw, kernels):
         params = f64_params(cfg, seed=2)
 
         def loss(p):
-            return F.next_token_loss(p, jnp.asarray(tokens), c64, kernels=Kn.get(kernels))
+            return stack.next_token_loss(p, jnp.asarray(tokens), c64, kernels=Kn.get(kernels))
 
         def ref_loss(p):
             logits = ref.decoder(jax.tree.map(np.asarray, p), tokens[:, :-1], cfg)

@@ -11,8 +11,10 @@ from flax import nnx
 from conftest import randomize
 from jaxformer_testing import reference as ref
 from jaxformer_testing.tolerances import F32_VS_F64
-from jaxformer import GPT, DecoderBlock, FeedForward, LayerNorm, ModelConfig, MultiHeadAttention
+from jaxformer import GPT, ModelConfig
+from jaxformer.model.modules import DecoderBlock, FeedForward, LayerNorm, MultiHeadAttention
 from jaxformer import functional as F
+from jaxformer.model import stack
 
 CFG = ModelConfig(vocab_size=37, d_model=16, n_head=4, n_layer=2, d_ff=32, max_len=16)
 
@@ -120,8 +122,10 @@ def test_causality_by_gradient(use_jit):
 def test_scan_and_loop_give_same_logits():
     model = randomized_model()
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 37, (2, 9)))
-    a, _ = F.decoder(model.params(), tokens, CFG)
-    b, _ = F.decoder(model.params(), tokens, dataclasses.replace(CFG, scan_layers=False))
+    a, _ = stack.decoder(model.params(), tokens, CFG)
+    b, _ = stack.decoder(model.params(), tokens, dataclasses.replace(CFG, scan_layers=False))
+    c, _ = F.decoder(model.params(), tokens, CFG)       # the textbook: one block after another
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-6)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
@@ -131,7 +135,7 @@ def test_remat_same_values_and_grads(remat):
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
 
     def loss(p, cfg):
-        logits, _ = F.decoder(p, tokens[:, :-1], cfg)
+        logits, _ = stack.decoder(p, tokens[:, :-1], cfg)
         return F.cross_entropy(logits, tokens[:, 1:])
     g0 = jax.grad(loss)(model.params(), CFG)
     g1 = jax.jit(jax.grad(loss), static_argnums=1)(model.params(), dataclasses.replace(CFG, remat=remat))
@@ -175,7 +179,7 @@ def test_dropout_is_keyed_and_inverted():
     assert not np.allclose(np.asarray(a), np.asarray(c))
     # without a key dropout is off: same as a dropout-free config
     np.testing.assert_array_equal(np.asarray(model(tokens)),
-                                  np.asarray(F.decoder(model.params(), tokens, CFG)[0]))
+                                  np.asarray(stack.decoder(model.params(), tokens, CFG)[0]))
     x = jnp.ones((1000,))
     y = np.asarray(F.dropout(x, 0.25, jax.random.key(0)))
     np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.75], rtol=1e-6)
@@ -194,7 +198,7 @@ def test_bf16_compute_close_to_float32():
 def test_capture_returns_named_intermediates():
     model = randomized_model()
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
-    logits, aux = F.decoder(model.params(), tokens, CFG, capture=True)
+    logits, aux = stack.decoder(model.params(), tokens, CFG, capture=True)
     assert aux["weights"].shape == (2, 2, 4, 9, 9)
     assert aux["resid"].shape == (3, 2, 9, 16)
     np.testing.assert_allclose(np.asarray(aux["weights"]).sum(-1), 1.0, atol=1e-5)

@@ -53,12 +53,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxformer import functional as F
 from jaxformer.data.tokenizers import end_ids, start_ids
 from jaxformer.errors import GenerationError
 from jaxformer.infer import sampling as S_
 from jaxformer.model.kernels import platform_of
 from jaxformer.model.kernels import resolve as resolve_kernels
+from jaxformer.model import stack
 
 __all__ = ["generate", "generate_stream", "decode", "Generation", "Generator", "bucket_length", "TRACES",
            "sample_text"]
@@ -210,10 +210,10 @@ def _prefill(params, tokens_BP, pad_B, key, knobs, is_stop_V, *, config, kernels
     B, P = tokens_BP.shape
     positions_BP = jnp.maximum(jnp.arange(P)[None, :] - pad_B[:, None], 0)
     key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
-    cache = F.init_cache(config, B, S, dtype=jnp.dtype(config.dtype))
+    cache = stack.init_cache(config, B, S, dtype=jnp.dtype(config.dtype))
     cache = [{"k": cache["k"][i], "v": cache["v"][i]} for i in range(config.n_layer)]
-    logits_BPV, aux = F.decoder(params, tokens_BP, config, positions_BT=positions_BP,
-                                key_mask_BS=key_mask_BS, cache=cache, cache_index=0, kernels=kernels)
+    logits_BPV, aux = stack.decoder(params, tokens_BP, config, positions_BT=positions_BP,
+                                    key_mask_BS=key_mask_BS, cache=cache, cache_index=0, kernels=kernels)
     seen_BV = None
     if spec.use_penalty:
         valid_BP = jnp.arange(P)[None, :] >= pad_B[:, None]
@@ -249,9 +249,9 @@ def _decode(params, st, n_target, knobs, is_stop_V, *, config, kernels, spec: Sp
         slot = P + step - 1
         positions_B1 = (slot - pad_B)[:, None]
         key_mask_BS = jnp.arange(S)[None, :] >= pad_B[:, None]
-        logits_B1V, aux = F.decoder(params, token_B[:, None], config, positions_BT=positions_B1,
-                                    key_mask_BS=key_mask_BS, cache=ms["cache"], cache_index=slot,
-                                    kernels=kernels)
+        logits_B1V, aux = stack.decoder(params, token_B[:, None], config, positions_BT=positions_B1,
+                                        key_mask_BS=key_mask_BS, cache=ms["cache"], cache_index=slot,
+                                        kernels=kernels)
         return logits_B1V[:, 0], dict(ms, cache=aux["cache"])
 
     return decode_loop(step_fn, st, n_target, knobs, is_stop_V, spec)
@@ -271,8 +271,8 @@ def _window_step(params, config, kernels, P: int, slide_every: int) -> Callable:
         positions_BW = jnp.maximum(slots_W[None, :] - jnp.maximum(pad_B, ws)[:, None], 0)
         key_mask_BC = (ws + jnp.arange(C))[None, :] >= pad_B[:, None]
         window_BW = lax.dynamic_slice_in_dim(hist_BH, ws, keep, axis=1)
-        _, aux = F.decoder_hidden(params, window_BW, config, positions_BT=positions_BW,
-                                  key_mask_BS=key_mask_BC, cache=cache, cache_index=0, kernels=kernels)
+        _, aux = stack.decoder_hidden(params, window_BW, config, positions_BT=positions_BW,
+                                      key_mask_BS=key_mask_BC, cache=cache, cache_index=0, kernels=kernels)
         return ws, aux["cache"]
 
     def step_fn(ms, token_B, step):
@@ -284,9 +284,9 @@ def _window_step(params, config, kernels, P: int, slide_every: int) -> Callable:
                              lambda: (ms["ws"], ms["cache"]))
         positions_B1 = (end - jnp.maximum(pad_B, ws))[:, None]
         key_mask_BC = (ws + jnp.arange(C))[None, :] >= pad_B[:, None]
-        logits_B1V, aux = F.decoder(params, token_B[:, None], config, positions_BT=positions_B1,
-                                    key_mask_BS=key_mask_BC, cache=cache, cache_index=end - ws,
-                                    kernels=kernels)
+        logits_B1V, aux = stack.decoder(params, token_B[:, None], config, positions_BT=positions_B1,
+                                        key_mask_BS=key_mask_BC, cache=cache, cache_index=end - ws,
+                                        kernels=kernels)
         return logits_B1V[:, 0], dict(ms, cache=aux["cache"], hist_BH=hist_BH, ws=ws)
 
     return step_fn

@@ -13,6 +13,7 @@ from jaxformer import functional as F
 from jaxformer.infer import sampling as S_
 from jaxformer.errors import GenerationError
 from jaxformer.infer.generation import _parts
+from jaxformer.model import stack
 
 __all__ = ["score"]
 
@@ -65,12 +66,12 @@ def score(model, tokens, *, stride: Optional[int] = None, batch_size: int = 16) 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _score(params, tokens_BT, *, config):
-    logits_BTV, _ = F.decoder(params, tokens_BT, config)
+    logits_BTV, _ = stack.decoder(params, tokens_BT, config)
     return F.token_log_probs(logits_BTV[:, :-1], tokens_BT[:, 1:])
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _score_windows(params, windows_BW, *, config):
     """Windows of ``max_len + 1`` tokens -> log p of tokens 1.. of each given the ones before."""
-    logits_BTV, _ = F.decoder(params, windows_BW[:, :-1], config)
+    logits_BTV, _ = stack.decoder(params, windows_BW[:, :-1], config)
     return F.token_log_probs(logits_BTV, windows_BW[:, 1:])

@@ -1,14 +1,18 @@
-"""Flax NNX modules that own parameters and call :mod:`jaxformer.functional`.
+"""Flax NNX modules that own parameters and call the textbook (:mod:`jaxformer.functional`).
 
 No math lives here: each module holds ``nnx.Param`` leaves named exactly like the
 functional parameter pytree (see the legend in ``functional.py``), so
 ``nnx.to_pure_dict(nnx.state(module, nnx.Param))`` *is* the pytree the functional
 core takes, and ``module.params()`` returns it.
 
-:class:`GPT` holds its ``L`` blocks stacked (every parameter with a leading ``[L]``
-axis, created by ``nnx.vmap`` over :class:`DecoderBlock` with one RNG split per layer),
-the layout :func:`functional.decoder` scans over. The modules run the textbook
-(:mod:`jaxformer.functional` without kernels), so every autodiff mode works on them.
+:class:`GPT` runs through the engine (:func:`jaxformer.model.stack.decoder`, without
+kernels, so every autodiff mode works on it). It holds its ``L`` blocks stacked: ``GPT.blocks``
+is one :class:`DecoderBlock` whose every parameter has a leading ``[L]`` axis (created by
+``nnx.vmap`` with one RNG split per layer), the layout the stack scans over. That stacked
+block and its sub-modules (``GPT.blocks.attn``, ``.mlp``, ``.ln1``, ...) only hold
+parameters: calling one raises :class:`StackedLayersError`. ``GPT.layer(i)`` is layer ``i`` as
+a block of its own, callable like the lab modules :class:`DecoderBlock`,
+:class:`MultiHeadAttention`, :class:`FeedForward` and :class:`LayerNorm` built on their own.
 """
 from __future__ import annotations
 
@@ -20,6 +24,21 @@ from flax import nnx
 
 from jaxformer import functional as F
 from jaxformer.config import ModelConfig
+from jaxformer.errors import JaxformerError
+from jaxformer.model import stack
+
+
+class StackedLayersError(JaxformerError, ValueError):
+    """A module holding all ``L`` stacked layers of a :class:`GPT` was called as one layer."""
+
+
+def _one_layer(module, leaf, ndim: int) -> None:
+    """Raise :class:`StackedLayersError` when ``leaf`` has a stacked ``[L]`` axis beyond ``ndim``."""
+    if leaf.ndim != ndim:
+        raise StackedLayersError(
+            f"this {type(module).__name__} holds the {leaf.shape[0]} stacked layers of a GPT (GPT.blocks) and "
+            "only stores their parameters: call gpt.layer(i) for layer i as a block of its own, or run the model")
+
 
 def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> nnx.Param:
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
@@ -52,6 +71,7 @@ class LayerNorm(ParamsMixin, nnx.Module):
             self.bias = _const((dim,), 0.0, param_dtype)
 
     def __call__(self, x):
+        _one_layer(self, self.scale, 1)
         return F.norm(self.params(), x, self.kind, self.eps, offset=self.offset)
 
     @classmethod
@@ -86,8 +106,9 @@ class MultiHeadAttention(ParamsMixin, nnx.Module):
     def __call__(self, x_BTD, *, mask=None, rope=None):
         """``x [B, T, D]``, boolean ``mask`` broadcastable to ``[B, 1, T, T]`` ->
         ``(out [B, T, D], weights [B, H, T, T])``."""
+        _one_layer(self, self.wq, 3)
         qk_norm = getattr(self, "q_norm", None)
-        out, weights, _ = F.multi_head_attention(
+        out, weights = F.multi_head_attention(
             self.params(), x_BTD, mask=mask, rope=rope,
             qk_norm=None if qk_norm is None else (lambda p, h: F.norm(p, h, qk_norm.kind, qk_norm.eps,
                                                                       offset=qk_norm.offset)))
@@ -110,6 +131,7 @@ class FeedForward(ParamsMixin, nnx.Module):
             self.b_out = _const((d_model,), 0.0, param_dtype)
 
     def __call__(self, x_BTD):
+        _one_layer(self, self.w_in, 2)
         return F.feed_forward(self.params(), x_BTD, self.activation)
 
 
@@ -140,10 +162,7 @@ class DecoderBlock(ParamsMixin, nnx.Module):
 
     def __call__(self, x_BTD, *, mask=None, rope=None, key=None):
         """``x [B, T, D] -> (y [B, T, D], aux)`` (see :func:`functional.decoder_block`)."""
-        if self.attn.wq.ndim != 3:
-            raise ValueError(f"this DecoderBlock holds {self.attn.wq.shape[0]} stacked layers (GPT.blocks): "
-                             "run them with GPT or functional.decoder, or take one layer's parameters "
-                             "with jax.tree.map(lambda a: a[i], gpt.params()['blocks'])")
+        _one_layer(self, self.attn.wq, 3)
         if mask is None:
             mask = F.causal_mask(x_BTD.shape[1])
         return F.decoder_block(self.params(), x_BTD, self.config, mask=mask, rope=rope, key=key)
@@ -152,9 +171,10 @@ class DecoderBlock(ParamsMixin, nnx.Module):
 class GPT(ParamsMixin, nnx.Module):
     """A GPT-style decoder: ``GPT(config, rngs=nnx.Rngs(0))(tokens [B, T]) -> logits [B, T, V]``.
 
-    Blocks are stored stacked (leading ``[L]`` axis) and run by :func:`functional.decoder`
+    Blocks are stored stacked (leading ``[L]`` axis) and run by :func:`stack.decoder`
     under ``lax.scan`` when ``config.scan_layers`` (the default). ``GPT.blocks`` is a
-    :class:`DecoderBlock` holding all ``L`` layers; calling it directly is an error.
+    :class:`DecoderBlock` holding all ``L`` layers' parameters (calling it raises);
+    :meth:`layer` gives one layer as a callable block.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -178,8 +198,14 @@ class GPT(ParamsMixin, nnx.Module):
 
     def __call__(self, tokens_BT, *, key: Optional[jax.Array] = None):
         """Logits ``[B, T, V]`` (float32). ``key`` enables dropout (training)."""
-        logits, _ = F.decoder(self.params(), tokens_BT, self.config, key=key)
+        logits, _ = stack.decoder(self.params(), tokens_BT, self.config, key=key)
         return logits
+
+    def layer(self, i: int) -> DecoderBlock:
+        """Layer ``i`` as a callable :class:`DecoderBlock` holding a copy of its parameters."""
+        block = nnx.eval_shape(lambda: DecoderBlock(self.config, rngs=nnx.Rngs(0)))
+        block.load_params(jax.tree.map(lambda a: a[i], self.params()["blocks"]))
+        return block
 
     @classmethod
     def abstract(cls, config: ModelConfig) -> "GPT":

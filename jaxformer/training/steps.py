@@ -20,12 +20,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxformer import functional as F
 from jaxformer.config import Config, ModelConfig, TrainConfig
 from jaxformer.data.batches import get_batch
 from jaxformer.errors import JaxformerError
 from jaxformer.model.kernels import Kernels, platform_of
 from jaxformer.model.kernels import resolve as resolve_kernels
+from jaxformer.model import stack
 from jaxformer.model.modules import GPT
 
 DECAYED_NAMES = ("wq", "wk", "wv", "wo", "w_in", "w_out", "w_gate", "lm_head")
@@ -87,7 +87,7 @@ def step_kernels(model_config: ModelConfig, where=None) -> Kernels:
 def loss_fn(params, batch_BT1, model_config: ModelConfig, key=None, kernels: Optional[Kernels] = None):
     """Mean next-token cross-entropy of ``batch [B, T+1]`` (inputs ``[:, :-1]``, targets
     ``[:, 1:]``): :func:`functional.next_token_loss`, with ``kernels`` (None = textbook)."""
-    return F.next_token_loss(params, batch_BT1, model_config, key=key, kernels=kernels)
+    return stack.next_token_loss(params, batch_BT1, model_config, key=key, kernels=kernels)
 
 
 def accumulate_gradients(params, batch_KBT1, model_config: ModelConfig, key=None,

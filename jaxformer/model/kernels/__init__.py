@@ -3,7 +3,9 @@ computes, faster on one kind of device.
 
 The textbook (``functional.py``) is plain ``jax.numpy`` differentiated by autodiff. A
 *kernel set* replaces a few of its pieces by functions with the same values and
-gradients (each tested equal to the textbook function it replaces):
+gradients (each tested equal to the textbook function it replaces). The engine
+(:mod:`jaxformer.model.stack`) hands them to the textbook as the functions it calls
+(``attend=``, ``dense=``, ``ln=``, ``gelu=``, ``residual=``):
 
 ==========================  ===========================================================
 slot                        replaces (signature)
@@ -30,45 +32,25 @@ on them whatever the setting.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any
 
 import jax
 
 from jaxformer.errors import ConfigError
+from jaxformer.model.kernels.base import TEXTBOOK, Kernels
+from jaxformer.model.kernels.cpu import CPU
+from jaxformer.model.kernels.cudnn import CUDNN
 
 __all__ = ["Kernels", "CHOICES", "TEXTBOOK", "get", "resolve", "platform_of"]
 
 CHOICES = ("auto", "textbook", "cpu", "cudnn")
 
 
-@dataclasses.dataclass(frozen=True)
-class Kernels:
-    """A named set of fast replacements for textbook pieces (None = use the textbook)."""
-
-    name: str
-    attention: Optional[Callable] = None
-    cached_attention: Optional[Callable] = None
-    dense: Optional[Callable] = None
-    layer_norm: Optional[Callable] = None
-    gelu: Optional[Callable] = None
-    residual: Optional[Callable] = None
-    unembed_cross_entropy: Optional[Callable] = None
-
-
-TEXTBOOK = Kernels("textbook")
-
-
 def get(name: str) -> Kernels:
     """The kernel set called ``name`` (``textbook`` | ``cpu`` | ``cudnn``)."""
-    if name == "textbook":
-        return TEXTBOOK
-    if name == "cpu":
-        from jaxformer.model.kernels.cpu import CPU
-        return CPU
-    if name == "cudnn":
-        from jaxformer.model.kernels.cudnn import CUDNN
-        return CUDNN
+    sets = {"textbook": TEXTBOOK, "cpu": CPU, "cudnn": CUDNN}
+    if name in sets:
+        return sets[name]
     raise ConfigError(f"model.kernels={name!r} is not one of 'textbook', 'cpu', 'cudnn' (or 'auto')")
 
 

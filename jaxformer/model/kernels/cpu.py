@@ -42,15 +42,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxformer import functional as F
-from jaxformer.model.kernels import Kernels
-
-_acc = F._acc
-
+from jaxformer.model.kernels.base import Kernels
 
 def _masked_exp(scores, mask):
     """``exp(scores - row max)`` where kept (0 elsewhere), its row sums (1 for rows with
     nothing kept) and the row max: softmax = e / denom, logsumexp = row_max + log(denom)."""
-    scores = scores.astype(_acc(scores.dtype))
+    scores = scores.astype(F.acc_dtype(scores.dtype))
     if mask is not None:
         scores = jnp.where(mask, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
@@ -70,7 +67,7 @@ def _materialize(g):
 
 # ----------------------------------------------------------------------------- attention
 def _scores(q, k, scale):
-    return jnp.einsum("bgrtk,bgsk->bgrts", q, k, preferred_element_type=_acc(q.dtype)) * scale
+    return jnp.einsum("bgrtk,bgsk->bgrts", q, k, preferred_element_type=F.acc_dtype(q.dtype)) * scale
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -166,7 +163,7 @@ def dense(x, w):
 
 
 def _ln_stats(x, eps):
-    xf = x.astype(_acc(x.dtype))
+    xf = x.astype(F.acc_dtype(x.dtype))
     mean = jnp.mean(xf, axis=-1, keepdims=True)
     rstd = lax.rsqrt(jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True) + eps)
     return (xf - mean) * rstd, rstd
@@ -239,9 +236,9 @@ def unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT=None):
     output projection and the loss."""
     if config.final_softcap is not None:  # capped logits: the textbook's autodiff
         return F.unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT)
-    x_BTD = F.final_norm(params, x_BTD, config, kernels=CPU)
+    x_BTD = F.final_norm(params, x_BTD, config, ln=layer_norm)
     B, T, D = x_BTD.shape
-    acc = _acc(x_BTD.dtype)
+    acc = F.acc_dtype(x_BTD.dtype)
     if mask_BT is None:
         w_N = jnp.full((B * T,), 1.0 / (B * T), acc)
     else:

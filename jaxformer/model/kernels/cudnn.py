@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxformer import functional as F
-from jaxformer.model.kernels import Kernels
+from jaxformer.model.kernels.base import Kernels
 
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 VOCAB_ALIGN = 128
@@ -60,7 +60,7 @@ def attention(q_BGRTK, k_BGSK, v_BGSK, mask, scale: float, is_causal: bool = Fal
 def head_logits(x_ND, w_VD):
     """``x [N, D] @ w [V, D]^T -> logits [N, V]`` in float32 from operands of the compute
     dtype; the backward products take the logits' gradient rounded to that dtype."""
-    return jnp.einsum("nd,vd->nv", x_ND, w_VD, preferred_element_type=F._acc(x_ND.dtype))
+    return jnp.einsum("nd,vd->nv", x_ND, w_VD, preferred_element_type=F.acc_dtype(x_ND.dtype))
 
 
 def _head_logits_fwd(x_ND, w_VD):
@@ -70,7 +70,7 @@ def _head_logits_fwd(x_ND, w_VD):
 def _head_logits_bwd(res, g_NV):
     x_ND, w_VD = res
     g = g_NV.astype(x_ND.dtype)
-    acc = F._acc(x_ND.dtype)
+    acc = F.acc_dtype(x_ND.dtype)
     dx = jnp.einsum("nv,vd->nd", g, w_VD, preferred_element_type=acc).astype(x_ND.dtype)
     dw = jnp.einsum("nv,nd->vd", g, x_ND, preferred_element_type=acc).astype(w_VD.dtype)
     return dx, dw
