@@ -92,22 +92,34 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
+        self._check_shape()
+        self._check_choices()
+        self._check_numbers()
+        self._check_switches()
+        self._check_layers()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)   # a default filled in on a frozen dataclass
+
+    def _check_shape(self) -> None:
+        """The sizes, with ``d_ff`` and ``head_dim`` defaults filled in."""
         for name in ("vocab_size", "d_model", "n_head", "n_layer", "max_len"):
             _positive_int(f"model.{name}", getattr(self, name))
         if self.d_ff is None:
-            object.__setattr__(self, "d_ff", 4 * self.d_model)
+            self._set("d_ff", 4 * self.d_model)
         _positive_int("model.d_ff", self.d_ff)
         if self.head_dim is None:
             _check(self.d_model % self.n_head == 0,
                    f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head} "
                    "(set model.head_dim to choose the head width)")
-            object.__setattr__(self, "head_dim", self.d_model // self.n_head)
+            self._set("head_dim", self.d_model // self.n_head)
         _positive_int("model.head_dim", self.head_dim)
-        head_dim = self.head_dim
         if self.n_kv_head is not None:
             _positive_int("model.n_kv_head", self.n_kv_head)
             _check(self.n_head % self.n_kv_head == 0,
                    f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
+
+    def _check_choices(self) -> None:
         _choice("model.norm_position", self.norm_position, ("pre", "post", "none", "sandwich"))
         _choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
         _choice("model.activation", self.activation, ("relu", "gelu", "gelu_exact", "swiglu", "geglu"))
@@ -117,6 +129,8 @@ class ModelConfig:
         _choice("model.param_dtype", self.param_dtype, DTYPES)
         _choice("model.remat", self.remat, ("none", "full", "dots"))
         _choice("model.kernels", self.kernels, ("auto", "textbook", "cpu", "cudnn"))
+
+    def _check_numbers(self) -> None:
         _finite_number("model.dropout", self.dropout, 0.0, 1.0)
         _check(self.dropout < 1.0, f"model.dropout={self.dropout!r} must be < 1")
         _finite_number("model.norm_eps", self.norm_eps, 0.0, 1.0, include_min=False)
@@ -135,13 +149,19 @@ class ModelConfig:
         for name in ("attn_scale", "attn_softcap", "final_softcap"):
             if getattr(self, name) is not None:
                 _finite_number(f"model.{name}", getattr(self, name), 0.0, include_min=False)
+
+    def _check_switches(self) -> None:
+        """The true/false knobs, with the ``qkv_bias`` default filled in."""
         for name in ("bias", "tie_embeddings", "scan_layers", "qk_norm", "parallel_residual", "attn_only",
                      "scale_embeddings"):
             _check(isinstance(getattr(self, name), bool),
                    f"model.{name}={getattr(self, name)!r} must be true or false")
         if self.qkv_bias is None:
-            object.__setattr__(self, "qkv_bias", self.bias)
+            self._set("qkv_bias", self.bias)
         _check(isinstance(self.qkv_bias, bool), f"model.qkv_bias={self.qkv_bias!r} must be true or false")
+
+    def _check_layers(self) -> None:
+        """Sliding windows per layer and the knobs that only go together."""
         if self.sliding_window is not None:
             _positive_int("model.sliding_window", self.sliding_window)
         if self.layer_types is not None:
@@ -150,7 +170,7 @@ class ModelConfig:
                    and all(t in ("full", "sliding") for t in types),
                    f"model.layer_types={types!r} must list 'full' or 'sliding' for each of the "
                    f"{self.n_layer} layers")
-            object.__setattr__(self, "layer_types", tuple(types))
+            self._set("layer_types", tuple(types))
             _check(self.sliding_window is not None or "sliding" not in types,
                    "model.layer_types has 'sliding' layers but model.sliding_window is null")
         _check(not (self.attn_only and self.parallel_residual),
@@ -160,7 +180,7 @@ class ModelConfig:
                    f"model.parallel_residual=true needs model.norm_position='pre', not {self.norm_position!r}")
         if self.positions == "rope":
             _check(self.rotary_dim >= 2 and self.rotary_dim % 2 == 0,
-                   f"model.head_dim * model.rope_fraction = {head_dim} * {self.rope_fraction} rotary dims "
+                   f"model.head_dim * model.rope_fraction = {self.head_dim} * {self.rope_fraction} rotary dims "
                    "must be even for rope positions (and >= 2)")
         if self.positions == "sinusoidal":
             _check(self.d_model % 2 == 0, f"model.d_model={self.d_model} must be even for sinusoidal positions")

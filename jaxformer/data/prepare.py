@@ -222,6 +222,63 @@ def _resolve_separator(separator: str, sources: Sequence[Source], has_eos: bool)
     return separator
 
 
+def _settings(tokenizer, vocab_size, val_fraction, shard_tokens, text_field, chunk_chars, separator,
+              bpe_sample_chars) -> dict:
+    """The checked arguments of :func:`prepare` as its manifest's ``settings`` (``vocab_size``
+    1024 by default for a BPE trained here, None for any other tokenizer)."""
+    shard_tokens = _check_int("shard_tokens", shard_tokens, 1)
+    chunk_chars = _check_int("chunk_chars", chunk_chars, 1)
+    bpe_sample_chars = _check_int("bpe_sample_chars", bpe_sample_chars, 1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 < val_fraction <= 0.5:
+        raise DataError(f"val_fraction={val_fraction!r} must be a number in (0, 0.5]")
+    if separator not in SEPARATORS:
+        raise DataError(f"separator={separator!r} is not one of {', '.join(map(repr, SEPARATORS))}")
+    if not isinstance(text_field, str) or not text_field:
+        raise DataError(f"text_field={text_field!r} must be a non-empty string")
+    if tokenizer == "bpe":
+        vocab_size = _check_int("vocab_size", 1024 if vocab_size is None else vocab_size, 258)
+    elif vocab_size is not None:
+        raise DataError(f"vocab_size={vocab_size!r} applies to tokenizer='bpe' only, not {tokenizer!r}")
+    return {"chunk_chars": chunk_chars, "piece_chars": min(PIECE_CHARS, chunk_chars),
+            "shard_tokens": shard_tokens, "separator": separator, "text_field": text_field,
+            "tokenizer": tokenizer if isinstance(tokenizer, str) else "object", "vocab_size": vocab_size,
+            "bpe_sample_chars": bpe_sample_chars if tokenizer == "bpe" else None}
+
+
+def _earlier_attempt(out: pathlib.Path, fingerprint: str) -> Optional[dict]:
+    """The manifest of an earlier call into ``out`` with the same data and settings (None when
+    there is none); DataError when ``out`` holds tokens of other data or settings."""
+    old = _read_manifest(out)
+    if old is not None and old.get("fingerprint") != fingerprint:
+        raise DataError(f"{str(out)!r} already holds tokens prepared from other data or settings "
+                        f"({MANIFEST}); choose another output folder or delete it")
+    return old
+
+
+def _open_tokenizer(out: pathlib.Path, old: Optional[dict], tokenizer, sources: Sequence[Source],
+                    settings: dict, step, log) -> tuple:
+    """``(tokenizer, old, shards)``: the tokenizer of ``old``'s (an earlier attempt's manifest)
+    with its good shards to continue from, or a new tokenizer written to ``out`` (given, or
+    built from the corpus: ``tokenizer`` is then its name) with no shards and no ``old``."""
+    tok_path = out / TOKENIZER_FILE
+    if old is not None and tok_path.is_file() and file_sha256(tok_path) == old["tokenizer"]["sha256"]:
+        return load_tokenizer(tok_path), old, _good_shards(out, old["shards"], log)
+    if isinstance(tokenizer, str):
+        tokenizer = build_from_corpus(tokenizer, sources, settings["text_field"],
+                                      _resolve_separator(settings["separator"], sources, True),
+                                      settings["vocab_size"], settings["bpe_sample_chars"], step)
+    save_tokenizer(tokenizer, tok_path)
+    return tokenizer, None, []
+
+
+def _source_entry(data, sources: Sequence[Source], separator: str, text_field: str) -> dict:
+    """The manifest's ``source``: the inputs as given, how many files and bytes, how documents join."""
+    return {"data": [os.fspath(d) for d in (data if isinstance(data, (list, tuple)) else [data])],
+            "files": len(sources), "bytes": sum(s.size() for s in sources), "separator": separator,
+            "text_field": text_field}
+
+
 def prepare(data, tokenizer: Union[str, object], out, *, vocab_size: Optional[int] = None, workers: int = 1,
             val_fraction: float = 0.1, shard_tokens: int = DEFAULT_SHARD_TOKENS, text_field: str = "text",
             chunk_chars: int = DEFAULT_CHUNK_CHARS, separator: str = "auto",
@@ -239,52 +296,21 @@ def prepare(data, tokenizer: Union[str, object], out, *, vocab_size: Optional[in
     which the next call resumes); ``log(line)`` gets notices (a shard rebuilt). See the
     module docstring for the guarantees."""
     workers = _check_int("workers", workers, 1)
-    shard_tokens = _check_int("shard_tokens", shard_tokens, 1)
-    chunk_chars = _check_int("chunk_chars", chunk_chars, 1)
-    bpe_sample_chars = _check_int("bpe_sample_chars", bpe_sample_chars, 1)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 < val_fraction <= 0.5:
-        raise DataError(f"val_fraction={val_fraction!r} must be a number in (0, 0.5]")
-    if separator not in SEPARATORS:
-        raise DataError(f"separator={separator!r} is not one of {', '.join(map(repr, SEPARATORS))}")
-    if not isinstance(text_field, str) or not text_field:
-        raise DataError(f"text_field={text_field!r} must be a non-empty string")
-    if tokenizer == "bpe":
-        vocab_size = _check_int("vocab_size", 1024 if vocab_size is None else vocab_size, 258)
-    elif vocab_size is not None:
-        raise DataError(f"vocab_size={vocab_size!r} applies to tokenizer='bpe' only, not {tokenizer!r}")
+    settings = _settings(tokenizer, vocab_size, val_fraction, shard_tokens, text_field, chunk_chars,
+                         separator, bpe_sample_chars)
     log = log or (lambda line: None)
     step = (lambda stage: (lambda n: progress(stage, n))) if progress is not None else (lambda stage: None)
 
     sources = list_sources(data)
     fixed = resolve_tokenizer(tokenizer)
-    settings = {"chunk_chars": chunk_chars, "piece_chars": min(PIECE_CHARS, chunk_chars),
-                "shard_tokens": shard_tokens, "separator": separator, "text_field": text_field,
-                "tokenizer": tokenizer if isinstance(tokenizer, str) else "object", "vocab_size": vocab_size,
-                "bpe_sample_chars": bpe_sample_chars if tokenizer == "bpe" else None}
     # a resolved tokenizer counts by its content, not by how it was named (hf:./x vs hf:/abs/x)
     fingerprint = _fingerprint(sources, {**settings, "tokenizer": "resolved" if fixed is not None else tokenizer},
                                fixed if fixed is not None else tokenizer)
     out = pathlib.Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-
-    old = _read_manifest(out)
-    if old is not None and old.get("fingerprint") != fingerprint:
-        raise DataError(f"{str(out)!r} already holds tokens prepared from other data or settings "
-                        f"({MANIFEST}); choose another output folder or delete it")
-    tok = fixed
     tok_path = out / TOKENIZER_FILE
-    if old is not None and tok_path.is_file() and file_sha256(tok_path) == old["tokenizer"]["sha256"]:
-        tok = load_tokenizer(tok_path)
-        shards = _good_shards(out, old["shards"], log)
-    else:
-        old, shards = None, []
-        if tok is None:
-            tok = build_from_corpus(tokenizer, sources, text_field,
-                                    _resolve_separator(separator, sources, True), vocab_size,
-                                    bpe_sample_chars, step)
-        save_tokenizer(tok, tok_path)
-
+    tok, old, shards = _open_tokenizer(out, _earlier_attempt(out, fingerprint),
+                                       fixed if fixed is not None else tokenizer, sources, settings, step, log)
     sep = _resolve_separator(separator, sources, tok.eos_id is not None)
     dtype = _dtype(tok.vocab_size)
     spec = encoder_spec(tok, dtype, tok.eos_id)
@@ -293,9 +319,7 @@ def prepare(data, tokenizer: Union[str, object], out, *, vocab_size: Optional[in
         "dtype": dtype.name, "byteorder": "little",
         "tokenizer": {"spec": settings["tokenizer"], "type": tok.to_dict()["type"], "vocab_size": tok.vocab_size,
                       "eos_id": tok.eos_id, "file": TOKENIZER_FILE, "sha256": file_sha256(tok_path)},
-        "source": {"data": [os.fspath(d) for d in (data if isinstance(data, (list, tuple)) else [data])],
-                   "files": len(sources), "bytes": sum(s.size() for s in sources), "separator": sep,
-                   "text_field": text_field},
+        "source": _source_entry(data, sources, sep, text_field),
         "settings": settings, "exact_cuts": line_cuts_exact(spec, tok),
         "shards": shards, "total_tokens": None, "val_fraction": val_fraction, "splits": None,
     }
@@ -306,16 +330,20 @@ def prepare(data, tokenizer: Union[str, object], out, *, vocab_size: Optional[in
             _write_json(out / MANIFEST, manifest)
         return manifest
     _write_json(out / MANIFEST, manifest)
-
-    items = work_items(sources, text_field, sep, chunk_chars, spec["kind"] not in ("byte", "char"),
+    items = work_items(sources, text_field, sep, settings["chunk_chars"], spec["kind"] not in ("byte", "char"),
                        step("tokenize"))
     total = _write_shards(out, manifest, items, spec, workers, on_shard, tok)
     manifest.update(total_tokens=total, splits=_splits(total, val_fraction), complete=True)
     _write_json(out / MANIFEST, manifest)
-    for stray in out.glob("shard_*.bin*"):   # shards of an earlier, longer attempt
+    _remove_stray_shards(out, manifest)
+    return manifest
+
+
+def _remove_stray_shards(out: pathlib.Path, manifest: dict) -> None:
+    """Delete the shards of an earlier, longer attempt (not in ``manifest``)."""
+    for stray in out.glob("shard_*.bin*"):
         if stray.name not in {s["name"] for s in manifest["shards"]}:
             stray.unlink()
-    return manifest
 
 
 def _write_shards(out: pathlib.Path, manifest: dict, items, spec, workers, on_shard, tokenizer) -> int:
