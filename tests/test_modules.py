@@ -12,7 +12,7 @@ from conftest import randomize
 from jaxformer_testing import reference as ref
 from jaxformer_testing.tolerances import F32_VS_F64
 from jaxformer import GPT, ModelConfig
-from jaxformer.model.modules import DecoderBlock, FeedForward, LayerNorm, MultiHeadAttention
+from jaxformer.model.modules import DecoderBlock, FeedForward, LayerNorm, MultiHeadAttention, StackedLayersError
 from jaxformer import functional as F
 from jaxformer.model import stack
 
@@ -59,6 +59,24 @@ def test_submodules_equal_functional():
     y2, _ = F.decoder_block(blk.params(), x, CFG, mask=F.causal_mask(5))
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y2))
     assert aux["weights"].shape == (2, 4, 5, 5)
+
+
+def test_gpt_layer_is_a_callable_block_and_stacked_modules_only_hold_parameters():
+    """``GPT.layer(i)`` is layer i as a block of its own (its output is the textbook block's on
+    that layer's parameters); ``GPT.blocks`` and its sub-modules hold all L layers stacked and
+    say so when called, instead of computing something else."""
+    model = randomized_model()
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 5, 16)), jnp.float32)
+    layer1 = jax.tree.map(lambda a: a[1], model.params()["blocks"])
+    y, _ = model.layer(1)(x)
+    want, _ = F.decoder_block(layer1, x, CFG, mask=F.causal_mask(5))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), model.layer(1).params(), layer1))
+    for stacked in (model.blocks, model.blocks.attn, model.blocks.mlp, model.blocks.ln1):
+        with pytest.raises(StackedLayersError, match=r"gpt\.layer\(i\)"):
+            stacked(x)
+    ln_f = model.params()["ln_f"]                     # a real single norm: callable
+    np.testing.assert_array_equal(np.asarray(model.ln_f(x)), np.asarray(F.layer_norm(x, ln_f["scale"], ln_f["bias"])))
 
 
 @pytest.mark.parametrize("masked", [False, True])
