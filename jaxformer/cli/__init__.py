@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from jaxformer import __version__, compile_cache
+from jaxformer import compile_cache
+from jaxformer.version import __version__
 from jaxformer.cli.commands import COMMANDS
 from jaxformer.errors import JaxformerError
 

@@ -14,12 +14,24 @@
 - Corpora larger than memory: :func:`prepare` (:mod:`jaxformer.data.prepare`) streams them into
   sharded token files once; :class:`TokenShards` (:mod:`jaxformer.data.shards`) reads such a folder,
   its ``split("train")`` a drop-in for the arrays above (same batches, across shards).
+
+These names are this package's public face (``from jaxformer.data import get_batch``); code
+inside the package imports each from its defining module.
 """
-from jaxformer.data.batches import (SPLIT_IDS, TokenData, batch_rng, encode_corpus, get_batch, host_batch,  # noqa: F401
+from jaxformer.data.batches import (SPLIT_IDS, TokenData, batch_rng, encode_corpus, get_batch, host_batch,
                                     host_rows, prefetch, sequential_windows, token_dtype)
-from jaxformer.data.prepare import prepare  # noqa: F401
-from jaxformer.data.shards import TokenShards, TokenView, is_prepared  # noqa: F401
-from jaxformer.data.texts import TEXT_SUFFIXES, cache_dir, load_corpus, pydoc_text, shakespeare_text  # noqa: F401
-from jaxformer.data.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, build_tokenizer,  # noqa: F401
+from jaxformer.data.prepare import prepare
+from jaxformer.data.shards import TokenShards, TokenView, is_prepared
+from jaxformer.data.texts import TEXT_SUFFIXES, cache_dir, load_corpus, pydoc_text, shakespeare_text
+from jaxformer.data.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, build_tokenizer,
                                        encode_plain, end_ids, load_tokenizer, save_tokenizer, start_ids,
                                        tokenizer_from_dict)
+
+__all__ = [
+    "BPETokenizer", "ByteTokenizer", "CharTokenizer", "build_tokenizer", "tokenizer_from_dict",
+    "encode_plain", "start_ids", "end_ids", "save_tokenizer", "load_tokenizer",
+    "TEXT_SUFFIXES", "cache_dir", "load_corpus", "pydoc_text", "shakespeare_text",
+    "SPLIT_IDS", "TokenData", "batch_rng", "encode_corpus", "get_batch", "host_batch", "host_rows",
+    "prefetch", "sequential_windows", "token_dtype",
+    "prepare", "TokenShards", "TokenView", "is_prepared",
+]

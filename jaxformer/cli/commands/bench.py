@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from jaxformer import load_config
+    from jaxformer.config import load_config
     from jaxformer.training.bench import run_benchmark
     from jaxformer.errors import ConfigError
 

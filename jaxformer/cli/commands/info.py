@@ -16,7 +16,8 @@ def run(args) -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxformer import GPT, load_config
+    from jaxformer.config import load_config
+    from jaxformer.model.modules import GPT
 
     cfg = load_config(args.config, args.overrides).model
     model = GPT(cfg, rngs=nnx.Rngs(0))

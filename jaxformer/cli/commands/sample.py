@@ -60,17 +60,8 @@ def _text_of(tok, context: list, stop: tuple):
     return text_of
 
 
-def run(args) -> int:
-    import json
-    import sys
-
-    import jax
-
-    from jaxformer.training.checkpoint import load_run
-    from jaxformer.data.tokenizers import encode_plain, end_ids
+def _check_args(args) -> None:
     from jaxformer.errors import GenerationError
-    from jaxformer.infer.generation import generate, generate_stream
-
     from jaxformer.infer.sampling import check_sampling
 
     check_sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -80,55 +71,37 @@ def run(args) -> int:
         raise GenerationError(f"--num-samples={args.num_samples} must be >= 1")
     if args.chunk < 1:
         raise GenerationError(f"--chunk={args.chunk} must be >= 1")
+
+
+def run(args) -> int:
+    import jax
+
+    from jaxformer.data.tokenizers import encode_plain, end_ids
+    from jaxformer.errors import GenerationError
+    from jaxformer.infer.generation import generate, generate_stream
+    from jaxformer.training.checkpoint import load_run
+
+    _check_args(args)
     r = load_run(args.run, args.step)
     tok = r.tokenizer
     ids = _prompt_ids(r, args.prompt)
     if args.slide_every < 1:
         raise GenerationError(f"--slide-every={args.slide_every} must be >= 1")
-    n_new = args.max_new_tokens
     stop = () if args.no_stop else end_ids(tok)
-    kw = dict(max_new_tokens=n_new, temperature=args.temperature, top_k=args.top_k,
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
               key=jax.random.key(args.seed), stop_tokens=stop, slide_every=args.slide_every,
               # a vocabulary padded past the tokenizer's (Qwen): ids it cannot decode are never drawn
               vocab_limit=min(tok.vocab_size, r.config.model.vocab_size))
     prompts = [ids] * args.num_samples
     text_of = _text_of(tok, [] if not args.prompt else encode_plain(tok, args.prompt), stop)
-
     if args.json:
         out = generate(r.model, prompts, return_logprobs=args.logprobs, top_n=args.top_n, **kw)
-        samples = []
-        for b, seq in enumerate(out.sequences):
-            s = {"text": text_of(seq), "token_ids": seq, "stopped": bool(out.stopped[b])}
-            if args.logprobs:
-                s["logprobs"] = [float(x) for x in out.logprobs[b, :len(seq)]]
-            if args.top_n:
-                s["top"] = [[{"id": int(i), "text": tok.decode([int(i)]), "logprob": float(lp)}
-                             for i, lp in zip(out.top_ids[b, t], out.top_logprobs[b, t])]
-                            for t in range(len(seq))]
-            samples.append(s)
-        print(json.dumps({"run": str(r.path), "step": r.step, "prompt": args.prompt, "prompt_ids": ids,
-                          "settings": {k: v for k, v in kw.items() if k != "key"} | {"seed": args.seed},
-                          "samples": samples}, ensure_ascii=False))
+        _print_json(args, r, ids, kw, out, text_of)
         return 0
-
     it = generate_stream(r.model, prompts, chunk_size=args.chunk, **kw)
     if args.num_samples == 1:
-        sys.stdout.write(args.prompt)
-        sys.stdout.flush()
-        shown, seq = "", []
-        for _, chunk in it:
-            seq += [int(t) for t in chunk[0] if t >= 0]
-            text = text_of(seq)
-            # Print only what is new; hold back a trailing replacement character (a multi-byte
-            # character split across tokens) until the next chunk completes it.
-            stable = text[:-1] if text.endswith("\ufffd") else text
-            if stable.startswith(shown):
-                sys.stdout.write(stable[len(shown):])
-                sys.stdout.flush()
-                shown = stable
-        final = text_of(seq)
-        sys.stdout.write((final[len(shown):] if final.startswith(shown) else "") + "\n")
+        _stream_one(it, args.prompt, text_of)
         return 0
     while True:
         try:
@@ -140,3 +113,44 @@ def run(args) -> int:
         print(f"--- sample {b + 1} of {args.num_samples} ---")
         print(args.prompt + text_of(seq))
     return 0
+
+
+def _print_json(args, r, ids: list, kw: dict, out, text_of) -> None:
+    """One JSON object: the run, the prompt, the settings and each sample (text, ids, and with
+    ``--logprobs`` / ``--top-n`` the log-probabilities and alternatives of each token)."""
+    import json
+
+    tok, samples = r.tokenizer, []
+    for b, seq in enumerate(out.sequences):
+        s = {"text": text_of(seq), "token_ids": seq, "stopped": bool(out.stopped[b])}
+        if args.logprobs:
+            s["logprobs"] = [float(x) for x in out.logprobs[b, :len(seq)]]
+        if args.top_n:
+            s["top"] = [[{"id": int(i), "text": tok.decode([int(i)]), "logprob": float(lp)}
+                         for i, lp in zip(out.top_ids[b, t], out.top_logprobs[b, t])]
+                        for t in range(len(seq))]
+        samples.append(s)
+    print(json.dumps({"run": str(r.path), "step": r.step, "prompt": args.prompt, "prompt_ids": ids,
+                      "settings": {k: v for k, v in kw.items() if k != "key"} | {"seed": args.seed},
+                      "samples": samples}, ensure_ascii=False))
+
+
+def _stream_one(it, prompt: str, text_of) -> None:
+    """Print the prompt, then the sample's text as its chunks arrive."""
+    import sys
+
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    shown, seq = "", []
+    for _, chunk in it:
+        seq += [int(t) for t in chunk[0] if t >= 0]
+        text = text_of(seq)
+        # Print only what is new; hold back a trailing replacement character (a multi-byte
+        # character split across tokens) until the next chunk completes it.
+        stable = text[:-1] if text.endswith("\ufffd") else text
+        if stable.startswith(shown):
+            sys.stdout.write(stable[len(shown):])
+            sys.stdout.flush()
+            shown = stable
+    final = text_of(seq)
+    sys.stdout.write((final[len(shown):] if final.startswith(shown) else "") + "\n")

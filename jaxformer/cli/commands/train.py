@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from jaxformer import load_config
+    from jaxformer.config import load_config
 
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
     if args.init_from is not None:
@@ -115,12 +115,7 @@ def run(args) -> int:
     from jaxformer.training.distributed import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
-
-    if args.init_from is not None and args.resume:
-        raise ConfigError("--init-from and --resume cannot be combined: --init-from starts a new run "
-                          "from RUN's weights, --resume continues the run in --out")
-    if args.step is not None and args.init_from is None:
-        raise ConfigError(f"--step {args.step} needs --init-from RUN, the run whose checkpoint it names")
+    _check_flags(args)
     try:
         config, path = _config(args)
     except JaxformerError as e:
@@ -138,15 +133,10 @@ def run(args) -> int:
                   f"nothing to do (sample it with `jaxformer sample --run {out}`; train further with "
                   f"--resume --set train.max_steps=N)")
             return 0
-    from jaxformer.infer.generation import sample_text
     from jaxformer.model.modules import count_params
     from jaxformer.training.loop import TrainingInterrupted, train
 
-    start = f", weights from {args.init_from}" + (f" step {args.step}" if args.step is not None else "") \
-        if args.init_from else ""
-    from jaxformer.data.shards import is_prepared
-    tokenizer = "the prepared folder's" if is_prepared(config.data.path) else config.data.tokenizer
-    print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {tokenizer}{start})")
+    _announce(args, config, out, path)
     write = print if args.no_progress else tqdm.write   # tqdm.write keeps the progress bar intact
     try:
         result = train(config, out, resume=args.resume, progress=not args.no_progress,
@@ -164,14 +154,40 @@ def run(args) -> int:
         print(f"resume with: jaxformer train --out {out} --resume")
         return INTERRUPTED
     print(summary(out, "finished", result.step, result.step, count_params(result.params)))
-    if config.train.sample_tokens > 0:
-        try:
-            text = sample_text(result.model, result.tokenizer, args.prompt, config.train.sample_tokens,
-                               seed=config.train.seed)
-        except KeyboardInterrupt:
-            print(f"sample interrupted (training finished; `jaxformer sample --run {out}` samples it)")
-            return INTERRUPTED
-        print("--- sample ---")
-        print(text)
-        print("--------------")
+    return _print_sample(args, config, result, out) if config.train.sample_tokens > 0 else 0
+
+
+def _check_flags(args) -> None:
+    from jaxformer.errors import ConfigError
+
+    if args.init_from is not None and args.resume:
+        raise ConfigError("--init-from and --resume cannot be combined: --init-from starts a new run "
+                          "from RUN's weights, --resume continues the run in --out")
+    if args.step is not None and args.init_from is None:
+        raise ConfigError(f"--step {args.step} needs --init-from RUN, the run whose checkpoint it names")
+
+
+def _announce(args, config, out, path) -> None:
+    """One line: the run folder, where config, data and tokenizer come from."""
+    from jaxformer.data.shards import is_prepared
+
+    start = f", weights from {args.init_from}" + (f" step {args.step}" if args.step is not None else "") \
+        if args.init_from else ""
+    tokenizer = "the prepared folder's" if is_prepared(config.data.path) else config.data.tokenizer
+    print(f"run folder: {out}  (config {path}, data {config.data.path}, tokenizer {tokenizer}{start})")
+
+
+def _print_sample(args, config, result, out) -> int:
+    """A sample of the trained model (``train.sample_tokens`` tokens after ``--prompt``)."""
+    from jaxformer.infer.generation import sample_text
+
+    try:
+        text = sample_text(result.model, result.tokenizer, args.prompt, config.train.sample_tokens,
+                           seed=config.train.seed)
+    except KeyboardInterrupt:
+        print(f"sample interrupted (training finished; `jaxformer sample --run {out}` samples it)")
+        return INTERRUPTED
+    print("--- sample ---")
+    print(text)
+    print("--------------")
     return 0
