@@ -2,10 +2,13 @@
 intermediate of the forward pass by its TransformerLens name.
 
 The hooks are threaded through :mod:`jaxformer.functional` itself (each hook point is one
-``_hook(hooks, name, x)`` line there), so what is cached or patched is the very math the
-model runs; ``hooks=None`` there is today's forward pass, unchanged. Hooked runs take the
-textbook path with the layers unrolled, so the layer in ``blocks.{l}.…`` is a Python int,
-and a cache records only the names asked for (XLA drops everything else).
+``tap(hooks, name, x)`` line there), so what is cached or patched is the very math the
+model runs; ``hooks=None`` there is today's forward pass, unchanged. The table of names
+below is checked against the taps the textbook actually reaches, for every combination of
+the architecture knobs (``tests/test_textbook.py``). Hooked runs take the textbook's
+:func:`~jaxformer.functional.decoder` (the layers one after another), so the layer in
+``blocks.{l}.…`` is a Python int, and a cache records only the names asked for (XLA drops
+everything else).
 """
 from __future__ import annotations
 

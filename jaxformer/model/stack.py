@@ -118,7 +118,10 @@ def _unrolled(layer, x, blocks, cache, keys, n_layer: int):
     """The layers one Python step each. A list of per-layer trees is not sliced at all
     (slicing stacked weights inside a decode loop would copy them on every step)."""
     per_layer = isinstance(blocks, (list, tuple))
-    take = lambda tree, i: None if tree is None else (tree[i] if per_layer else jax.tree.map(lambda a: a[i], tree))  # noqa: E731
+
+    def take(tree, i):
+        return None if tree is None else tree[i] if per_layer else jax.tree.map(lambda a: a[i], tree)
+
     outs = []
     for i in range(n_layer):
         x, y = layer(x, (take(blocks, i), take(cache, i), None if keys is None else keys[i], i))
