@@ -25,7 +25,11 @@ import json, sys, time
 import numpy as np
 import jax, jax.numpy as jnp
 import jaxformer
-from jaxformer import load_config, training
+from jaxformer import load_config
+try:  # the training steps' module: jaxformer.training.steps, or the flat jaxformer/training.py of older revisions
+    from jaxformer.training import steps as training
+except ImportError:
+    from jaxformer import training
 cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))
 steps = int(sys.argv[3])
 tc, mc = cfg.train, cfg.model
