@@ -54,7 +54,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**result, "curves": {k: v.tolist() for k, v in curves.items()}}, f)
-    from jaxformer.viz.plots import line_plot, save
+    from jaxformer.viz.figure import save
+    from jaxformer.viz.plots import line_plot
     xs = np.arange(24, args.steps)[::5]
     fig = line_plot({k: smooth(v)[::5] for k, v in curves.items()}, x=xs,
                     title=f"{args.config}: float32 vs bfloat16 compute",

@@ -34,7 +34,7 @@ from flax import nnx  # noqa: E402
 
 from jaxformer.model.modules import MultiHeadAttention  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
-from jaxformer.viz import plots  # noqa: E402
+from jaxformer.viz import attention_figures, plots  # noqa: E402
 
 report = Report(args.out)
 
@@ -142,11 +142,11 @@ assert worst < 1e-6, f"library and hand computation disagree by {worst}"
 
 # %%
 path = args.out / "weights.png"
-plots.attention_heatmap(ref["weights"], WORDS, title="'the cat sleeps': attention weights (no mask)",
+attention_figures.attention_heatmap(ref["weights"], WORDS, title="'the cat sleeps': attention weights (no mask)",
                         path=path, size=4.5)
 report.figure(path)
 path = args.out / "weights_causal.png"
-plots.attention_heatmap(causal["weights"], WORDS, title="with a causal mask", path=path, size=4.5)
+attention_figures.attention_heatmap(causal["weights"], WORDS, title="with a causal mask", path=path, size=4.5)
 report.figure(path)
 path = args.out / "scores.png"
 plots.matrix_heatmap(ref["scores"], xlabels=WORDS, ylabels=WORDS, title="scores Q K^T / sqrt(d)",

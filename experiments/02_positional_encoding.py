@@ -34,7 +34,7 @@ args = parse("02_positional_encoding", "Lab 2: the sinusoidal positional encodin
 import jax.numpy as jnp  # noqa: E402  (after parse: --help answers without importing JAX)
 
 from jaxformer import functional as F  # noqa: E402
-from jaxformer.viz import plots  # noqa: E402
+from jaxformer.viz import attention_figures, plots, representation_figures  # noqa: E402
 from jaxformer.interp.activations import token_cosine_similarity  # noqa: E402
 
 report = Report(args.out)
@@ -82,10 +82,10 @@ report(f"  PE[p+{k}] equals a fixed rotation of PE[p]: max error {np.abs(rot - p
 
 # %%
 path = args.out / "pe_heatmap.png"
-plots.positional_encoding_heatmap(pe, title=f"sinusoidal positional encoding ({P} x {D})", path=path)
+representation_figures.positional_encoding_heatmap(pe, title=f"sinusoidal positional encoding ({P} x {D})", path=path)
 report.figure(path)
 path = args.out / "pe_curves.png"
-plots.positional_curves(pe, dims=[d for d in (0, 1, 6, 14, 30) if d < D], path=path)
+representation_figures.positional_curves(pe, dims=[d for d in (0, 1, 6, 14, 30) if d < D], path=path)
 report.figure(path)
 path = args.out / "pe_similarity.png"
 n = min(P, 48)
@@ -141,7 +141,7 @@ report(f"  check: attention(shuffled words) = shuffled attention(words), max err
 
 # %%
 path = args.out / "attention_with_without_positions.png"
-plots.head_grid(np.stack(list(weights.values())), SENTENCE, head_titles=list(weights),
+attention_figures.head_grid(np.stack(list(weights.values())), SENTENCE, head_titles=list(weights),
                 title="one attention head: the repeated 'the' rows are identical without positions",
                 path=path)
 report.figure(path)

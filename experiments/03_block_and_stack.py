@@ -40,7 +40,7 @@ from flax import nnx  # noqa: E402
 
 from jaxformer import GPT, ModelConfig  # noqa: E402
 from jaxformer import functional as F  # noqa: E402
-from jaxformer.viz import plots  # noqa: E402
+from jaxformer.viz import attention_figures, plots, representation_figures  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
 from jaxformer.interp.activations import capture, layer_cosine_similarity, token_cosine_similarity  # noqa: E402
 from jaxformer.viz.text import token_labels  # noqa: E402
@@ -106,7 +106,7 @@ report("  post-norm re-normalises every token (norm ~ sqrt(D) = "
 
 # %%
 path = args.out / "block_attention.png"
-plots.head_grid(np.stack([attn[k] for k in outs]), labels,
+attention_figures.head_grid(np.stack([attn[k] for k in outs]), labels,
                 head_titles=[f"{nice(k)}, head 0" for k in outs],
                 title="the same block's attention with each norm placement", path=path)
 report.figure(path)
@@ -152,12 +152,12 @@ for pos in ("pre", "post", "none"):
 
 # %%
 path = args.out / "stack_residual_norms_pre.png"
-plots.residual_norms(resids["pre"], labels, title="pre-norm stack: norm of each token's residual stream",
+representation_figures.residual_norms(resids["pre"], labels, title="pre-norm stack: norm of each token's residual stream",
                      path=path)
 report.figure(path)
 for pos in ("pre", "post", "none"):
     path = args.out / f"stack_layer_similarity_{pos}.png"
-    plots.layer_similarity(sims[pos], title=f"{nice(pos)} stack: cosine similarity across depth", path=path)
+    representation_figures.layer_similarity(sims[pos], title=f"{nice(pos)} stack: cosine similarity across depth", path=path)
     report.figure(path)
 path = args.out / "stack_norm_by_depth.png"
 plots.line_plot({f"{nice(k)}": v for k, v in mean_norms.items()},

@@ -57,7 +57,7 @@ import jax  # noqa: E402  (after parse: --help answers without importing JAX)
 import jax.numpy as jnp  # noqa: E402
 
 from jaxformer import interp, load_config
-from jaxformer.viz import plots  # noqa: E402
+from jaxformer.viz import attention_figures, plots  # noqa: E402
 from jaxformer.data import CharTokenizer  # noqa: E402
 from jaxformer.viz.explorer import write_attention_explorer  # noqa: E402
 from jaxformer.interp.activations import capture_fn  # noqa: E402
@@ -305,13 +305,13 @@ w_show = forward(params, show)[1][0]                                       # [L,
 labels = token_labels(tok, show[0])
 report(f"sequence shown: {''.join(labels)} (period {P_SHOW})")
 path = args.out / "all_heads.png"
-plots.layer_head_grid(w_show, labels, title="every layer (rows) x head (columns) on a repeated sequence",
+attention_figures.layer_head_grid(w_show, labels, title="every layer (rows) x head (columns) on a repeated sequence",
                       path=path)
 report.figure(path)
 best = {"previous-token": np.unravel_index(np.argmax(final["prev"]), final["prev"].shape),
         "induction": np.unravel_index(np.argmax(final["induction"]), final["induction"].shape)}
 path = args.out / "named_heads.png"
-plots.head_grid(np.stack([w_show[lh] for lh in best.values()]), labels,
+attention_figures.head_grid(np.stack([w_show[lh] for lh in best.values()]), labels,
                 head_titles=[f"{k}: layer {lh[0]} head {lh[1]}" for k, lh in best.items()],
                 title="the best previous-token head and the best induction head", path=path)
 report.figure(path)

@@ -11,7 +11,10 @@ import sys
 import numpy as np
 import pytest
 
+from jaxformer.viz import attention_figures as A
+from jaxformer.viz import figure as FIG
 from jaxformer.viz import plots as P
+from jaxformer.viz import representation_figures as R
 from jaxformer.viz.explorer import attention_explorer_html, write_attention_explorer
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
@@ -27,7 +30,7 @@ def png_size(path):
 
 
 def expected(fig):
-    w, h = fig.get_size_inches() * P.DPI
+    w, h = fig.get_size_inches() * FIG.DPI
     return int(round(w)), int(round(h))
 
 
@@ -51,15 +54,15 @@ def figures(tmp):
     dists = {"T=1": np.full(10, 0.1), "top-k=3": np.r_[np.full(3, 1 / 3), np.zeros(7)]}
     dec = lambda i: f"t{i}"  # noqa: E731
     return {
-        "heatmap": lambda p: P.attention_heatmap(w[0, 0], LABELS, path=p),
-        "head_grid": lambda p: P.head_grid(w[1], LABELS, layer=1, path=p),
-        "layer_head_grid": lambda p: P.layer_head_grid(w, LABELS, path=p),
-        "pe_heatmap": lambda p: P.positional_encoding_heatmap(pe, path=p),
-        "pe_curves": lambda p: P.positional_curves(pe, path=p),
+        "heatmap": lambda p: A.attention_heatmap(w[0, 0], LABELS, path=p),
+        "head_grid": lambda p: A.head_grid(w[1], LABELS, layer=1, path=p),
+        "layer_head_grid": lambda p: A.layer_head_grid(w, LABELS, path=p),
+        "pe_heatmap": lambda p: R.positional_encoding_heatmap(pe, path=p),
+        "pe_curves": lambda p: R.positional_curves(pe, path=p),
         "loss": lambda p: P.loss_curves(metrics, path=p),
-        "similarity": lambda p: P.layer_similarity(np.corrcoef(resid.reshape(3, -1)), path=p),
-        "norms": lambda p: P.residual_norms(resid, LABELS, path=p),
-        "logit_lens": lambda p: P.logit_lens_heatmap(lens, LABELS, dec, targets=[1, 2, 3, 4, 5], path=p),
+        "similarity": lambda p: R.layer_similarity(np.corrcoef(resid.reshape(3, -1)), path=p),
+        "norms": lambda p: R.residual_norms(resid, LABELS, path=p),
+        "logit_lens": lambda p: R.logit_lens_heatmap(lens, LABELS, dec, targets=[1, 2, 3, 4, 5], path=p),
         "sampling": lambda p: P.sampling_comparison(dists, dec, path=p),
     }
 
@@ -76,7 +79,7 @@ def test_each_figure_writes_a_png_of_the_expected_size(name, tmp_path):
 
 def test_heatmap_labels_annotations_and_colorbar():
     w = causal_weights()[0, 0]
-    fig = P.attention_heatmap(w, LABELS, title="layer 0 head 0")
+    fig = A.attention_heatmap(w, LABELS, title="layer 0 head 0")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == LABELS
     assert [t.get_text() for t in ax.get_yticklabels()] == LABELS
@@ -84,7 +87,7 @@ def test_heatmap_labels_annotations_and_colorbar():
     cells = [t.get_text() for t in ax.texts]
     assert len(cells) == 36 and cells[0] == "1.00" and cells[1] == "0.00"
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "attention weight (0-1)"  # the colour bar
-    big = P.attention_heatmap(np.full((20, 20), 0.05), [str(i) for i in range(20)])
+    big = A.attention_heatmap(np.full((20, 20), 0.05), [str(i) for i in range(20)])
     assert not big.axes[0].texts                                              # no numbers when large
 
 
@@ -98,8 +101,8 @@ def test_loss_curves_from_a_metrics_file(tmp_path):
 
 
 def test_plots_never_touch_pyplot():
-    code = ("import sys, numpy as np; from jaxformer.viz import plots; "
-            "plots.attention_heatmap(np.eye(3), list('abc')); "
+    code = ("import sys, numpy as np; from jaxformer.viz import attention_figures; "
+            "attention_figures.attention_heatmap(np.eye(3), list('abc')); "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
@@ -215,7 +218,7 @@ CJK_EMOJI = ["你", "好", "世", "界", "\U0001F642", "ab\U0001F642", "$x$", "\
 
 def drawn(fig, tmp_path, name="f.png"):
     """Save ``fig`` as the library does and return it (tick labels, extents are then final)."""
-    P.save(fig, tmp_path / name)
+    FIG.save(fig, tmp_path / name)
     return fig
 
 
@@ -246,7 +249,7 @@ def assert_legible(ax, which, n, numbered=True):
 def test_token_labels_stay_legible_at_any_length(n, tmp_path):
     labels = [f"\u2423tok{i}" for i in range(n)]
     w = causal_weights(L=2, H=2, T=n)
-    heat = drawn(P.attention_heatmap(w[0, 0], labels), tmp_path)
+    heat = drawn(A.attention_heatmap(w[0, 0], labels), tmp_path)
     assert_legible(heat.axes[0], "x", n)
     assert_legible(heat.axes[0], "y", n)
     if n == 40:                                            # grows with the tokens: all 40 shown
@@ -260,7 +263,7 @@ def test_token_labels_stay_legible_at_any_length(n, tmp_path):
 def test_grid_labels_keys_queries_layers_and_heads(tmp_path):
     T = 40
     labels = [f"t{i}" for i in range(T)]
-    fig = drawn(P.layer_head_grid(causal_weights(L=2, H=3, T=T), labels), tmp_path)
+    fig = drawn(A.layer_head_grid(causal_weights(L=2, H=3, T=T), labels), tmp_path)
     assert fig._supxlabel.get_text().startswith("key") and fig._supylabel.get_text().startswith("query")
     axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     grid = np.array(axes).reshape(2, 3)
@@ -272,11 +275,11 @@ def test_grid_labels_keys_queries_layers_and_heads(tmp_path):
     assert [ax.get_title() for ax in grid[0]] == ["head 0", "head 1", "head 2"]
     assert [ax.get_ylabel() for ax in grid[:, -1]] == ["layer 0", "layer 1"]
     # without labels the positions label the axes
-    fig = drawn(P.layer_head_grid(causal_weights(L=1, H=2, T=T)), tmp_path)
+    fig = drawn(A.layer_head_grid(causal_weights(L=1, H=2, T=T)), tmp_path)
     shown = [t.get_text() for t in visible_labels(fig.axes[0], "y")]
     assert shown[0] == "0" and shown[-1] == str(T - 1) and all(s.isdigit() for s in shown)
     assert_legible(fig.axes[0], "y", T, numbered=False)
-    fig = drawn(P.head_grid(causal_weights(L=1, H=5, T=T)[0], labels), tmp_path)
+    fig = drawn(A.head_grid(causal_weights(L=1, H=5, T=T)[0], labels), tmp_path)
     axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.get_visible() and ax.images]
     assert len(axes) == 5 and fig._supylabel.get_text().startswith("query")
     assert visible_labels(axes[1], "x"), "panel above an empty slot shows its key labels"
@@ -287,11 +290,11 @@ def overlaps(a, b):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: P.attention_heatmap(causal_weights(T=3)[0, 0], ["the", "cat", "sleeps"], size=4.5,
+    lambda: A.attention_heatmap(causal_weights(T=3)[0, 0], ["the", "cat", "sleeps"], size=4.5,
                                 title="'the cat sleeps': attention weights with a causal mask"),
-    lambda: P.attention_heatmap(causal_weights(T=40)[0, 0], [str(i) for i in range(40)],
+    lambda: A.attention_heatmap(causal_weights(T=40)[0, 0], [str(i) for i in range(40)],
                                 title="run step 500: layer 3, head 1 of a model with a long name " * 2),
-    lambda: P.layer_head_grid(causal_weights(L=2, H=2, T=8), list("abcdefgh"), title="x" * 150),
+    lambda: A.layer_head_grid(causal_weights(L=2, H=2, T=8), list("abcdefgh"), title="x" * 150),
     lambda: P.matrix_heatmap(np.eye(5), xlabels=list("abcde"), title="a long title " * 8, cbar_label="v (1)"),
 ])
 def test_titles_clear_of_colour_bars_and_inside_the_figure(make, tmp_path):
@@ -312,11 +315,11 @@ def glyph_warnings(record):
 
 def draw_cjk_everything(tmp_path):
     w = causal_weights(L=1, H=2, T=len(CJK_EMOJI))
-    figs = [P.attention_heatmap(w[0, 0], CJK_EMOJI, title="\u4e2d\u6587 \U0001F642 prompt"),
-            P.layer_head_grid(w, CJK_EMOJI, title="\u4f60\u597d: every layer x head"),
+    figs = [A.attention_heatmap(w[0, 0], CJK_EMOJI, title="\u4e2d\u6587 \U0001F642 prompt"),
+            A.layer_head_grid(w, CJK_EMOJI, title="\u4f60\u597d: every layer x head"),
             P.token_logprobs(-np.arange(len(CJK_EMOJI)) / 3, CJK_EMOJI, title="\U0001F642"),
             P.sampling_comparison({"T=1": np.full(8, 1 / 8)}, lambda i: CJK_EMOJI[i]),
-            P.logit_lens_heatmap(np.random.default_rng(0).normal(size=(2, 8, 8)), CJK_EMOJI,
+            R.logit_lens_heatmap(np.random.default_rng(0).normal(size=(2, 8, 8)), CJK_EMOJI,
                                  lambda i: CJK_EMOJI[i])]
     for k, fig in enumerate(figs):
         drawn(fig, tmp_path, f"cjk{k}.png")
@@ -369,7 +372,7 @@ def test_head_summary_one_quantity_per_colour_bar(tmp_path):
     from jaxformer.interp.heads import describe_heads
 
     stats = head_stats()
-    fig = drawn(P.head_summary(stats), tmp_path)
+    fig = drawn(A.head_summary(stats), tmp_path)
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     names = [ax.get_xlabel().replace("\n", " ") for ax in bars]
     assert len(names) == 4 and len(set(names)) == 4 and all("(" in s for s in names), names

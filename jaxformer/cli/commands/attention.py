@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from jaxformer.viz import plots
+    from jaxformer.viz import attention_figures
     from jaxformer.training.checkpoint import load_run
     from jaxformer.errors import ConfigError, DataError
     from jaxformer.viz.explorer import write_attention_explorer
@@ -52,18 +52,18 @@ def run(args) -> int:
                                  subtitle=f"{L} layers x {H} heads, {len(ids)} tokens")
         drawn = f"an interactive explorer of all {L} layers x {H} heads"
     elif args.layer is not None and args.head is not None:
-        plots.attention_heatmap(weights_LHTT[args.layer, args.head], labels,
-                                title=f"{where}: layer {args.layer}, head {args.head}", path=args.out)
+        attention_figures.attention_heatmap(weights_LHTT[args.layer, args.head], labels,
+                                            title=f"{where}: layer {args.layer}, head {args.head}", path=args.out)
         drawn = f"attention of layer {args.layer}, head {args.head}"
     elif args.layer is not None or L * H > 48:
         layer = L - 1 if args.layer is None else args.layer
-        plots.head_grid(weights_LHTT[layer], labels, layer=layer,
-                        title=f"{where}: layer {layer}, all {H} heads", path=args.out)
+        attention_figures.head_grid(weights_LHTT[layer], labels, layer=layer,
+                                    title=f"{where}: layer {layer}, all {H} heads", path=args.out)
         drawn = f"attention of layer {layer}, all {H} heads" + ("" if args.layer is not None else
                                                    f" (the last layer: {L} x {H} is too many to draw)")
     else:
-        plots.layer_head_grid(weights_LHTT, labels, title=f"{where}: every layer (rows) x head (columns)",
-                              path=args.out)
+        attention_figures.layer_head_grid(weights_LHTT, labels,
+                                          title=f"{where}: every layer (rows) x head (columns)", path=args.out)
         drawn = f"attention of all layers and heads ({L} x {H})"
     print(f"wrote {args.out}: {drawn}, {len(ids)} tokens")
     if ext == ".png":
