@@ -89,7 +89,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat: str = "none"                 # none | full | dots
     kernels: str = "auto"               # auto | textbook | cpu | cudnn (see jaxformer.model.kernels)
-    init_std: float = 0.02
+    init_std: Optional[float] = None    # std of the normal init of the weights; default d_model ** -0.5 (GPT-2: 0.02)
 
     def __post_init__(self):
         self._check_shape()
@@ -102,11 +102,13 @@ class ModelConfig:
         object.__setattr__(self, name, value)   # a default filled in on a frozen dataclass
 
     def _check_shape(self) -> None:
-        """The sizes, with ``d_ff`` and ``head_dim`` defaults filled in."""
+        """The sizes, with ``d_ff``, ``head_dim`` and ``init_std`` defaults filled in."""
         for name in ("vocab_size", "d_model", "n_head", "n_layer", "max_len"):
             _positive_int(f"model.{name}", getattr(self, name))
         if self.d_ff is None:
             self._set("d_ff", 4 * self.d_model)
+        if self.init_std is None:   # scales with the width, so that small models show structure at init
+            self._set("init_std", self.d_model ** -0.5)
         _positive_int("model.d_ff", self.d_ff)
         if self.head_dim is None:
             _check(self.d_model % self.n_head == 0,
@@ -210,14 +212,16 @@ class DataConfig:
     """Where the text comes from and how it is tokenized."""
 
     path: str = "pydoc"                 # a file, a folder of .txt files, "pydoc", "shakespeare" or a prepared folder
-    tokenizer: str = "char"             # char | byte | bpe
-    vocab_size: int = 1024              # for bpe only
+    tokenizer: str = "char"             # char | byte | word | bpe
+    vocab_size: int = 1024              # for bpe only: trained here >= 258; a prepared folder's may be smaller
+    word_min_count: int = 1             # for word only: how often a word must occur to be in the vocabulary
     val_fraction: float = 0.1
 
     def __post_init__(self):
         _check(isinstance(self.path, str) and self.path != "", f"data.path={self.path!r} must be a non-empty string")
-        _choice("data.tokenizer", self.tokenizer, ("char", "byte", "bpe"))
-        _positive_int("data.vocab_size", self.vocab_size, 258)
+        _choice("data.tokenizer", self.tokenizer, ("char", "byte", "word", "bpe"))
+        _positive_int("data.vocab_size", self.vocab_size, 2)
+        _positive_int("data.word_min_count", self.word_min_count)
         _finite_number("data.val_fraction", self.val_fraction, 0.0, 0.5, include_min=False)
 
 

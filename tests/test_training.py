@@ -24,7 +24,8 @@ from jaxformer_testing.tolerances import BF16_VS_F32_CURVE_MEAN, BF16_VS_F32_CUR
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.d_ff=64", "model.max_len=32",
         "model.bias=true", "data.tokenizer=char", "train.batch_size=8", "train.lr=3e-3",
         "train.min_lr=3e-4", "train.warmup_steps=5", "train.log_interval=5", "train.eval_interval=10",
-        "train.eval_steps=2", "train.checkpoint_interval=5", "train.keep_checkpoints=2"]
+        "train.eval_steps=2", "train.checkpoint_interval=5", "train.keep_checkpoints=2",
+        "model.init_std=0.02"]   # GPT-2's init: the untrained loss is ln(vocabulary size)
 TEXT = pydoc_text()[:40_000]
 
 

@@ -3,6 +3,7 @@
 worker needs to encode like it (:func:`encoder_spec`, :func:`line_cuts_exact`)."""
 from __future__ import annotations
 
+import collections
 import json
 import math
 import pathlib
@@ -16,6 +17,7 @@ from jaxformer.data.hf_tokenizer import cache_snapshot, load_hf_tokenizer, token
 from jaxformer.errors import DataError
 from jaxformer.data.tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, encode_plain,
                                        tokenizer_from_dict)
+from jaxformer.data.words import NEWLINE, WordTokenizer, split_words
 
 TOKENIZER_FILE = "tokenizer.json"
 BPE_TRAIN_PIECE = 100_000               # the piece size of BPETokenizer.train
@@ -34,7 +36,7 @@ def _hf_tokenizer(name: str, label: str):
             d = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise DataError(f"--tokenizer {label}: {str(p)!r} cannot be read as JSON: {e}") from None
-        if isinstance(d, dict) and d.get("type") in ("char", "byte", "bpe"):
+        if isinstance(d, dict) and d.get("type") in ("char", "byte", "word", "bpe"):
             return tokenizer_from_dict(d)
         tok = load_hf_tokenizer(p.parent) if p.name == "tokenizer.json" else None
         if tok is None:
@@ -60,13 +62,13 @@ def _hf_tokenizer(name: str, label: str):
 def resolve_tokenizer(spec) -> Optional[object]:
     """The tokenizer of ``spec`` when it does not depend on the data: ``"byte"``, ``"gpt2"``
     (GPT-2's BPE from the local Hugging Face cache), ``"hf:PATH"`` (see :func:`_hf_tokenizer`)
-    or a tokenizer object; None for ``"char"`` and ``"bpe"`` (built from the corpus)."""
+    or a tokenizer object; None for ``"char"``, ``"word"`` and ``"bpe"`` (built from the corpus)."""
     if not isinstance(spec, str):
         if not all(hasattr(spec, a) for a in ("encode", "vocab_size", "to_dict")):
-            raise DataError(f"tokenizer={spec!r} is not a tokenizer or one of 'char', 'byte', 'bpe', "
+            raise DataError(f"tokenizer={spec!r} is not a tokenizer or one of 'char', 'byte', 'word', 'bpe', "
                             "'gpt2', 'hf:PATH'")
         return spec
-    if spec in ("char", "bpe"):
+    if spec in ("char", "word", "bpe"):
         return None
     if spec == "byte":
         return ByteTokenizer()
@@ -74,7 +76,7 @@ def resolve_tokenizer(spec) -> Optional[object]:
         return _hf_tokenizer("gpt2", "gpt2")
     if spec.startswith("hf:") and len(spec) > 3:
         return _hf_tokenizer(spec[3:], spec)
-    raise DataError(f"tokenizer={spec!r} is not one of 'char', 'byte', 'bpe', 'gpt2', 'hf:PATH'")
+    raise DataError(f"tokenizer={spec!r} is not one of 'char', 'byte', 'word', 'bpe', 'gpt2', 'hf:PATH'")
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
@@ -89,8 +91,18 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     return BPETokenizer(tk)
 
 
+def _words(sources, text_field, step) -> WordTokenizer:
+    """A ``word`` vocabulary: every word of the corpus (a full pass; minimum count 1)."""
+    counts: collections.Counter = collections.Counter()
+    for block in joined(iter_documents(sources, text_field, step("words"))):
+        counts.update(p for p in split_words(block) if p != NEWLINE)
+    if not counts:
+        raise DataError(f"data={sources[0].name!r} holds no words")
+    return WordTokenizer(sorted(counts, key=lambda w: (-counts[w], w)))
+
+
 def build_from_corpus(kind, sources, text_field, separator, vocab_size, sample_chars, step):
-    """The ``char`` alphabet (a full pass over the corpus) or a ``bpe`` trained on a sample:
+    """The ``char`` alphabet or ``word`` vocabulary (a full pass over the corpus) or a ``bpe`` trained on a sample:
     every k-th 100,000-character piece, k = ceil(corpus bytes / ``sample_chars``), cut from
     the corpus as ``BPETokenizer.train`` cuts its text (the documents joined by a blank line
     for ``separator="blank_line"``, else one by one). ``step(stage)``: a progress callback."""
@@ -101,6 +113,8 @@ def build_from_corpus(kind, sources, text_field, separator, vocab_size, sample_c
         if not chars:
             raise DataError(f"data={sources[0].name!r} holds no text")
         return CharTokenizer(sorted(chars))
+    if kind == "word":
+        return _words(sources, text_field, step)
     stride = max(1, math.ceil(sum(s.size() for s in sources) / sample_chars))
     docs = iter_documents(sources, text_field, step("bpe sample"))
     pieces = (cut_pieces(joined(docs), BPE_TRAIN_PIECE, False) if separator == "blank_line"

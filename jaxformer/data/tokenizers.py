@@ -1,4 +1,5 @@
-"""Tokenizers: characters, UTF-8 bytes, and BPE (trained here, or a converted model's).
+"""Tokenizers: characters, UTF-8 bytes, words (:mod:`jaxformer.data.words`), and BPE (trained
+here, or a converted model's).
 
 They share one small interface: ``encode(text) -> list[int]``, ``decode(ids) -> str``,
 ``vocab_size``, ``eos_id`` and ``bos_id`` (None if absent) and ``to_dict()`` (JSON-safe, with a
@@ -18,9 +19,10 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from jaxformer.data.words import WordTokenizer
 from jaxformer.errors import DataError
 
-__all__ = ["CharTokenizer", "ByteTokenizer", "BPETokenizer", "start_ids", "end_ids", "encode_plain",
+__all__ = ["CharTokenizer", "ByteTokenizer", "BPETokenizer", "WordTokenizer", "start_ids", "end_ids", "encode_plain",
            "tokenizer_from_dict", "save_tokenizer", "load_tokenizer", "build_tokenizer"]
 
 
@@ -141,6 +143,9 @@ class BPETokenizer:
         the last of them ``<|endoftext|>``."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+        if not isinstance(vocab_size, int) or vocab_size < 258:
+            raise DataError(f"data.vocab_size={vocab_size!r} must be an integer >= 258 for a BPE trained "
+                            "here (the 256 bytes, end-of-text and at least one merge)")
         if not text:
             raise DataError("cannot train a BPE tokenizer on empty text")
         tk = Tokenizer(models.BPE())
@@ -228,6 +233,10 @@ def tokenizer_from_dict(d: dict):
         return CharTokenizer(d["chars"])
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "word":
+        if not isinstance(d.get("words"), list) or not all(isinstance(w, str) for w in d["words"]):
+            raise DataError("word tokenizer 'words' must be a list of strings")
+        return WordTokenizer(d["words"])
     if kind == "bpe":
         from tokenizers import Tokenizer
         tk = Tokenizer.from_str(d["tokenizer"])
@@ -237,7 +246,7 @@ def tokenizer_from_dict(d: dict):
         if not isinstance(special.get("add_eos", False), bool):
             raise DataError(f"tokenizer add_eos={special['add_eos']!r} must be true or false")
         return BPETokenizer(tk, **special)   # a file without these keys: no BOS, eos detected
-    raise DataError(f"tokenizer type {kind!r} is not one of 'char', 'byte', 'bpe'")
+    raise DataError(f"tokenizer type {kind!r} is not one of 'char', 'byte', 'word', 'bpe'")
 
 
 def save_tokenizer(tok, path) -> None:
@@ -260,12 +269,15 @@ def load_tokenizer(path):
     return tokenizer_from_dict(d)
 
 
-def build_tokenizer(kind: str, text: str, vocab_size: int = 1024):
-    """A new ``char`` | ``byte`` | ``bpe`` tokenizer for ``text``."""
+def build_tokenizer(kind: str, text: str, vocab_size: int = 1024, word_min_count: int = 1):
+    """A new ``char`` | ``byte`` | ``word`` | ``bpe`` tokenizer for ``text`` (``vocab_size``: the
+    BPE's; ``word_min_count``: how often a word must occur to be in a word vocabulary)."""
     if kind == "char":
         return CharTokenizer.from_text(text)
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "word":
+        return WordTokenizer.from_text(text, word_min_count)
     if kind == "bpe":
         return BPETokenizer.train(text, vocab_size)
-    raise DataError(f"data.tokenizer={kind!r} is not one of 'char', 'byte', 'bpe'")
+    raise DataError(f"data.tokenizer={kind!r} is not one of 'char', 'byte', 'word', 'bpe'")

@@ -237,7 +237,7 @@ def model_config_from_hf_family(hf: Mapping[str, Any], architecture: Optional[st
     if arch == GPT2:
         return hf_gpt2.model_config_from_hf(hf, **overrides)
     try:
-        config = ModelConfig(**_fields(hf, arch))
+        config = ModelConfig(**_fields(hf, arch), init_std=0.02)   # GPT-2's init, as before the width default
     except (TypeError, ValueError) as e:  # ConfigError is a ValueError
         raise CheckpointError(f"config.json does not describe a valid {arch}: {e}") from None
     return dataclasses.replace(config, **overrides) if overrides else config

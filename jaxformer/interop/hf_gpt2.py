@@ -75,7 +75,7 @@ def model_config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
             d_ff=int(get("n_inner") or 4 * d_model), max_len=int(get("n_positions", 1024)),
             norm_position="pre", norm="layernorm", norm_eps=float(get("layer_norm_epsilon", 1e-5)),
             activation=_ACTIVATIONS[act], positions="learned", bias=True,
-            tie_embeddings=bool(get("tie_word_embeddings", True)), dropout=0.0)
+            tie_embeddings=bool(get("tie_word_embeddings", True)), dropout=0.0, init_std=0.02)
         fields.update(overrides)
         return ModelConfig(**fields)
     except (TypeError, ValueError) as e:  # ConfigError is a ValueError

@@ -76,7 +76,7 @@ def prepare_run(config: Config, run_dir: pathlib.Path, resume: bool, data_text: 
         tokenizer = source.tokenizer
     else:
         tokenizer = shards.tokenizer if shards is not None else \
-            build_tokenizer(config.data.tokenizer, text, config.data.vocab_size)
+            build_tokenizer(config.data.tokenizer, text, config.data.vocab_size, config.data.word_min_count)
         config = resolve_config(config, tokenizer)
     if shards is not None:
         if tokenizer.to_dict() != shards.tokenizer.to_dict():

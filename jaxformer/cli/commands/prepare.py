@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, action="append", metavar="PATH",
                    help="a text file, a folder, a glob pattern (quote it), a .jsonl / .parquet / .arrow file, "
                         "'pydoc' or 'shakespeare' (repeatable; read in the order given)")
-    p.add_argument("--tokenizer", required=True, metavar="char|byte|bpe|gpt2|hf:PATH",
+    p.add_argument("--tokenizer", required=True, metavar="char|byte|word|bpe|gpt2|hf:PATH",
                    help="char or bpe are built from the data; gpt2 comes from the local Hugging Face cache; "
                         "hf:PATH is a folder with tokenizer.json or vocab.json + merges.txt, a tokenizer.json, "
                         "a run folder, or a model name in the local Hugging Face cache")
