@@ -15,7 +15,70 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["attention_explorer_html", "write_attention_explorer"]
+__all__ = ["attention_explorer_html", "write_attention_explorer", "MATRIX_JS", "MATRIX_CSS"]
+
+#: CSS of :data:`MATRIX_JS`'s labelled matrix (shared with :mod:`jaxformer.viz.widget`).
+MATRIX_CSS = """
+.jf-matrix{position:relative;font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:11px;color:#333}
+.jf-matrix canvas{position:absolute;border:1px solid #ccc;background:#fff;image-rendering:pixelated}
+.jf-matrix .xlab,.jf-matrix .ylab{position:absolute;white-space:pre;line-height:1}
+.jf-matrix .xlab{writing-mode:vertical-rl;transform:translateX(-50%) rotate(180deg)}
+.jf-matrix .ylab{transform:translateY(-50%);text-align:right}
+.jf-matrix .axis{position:absolute;font-family:system-ui,sans-serif;font-size:11px;color:#666}
+"""
+
+#: One JavaScript function, ``labelledMatrix(box, tokens, m, opts)``: draws the ``[T, T]``
+#: matrix ``m`` in the element ``box`` on a canvas with the key tokens above it and the query
+#: tokens left of it (every k-th token when they would overlap, with its position), and calls
+#: ``opts.onHover(t, s, w)`` for the cell under the pointer. ``opts.color(w)`` colours a cell,
+#: ``opts.query`` outlines a row. Used by the explorer and the Jupyter widget.
+MATRIX_JS = r"""
+function labelledMatrix(box, tokens, m, opts) {
+  const T = tokens.length, cell = Math.max(3, Math.min(28, Math.floor(420 / T)));
+  const step = Math.max(1, Math.ceil(13 / cell));
+  const shown = tokens.map((s, i) => {
+    const cut = s.length > 14 ? s.slice(0, 13) + '\u2026' : s;
+    return step > 1 ? i + ' ' + cut : cut;
+  });
+  const keep = (i) => i % step === 0 || i === T - 1;
+  const longest = Math.max(1, ...shown.filter((s, i) => keep(i)).map((s) => s.length));
+  const pad = Math.min(130, Math.max(58, 22 + 7 * longest)), side = cell * T;
+  box.innerHTML = '';
+  box.classList.add('jf-matrix');
+  box.style.width = (pad + side + 2) + 'px'; box.style.height = (pad + side + 2) + 'px';
+  const add = (cls, text, css) => {
+    const e = document.createElement('span'); e.className = cls; e.textContent = text;
+    e.style.cssText = css; box.appendChild(e); return e;
+  };
+  add('axis', 'key \u2192', 'left:' + pad + 'px;top:0');
+  add('axis', 'query \u2193', 'left:0;top:' + (pad - 14) + 'px');
+  for (let i = 0; i < T; i++) {
+    if (!keep(i)) continue;
+    const mid = pad + i * cell + cell / 2;
+    add('xlab', shown[i], 'left:' + mid + 'px;bottom:' + (side + 6) + 'px').dataset.i = i;
+    add('ylab', shown[i], 'top:' + mid + 'px;right:' + (side + 6) + 'px').dataset.i = i;
+  }
+  const c = document.createElement('canvas');
+  c.width = c.height = side; c.style.left = pad + 'px'; c.style.top = pad + 'px';
+  box.appendChild(c);
+  const ctx = c.getContext('2d');
+  ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, side, side);
+  for (let t = 0; t < T; t++) for (let s = 0; s < T; s++) {
+    if (m[t][s] <= 0) continue;
+    ctx.fillStyle = opts.color(m[t][s]); ctx.fillRect(s * cell, t * cell, cell, cell);
+  }
+  if (opts.query !== undefined && opts.query !== null) {
+    ctx.strokeStyle = '#d62728'; ctx.lineWidth = 2;
+    ctx.strokeRect(1, opts.query * cell + 1, side - 2, cell - 2);
+  }
+  c.addEventListener('mousemove', (e) => {
+    const r = c.getBoundingClientRect();
+    const t = Math.floor((e.clientY - r.top) / cell), s = Math.floor((e.clientX - r.left) / cell);
+    if (t >= 0 && t < T && s >= 0 && s < T && opts.onHover) opts.onHover(t, s, m[t][s]);
+  });
+  return c;
+}
+"""
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;background:#fafafa}
@@ -32,7 +95,6 @@ select{font-size:14px;padding:2px 6px}
 #info table{border-collapse:collapse;margin-top:6px}
 #info td{padding:2px 8px;border-bottom:1px solid #eee;font-family:monospace}
 .bar{display:inline-block;height:10px;background:#ff7f0e;vertical-align:middle}
-#matrix{border:1px solid #ccc;background:#fff;image-rendering:pixelated}
 .legend{font-size:12px;color:#666;margin-top:4px}
 """
 
@@ -89,25 +151,13 @@ function setQuery(i) {
   draw();
 }
 function draw() {
-  const c = document.getElementById('matrix'), ctx = c.getContext('2d');
-  const m = matrix(), cell = Math.max(3, Math.min(24, Math.floor(420 / T)));
-  c.width = c.height = cell * T;
-  ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, c.width, c.height);
-  for (let t = 0; t < T; t++) for (let s = 0; s < T; s++) {
-    if (m[t][s] <= 0) continue;
-    ctx.fillStyle = color(m[t][s]); ctx.fillRect(s * cell, t * cell, cell, cell);
-  }
-  ctx.strokeStyle = '#d62728'; ctx.lineWidth = 2;
-  ctx.strokeRect(1, query * cell + 1, c.width - 2, cell - 2);
+  labelledMatrix(document.getElementById('matrix'), D.tokens, matrix(), {
+    color: color, query: query,
+    onHover: (t, s, w) => {
+      document.getElementById('cell').textContent = 'query ' + t + ' ' + D.tokens[t] + ' -> key ' +
+        s + ' ' + D.tokens[s] + ': ' + w.toFixed(3);
+    }});
 }
-document.getElementById('matrix').addEventListener('mousemove', (e) => {
-  const c = e.target, cell = c.width / T, r = c.getBoundingClientRect();
-  const t = Math.floor((e.clientY - r.top) / cell), s = Math.floor((e.clientX - r.left) / cell);
-  if (t >= 0 && t < T && s >= 0 && s < T) {
-    document.getElementById('cell').textContent = 'query ' + t + ' ' + D.tokens[t] + ' -> key ' +
-      s + ' ' + D.tokens[s] + ': ' + matrix()[t][s].toFixed(3);
-  }
-});
 layerSel.addEventListener('change', () => setQuery(query));
 headSel.addEventListener('change', () => setQuery(query));
 setQuery(query);
@@ -132,7 +182,7 @@ def attention_explorer_html(labels: Sequence[str], weights_LHTT, *, title: str =
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>{_CSS}</style></head>
+<style>{_CSS}{MATRIX_CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <div class="sub">{sub}. Hover a token to see where it attends (orange = weight); click to pin it.</div>
@@ -142,13 +192,13 @@ def attention_explorer_html(labels: Sequence[str], weights_LHTT, *, title: str =
 </div>
 <div id="tokens"></div>
 <div class="row">
-  <div><canvas id="matrix" width="10" height="10"></canvas>
+  <div><div id="matrix"></div>
   <div class="legend">rows: query token, columns: key token; red box: current query</div>
   <div class="legend" id="cell">&nbsp;</div></div>
   <div id="info"></div>
 </div>
 <script type="application/json" id="data">{payload}</script>
-<script>{_JS}</script>
+<script>{MATRIX_JS}{_JS}</script>
 </body></html>
 """
 
