@@ -48,7 +48,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and architecture of a decoder-only transformer (the knobs are described in docs/architecture.md)."""
+    """Shape and architecture of a transformer (the knobs are described in docs/architecture.md): a
+    decoder (``causal=True``, the default) or a bidirectional encoder (``causal=False``, docs/encoders.md)."""
 
     vocab_size: int = 256
     d_model: int = 128
@@ -79,6 +80,7 @@ class ModelConfig:
     qk_norm: bool = False               # norm each head's q and k before RoPE (Qwen3)
     parallel_residual: bool = False     # x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX)
     attn_only: bool = False             # no MLP: blocks are x + attn(ln1(x)) (TransformerLens attn_only)
+    causal: bool = True                 # attention to the past only (decoders); false: everywhere (encoders, docs/encoders.md)
     scale_embeddings: bool = False      # token embeddings times sqrt(d_model) (Gemma)
     bias: bool = True
     qkv_bias: Optional[bool] = None     # biases on q/k/v only; default: bias (Qwen2: bias=False, qkv_bias=True)
@@ -155,7 +157,7 @@ class ModelConfig:
     def _check_switches(self) -> None:
         """The true/false knobs, with the ``qkv_bias`` default filled in."""
         for name in ("bias", "tie_embeddings", "scan_layers", "qk_norm", "parallel_residual", "attn_only",
-                     "scale_embeddings"):
+                     "scale_embeddings", "causal"):
             _check(isinstance(getattr(self, name), bool),
                    f"model.{name}={getattr(self, name)!r} must be true or false")
         if self.qkv_bias is None:
@@ -175,6 +177,8 @@ class ModelConfig:
             self._set("layer_types", tuple(types))
             _check(self.sliding_window is not None or "sliding" not in types,
                    "model.layer_types has 'sliding' layers but model.sliding_window is null")
+        _check(self.causal or self.sliding_window is None,
+               f"model.sliding_window={self.sliding_window!r} needs model.causal=true (encoders attend everywhere)")
         _check(not (self.attn_only and self.parallel_residual),
                "model.attn_only=true has no MLP to run in parallel: set model.parallel_residual=false")
         if self.parallel_residual:

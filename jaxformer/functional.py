@@ -286,14 +286,14 @@ def embed(params: Params, tokens_BT, config, positions_BT, hooks=None):
 
 
 def decoder(params: Params, tokens_BT, config, *, key=None, hooks=None):
-    """One block after another: tokens ``[B, T]`` -> ``(logits [B, T, V], aux)``; aux: ``weights [L, B, H, T, T]``,
-    ``attn_out``, ``mlp_out [L, B, T, D]``, ``resid [L+1, B, T, D]`` (into each block, out of the last)."""
+    """One block after another (causal if ``config.causal``): tokens ``[B, T]`` -> ``(logits [B, T, V], aux)``;
+    aux: ``weights [L, B, H, T, T]``, ``attn_out``, ``mlp_out [L, B, T, D]``, ``resid [L+1, B, T, D]`` (in, then out)."""
     B, T = tokens_BT.shape
     params = cast_params(params, config.dtype)
     positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
     keys = [None] * (config.n_layer + 1) if key is None else jax.random.split(key, config.n_layer + 1)
     x = dropout(embed(params, tokens_BT, config, positions_BT, hooks), config.dropout, keys[-1])
-    full, sliding = causal_mask(T)[None, None], causal_mask(T, window=config.sliding_window)[None, None]
+    full, sliding = (causal_mask(T, window=w)[None, None] if config.causal else None for w in (None, config.sliding_window))
     rope = rope_for(config, positions_BT) if config.positions == "rope" else None
     layers = []
     for i in range(config.n_layer):

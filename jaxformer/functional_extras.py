@@ -5,7 +5,8 @@ here, each piece one small named function that the reading path imports where it
 soft caps (Gemma 2), rotary positions and their scalings (GPT-NeoX, Llama, Llama 3.1,
 partial rotary), the exact GELU (GPT-NeoX / Pythia), grouped K/V heads (Llama 2, Mistral),
 and the block layouts beyond pre / post / no norm: sandwich norms (Gemma 2), the parallel
-residual (GPT-NeoX) and attention-only blocks (TransformerLens); and the plumbing under
+residual (GPT-NeoX) and attention-only blocks (TransformerLens); BERT's masked-LM corruption
+(encoders, ``config.causal`` false); and the plumbing under
 both files (the compute dtype, hook taps, the parameters cast to the compute dtype). Plain
 ``jax.numpy``, like the rest of the textbook; the shape legend is in :mod:`jaxformer.functional`.
 """
@@ -20,7 +21,8 @@ from jax import lax
 
 __all__ = ["acc_dtype", "tap", "sub_hooks", "cast_params", "soft_cap", "rope_inv_freq", "llama3_rope_scaling",
            "rope_frequencies", "rope_for", "apply_rope", "gelu_exact", "split_heads", "merge_heads", "group_heads",
-           "grouped_hooks", "sandwich_norm", "parallel_block", "attention_only_block"]
+           "grouped_hooks", "sandwich_norm", "parallel_block", "attention_only_block", "mask_token_id",
+           "masked_lm_inputs"]
 
 
 # ----------------------------------------------------------------------------- plumbing: compute dtype, hooks
@@ -157,3 +159,22 @@ def attention_only_block(f, x, sublayer):
     x = sublayer(f, x, "attn")
     f.seen["mlp_out"] = jnp.zeros_like(f.seen["attn_out"])   # what the absent MLP adds
     return x
+
+
+# ----------------------------------------------------------------------------- masked-LM (BERT)
+def mask_token_id(config) -> int:
+    """An encoder's mask token: the last id, ``vocab_size - 1`` (its tokenizer never produces it)."""
+    return config.vocab_size - 1
+
+
+def masked_lm_inputs(tokens_BT, key, *, mask_id: int, rate: float = 0.15):
+    """BERT's corruption of ``tokens [B, T]`` -> ``(inputs [B, T], selected [B, T] bool)``: each
+    position is selected with probability ``rate``; a selected one becomes ``mask_id`` (80%), a
+    random id in ``[0, mask_id)`` (10%, may equal the original) or stays (10%). The loss is
+    the cross-entropy of the original tokens at the selected positions only."""
+    k_pick, k_how, k_tok = jax.random.split(key, 3)
+    selected = jax.random.uniform(k_pick, tokens_BT.shape) < rate
+    how = jax.random.uniform(k_how, tokens_BT.shape)
+    random_BT = jax.random.randint(k_tok, tokens_BT.shape, 0, mask_id, tokens_BT.dtype)
+    replaced = jnp.where(how < 0.8, jnp.asarray(mask_id, tokens_BT.dtype), jnp.where(how < 0.9, random_BT, tokens_BT))
+    return jnp.where(selected, replaced, tokens_BT), selected

@@ -41,7 +41,7 @@ def test_train_config_names_and_unknown_name_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "jaxformer train: error: config 'nope' is neither a file nor a shipped config (shipped: default, "
-        "gpt2_small, pydoc_char_cpu, shakespeare_char, shakespeare_char_cpu, toy, toy_llama)"]
+        "gpt2_small, pydoc_char_cpu, shakespeare_char, shakespeare_char_cpu, toy, toy_encoder, toy_llama)"]
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and resume

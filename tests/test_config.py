@@ -113,7 +113,7 @@ def test_bad_yaml_names_line_and_column(tmp_path):
 
 
 SHIPPED = {"default", "gpt2_small", "pydoc_char_cpu", "shakespeare_char", "shakespeare_char_cpu", "toy",
-           "toy_llama"}
+           "toy_encoder", "toy_llama"}
 
 
 def test_shipped_configs_are_package_data_loaded_by_name(tmp_path, monkeypatch):
@@ -131,7 +131,7 @@ def test_shipped_configs_are_package_data_loaded_by_name(tmp_path, monkeypatch):
     (tmp_path / "toy").write_text("model: {n_layer: 1}\n", encoding="utf-8")
     assert load_config("toy").model.n_layer == 1   # an existing file of that name wins
     with pytest.raises(ConfigError, match=r"^config 'nope' is neither a file nor a shipped config "
-                                          r"\(shipped: default, gpt2_small, .*, toy, toy_llama\)$"):
+                                          r"\(shipped: default, gpt2_small, .*, toy, toy_encoder, toy_llama\)$"):
         load_config("nope")
     with pytest.raises(ConfigError, match=r"'toy.yaml' does not exist \(did you mean the shipped config 'toy'\?\)$"):
         load_config("toy.yaml")

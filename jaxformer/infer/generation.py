@@ -332,12 +332,19 @@ def _result(st: dict, n: int, stop_tokens) -> Generation:
 
 # ----------------------------------------------------------------------------- public API
 def _parts(model):
-    """``(params, config)`` of a GPT, a ``(params, config)`` pair or a :class:`Generator`."""
+    """``(params, config)`` of a GPT, a ``(params, config)`` pair or a :class:`Generator`;
+    :class:`GenerationError` for an encoder (it predicts no next token)."""
     if isinstance(model, tuple):
-        return model
-    if isinstance(model, Generator):
-        return model.params, model.config
-    return model.params(), model.config
+        params, config = model
+    elif isinstance(model, Generator):
+        params, config = model.params, model.config
+    else:
+        params, config = model.params(), model.config
+    if not config.causal:
+        raise GenerationError("model.causal=false: an encoder predicts masked tokens, not the next one, so it "
+                              "cannot generate or score text; fill masks instead (jaxformer fill, "
+                              "jaxformer.infer.fill.fill_masks)")
+    return params, config
 
 
 @jax.jit

@@ -13,6 +13,10 @@ block and its sub-modules (``GPT.blocks.attn``, ``.mlp``, ``.ln1``, ...) only ho
 parameters: calling one raises :class:`StackedLayersError`. ``GPT.layer(i)`` is layer ``i`` as
 a block of its own, callable like the lab modules :class:`DecoderBlock`,
 :class:`MultiHeadAttention`, :class:`FeedForward` and :class:`LayerNorm` built on their own.
+Those attend everywhere unless given a ``mask`` or ``causal=True`` (as ``torch.nn.MultiheadAttention``).
+
+:class:`Encoder` is the bidirectional model (``config.causal`` false) with the same parameters;
+:func:`model_class` picks GPT or Encoder for a config (each refuses the other's config).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from flax import nnx
 
 from jaxformer import functional as F
 from jaxformer.config import ModelConfig
-from jaxformer.errors import JaxformerError
+from jaxformer.errors import ConfigError, JaxformerError
 from jaxformer.model import stack
 
 
@@ -38,6 +42,13 @@ def _one_layer(module, leaf, ndim: int) -> None:
         raise StackedLayersError(
             f"this {type(module).__name__} holds the {leaf.shape[0]} stacked layers of a GPT (GPT.blocks) and "
             "only stores their parameters: call gpt.layer(i) for layer i as a block of its own, or run the model")
+
+
+def _with_causal(mask, causal: bool, T: int):
+    """``mask`` (None = attend everywhere), and-ed with the causal mask when ``causal``."""
+    if not causal:
+        return mask
+    return F.causal_mask(T) if mask is None else mask & F.causal_mask(T)
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> nnx.Param:
@@ -103,10 +114,12 @@ class MultiHeadAttention(ParamsMixin, nnx.Module):
         if qk_norm is not None:  # a LayerNorm over K, copied for q and for k (Qwen3)
             self.q_norm, self.k_norm = qk_norm, nnx.clone(qk_norm)
 
-    def __call__(self, x_BTD, *, mask=None, rope=None):
-        """``x [B, T, D]``, boolean ``mask`` broadcastable to ``[B, 1, T, T]`` ->
-        ``(out [B, T, D], weights [B, H, T, T])``."""
+    def __call__(self, x_BTD, *, mask=None, causal: bool = False, rope=None):
+        """``x [B, T, D]``, boolean ``mask`` (True = may attend) broadcastable to ``[B, 1, T, T]`` ->
+        ``(out [B, T, D], weights [B, H, T, T])``. Without a mask every token attends to every
+        token (as ``torch.nn.MultiheadAttention``); ``causal=True`` adds the causal mask."""
         _one_layer(self, self.wq, 3)
+        mask = _with_causal(mask, causal, x_BTD.shape[1])
         qk_norm = getattr(self, "q_norm", None)
         out, weights = F.multi_head_attention(
             self.params(), x_BTD, mask=mask, rope=rope,
@@ -160,25 +173,32 @@ class DecoderBlock(ParamsMixin, nnx.Module):
             self.mlp = FeedForward(c.d_model, c.d_ff, activation=c.activation, bias=c.bias, rngs=rngs,
                                    init_std=c.init_std, out_std=out_std, param_dtype=pdt)
 
-    def __call__(self, x_BTD, *, mask=None, rope=None, key=None):
-        """``x [B, T, D] -> (y [B, T, D], aux)`` (see :func:`functional.decoder_block`)."""
+    def __call__(self, x_BTD, *, mask=None, causal: bool = False, rope=None, key=None):
+        """``x [B, T, D] -> (y [B, T, D], aux)`` (see :func:`functional.decoder_block`). Without a
+        ``mask`` every token attends to every token; ``causal=True`` adds the causal mask (a
+        decoder's layer: ``gpt.layer(i)(x, causal=True)`` is what the model computes)."""
         _one_layer(self, self.attn.wq, 3)
-        if mask is None:
-            mask = F.causal_mask(x_BTD.shape[1])
+        mask = _with_causal(mask, causal, x_BTD.shape[1])
         return F.decoder_block(self.params(), x_BTD, self.config, mask=mask, rope=rope, key=key)
 
 
-class GPT(ParamsMixin, nnx.Module):
-    """A GPT-style decoder: ``GPT(config, rngs=nnx.Rngs(0))(tokens [B, T]) -> logits [B, T, V]``.
+class Transformer(ParamsMixin, nnx.Module):
+    """What :class:`GPT` and :class:`Encoder` share: the parameters (one layout for both) and how
+    they are built, copied and counted. Build one of the two, never this class itself.
 
     Blocks are stored stacked (leading ``[L]`` axis) and run by :func:`stack.decoder`
-    under ``lax.scan`` when ``config.scan_layers`` (the default). ``GPT.blocks`` is a
+    under ``lax.scan`` when ``config.scan_layers`` (the default). ``.blocks`` is a
     :class:`DecoderBlock` holding all ``L`` layers' parameters (calling it raises);
     :meth:`layer` gives one layer as a callable block.
     """
 
+    causal: bool = True   # what config.causal the class takes
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
+        if c.causal != self.causal:
+            raise ConfigError(f"model.causal={c.causal!r} does not fit {type(self).__name__}: build "
+                              f"{model_class(c).__name__}(config, rngs=...) (model_class(config) picks the class)")
         self.config = c
         pdt = jnp.dtype(c.param_dtype)
         self.tok_emb = _normal(rngs, (c.vocab_size, c.d_model), c.init_std, pdt)
@@ -196,11 +216,6 @@ class GPT(ParamsMixin, nnx.Module):
         if not c.tie_embeddings:
             self.lm_head = _normal(rngs, (c.d_model, c.vocab_size), c.init_std, pdt)
 
-    def __call__(self, tokens_BT, *, key: Optional[jax.Array] = None):
-        """Logits ``[B, T, V]`` (float32). ``key`` enables dropout (training)."""
-        logits, _ = stack.decoder(self.params(), tokens_BT, self.config, key=key)
-        return logits
-
     def layer(self, i: int) -> DecoderBlock:
         """Layer ``i`` as a callable :class:`DecoderBlock` holding a copy of its parameters."""
         block = nnx.eval_shape(lambda: DecoderBlock(self.config, rngs=nnx.Rngs(0)))
@@ -208,12 +223,12 @@ class GPT(ParamsMixin, nnx.Module):
         return block
 
     @classmethod
-    def abstract(cls, config: ModelConfig) -> "GPT":
+    def abstract(cls, config: ModelConfig) -> "Transformer":
         """The model's structure with ``jax.ShapeDtypeStruct`` leaves: no memory, no random init."""
         return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
 
     @classmethod
-    def from_params(cls, config: ModelConfig, params: dict) -> "GPT":
+    def from_params(cls, config: ModelConfig, params: dict) -> "Transformer":
         """A model holding ``params`` (a functional pytree), built without a random init.
         The one way the library builds a model from loaded or trained parameters."""
         model = cls.abstract(config)
@@ -223,6 +238,40 @@ class GPT(ParamsMixin, nnx.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (``non_embedding``: without token/position tables)."""
         return count_params(self.params(), non_embedding=non_embedding)
+
+
+class GPT(Transformer):
+    """A GPT-style decoder (``config.causal`` true): ``GPT(config, rngs=nnx.Rngs(0))(tokens [B, T])
+    -> logits [B, T, V]``, each position predicting the next token from those up to it."""
+
+    causal = True
+
+    def __call__(self, tokens_BT, *, key: Optional[jax.Array] = None):
+        """Logits ``[B, T, V]`` (float32). ``key`` enables dropout (training)."""
+        logits, _ = stack.decoder(self.params(), tokens_BT, self.config, key=key)
+        return logits
+
+
+class Encoder(Transformer):
+    """A bidirectional encoder (``config.causal`` false; BERT's shape, TransformerLens's
+    HookedEncoder): ``Encoder(config, rngs=nnx.Rngs(0))(tokens [B, T]) -> logits [B, T, V]``,
+    every position seeing every token; trained with the masked-LM objective (docs/encoders.md).
+    The same parameters as :class:`GPT`."""
+
+    causal = False
+
+    def __call__(self, tokens_BT, *, attention_mask=None, key: Optional[jax.Array] = None):
+        """Logits ``[B, T, V]`` (float32). ``attention_mask`` ``[B, T]`` (True = real token,
+        False = padding) keeps padding keys out of every token's attention (the padded rows'
+        own logits mean nothing); ``key`` enables dropout (training)."""
+        key_mask = None if attention_mask is None else jnp.asarray(attention_mask, bool)
+        logits, _ = stack.decoder(self.params(), tokens_BT, self.config, key_mask_BS=key_mask, key=key)
+        return logits
+
+
+def model_class(config: ModelConfig) -> type:
+    """:class:`GPT` for a causal ``config``, :class:`Encoder` for a bidirectional one."""
+    return GPT if config.causal else Encoder
 
 
 def count_params(params: dict, non_embedding: bool = False) -> int:

@@ -35,7 +35,10 @@ def attention_masks(config, T: int, S: int, offset=0, key_mask_BS=None):
     """The boolean masks ``[B or 1, 1, T, S]`` of a model's layers: ``(full, sliding)``,
     causal (queries start at ``offset``) and, for ``sliding``, limited to the last
     ``config.sliding_window`` keys (None when no layer slides). ``key_mask_BS`` (False =
-    padding) is applied to both."""
+    padding) is applied to both. An encoder (``config.causal`` false) masks padding only
+    (``full`` is ``key_mask_BS`` as ``[B, 1, 1, S]``, or None: attend everywhere)."""
+    if not config.causal:
+        return (None if key_mask_BS is None else key_mask_BS[:, None, None, :]), None
     full = F.causal_mask(T, S, offset)[None, None]
     sliding = F.causal_mask(T, S, offset, config.sliding_window)[None, None] if any(config.sliding_layers) else None
     if key_mask_BS is not None:
@@ -162,7 +165,8 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
     full, sliding = attention_masks(config, T, S, cache_index if cache is not None else 0, key_mask_BS)
     layer = _layer_fn(config, full=full, sliding=sliding, cache_index=cache_index, kernels=kernels,
                       rope=F.rope_for(config, positions_BT) if config.positions == "rope" else None,
-                      is_causal=key_mask_BS is None and not any(config.sliding_layers), capture=capture)
+                      is_causal=config.causal and key_mask_BS is None and not any(config.sliding_layers),
+                      capture=capture)
     if per_layer or not config.scan_layers:
         x, ys = _unrolled(layer, x, params["blocks"], cache, keys, config.n_layer)
     else:
@@ -187,3 +191,12 @@ def next_token_loss(params: Params, tokens_BT1, config, *, key=None, kernels: Op
     x_BTD, _ = decoder_hidden(params, tokens_BT1[:, :-1], config, key=key, kernels=kernels)
     head_loss = (kernels or TEXTBOOK).unembed_cross_entropy or F.unembed_cross_entropy
     return head_loss(params, x_BTD, tokens_BT1[:, 1:], config)
+
+
+def masked_lm_loss(params: Params, inputs_BT, targets_BT, selected_BT, config, *, key=None,
+                   kernels: Optional[Kernels] = None):
+    """An encoder's training objective: mean cross-entropy of the original ``targets [B, T]`` at
+    the ``selected`` positions of the corrupted ``inputs [B, T]`` (:func:`functional_extras.masked_lm_inputs`)."""
+    x_BTD, _ = decoder_hidden(params, inputs_BT, config, key=key, kernels=kernels)
+    head_loss = (kernels or TEXTBOOK).unembed_cross_entropy or F.unembed_cross_entropy
+    return head_loss(params, x_BTD, targets_BT, config, selected_BT)

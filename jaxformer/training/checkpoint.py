@@ -27,7 +27,7 @@ import numpy as np
 from jaxformer.config import Config, load_config, save_config
 from jaxformer.data.tokenizers import load_tokenizer, save_tokenizer
 from jaxformer.errors import CheckpointError, ConfigError, DataError
-from jaxformer.model.modules import GPT
+from jaxformer.model.modules import model_class
 from jaxformer.runfolder import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
 from jaxformer.version import __version__
 
@@ -199,8 +199,8 @@ def load_run(run_dir, step: Optional[int] = None) -> Run:
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)
     except (ConfigError, DataError) as e:
         raise CheckpointError(f"run folder {str(run_dir)!r}: {e}") from None
-    like = GPT.abstract(config.model).params()
+    like = model_class(config.model).abstract(config.model).params()
     ck = restore_checkpoint(run_dir, step, params_like=like)
-    model = GPT.from_params(config.model, ck["params"])
+    model = model_class(config.model).from_params(config.model, ck["params"])
     return Run(model=model, config=config, tokenizer=tokenizer, step=ck["step"], path=run_dir,
                meta=ck["meta"])

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from jaxformer.config import Config
 from jaxformer.data.batches import TokenData, get_batch, prefetch
 from jaxformer.errors import CheckpointError, ConfigError
-from jaxformer.model.modules import GPT
+from jaxformer.model.modules import model_class
 from jaxformer.runfolder import append_metrics, read_metrics
 from jaxformer.training.checkpoint import checkpoint_steps, restore_checkpoint, save_checkpoint
 from jaxformer.training.init_from import InitSource, load_init_params, open_init_source
@@ -354,7 +354,7 @@ def _finish(out: _Reporter, prog: _Program, config: Config, tokenizer, step: int
         out.say(f"stopped at step {step}; checkpoint saved, continue with resume=True")
     if out.records:
         out.figure()
-    return TrainResult(model=GPT.from_params(config.model, prog.params), params=prog.params,
+    return TrainResult(model=model_class(config.model).from_params(config.model, prog.params), params=prog.params,
                        opt_state=prog.opt_state, metrics=out.records, run_dir=out.run_dir, step=step,
                        config=config, tokenizer=tokenizer, interrupted=interrupted,
                        final_val_loss=out.last_val)

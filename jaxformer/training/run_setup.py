@@ -20,10 +20,12 @@ from jaxformer.training.init_from import (InitSource, check_init_compatible, ope
 
 
 def resolve_config(config: Config, tokenizer) -> Config:
-    """``config`` with ``model.vocab_size`` set to the tokenizer's vocabulary size."""
-    if config.model.vocab_size == tokenizer.vocab_size:
+    """``config`` with ``model.vocab_size`` set to the tokenizer's vocabulary size (plus one for an
+    encoder: its last id is the mask token, docs/encoders.md)."""
+    vocab = tokenizer.vocab_size + (not config.model.causal)
+    if config.model.vocab_size == vocab:
         return config
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=vocab))
 
 
 def prepared_config(config: Config, shards: TokenShards) -> Config:

@@ -5,7 +5,8 @@ The train step is one pure function ``(params, opt_state, batch_KBT1, step) -> (
 opt_state, metrics)`` over the plain parameter pytree, jitted with its buffers donated:
 next-token cross-entropy through :func:`functional.decoder`, gradients accumulated over the
 ``K`` micro-batches with a ``lax.scan``, then optax (global-norm clipping, AdamW with a
-weight-decay mask, linear warmup then cosine decay). The dropout key of step ``s`` is
+weight-decay mask, linear warmup then cosine decay); an encoder's masked-LM loss instead, on
+BERT's masking of the batch drawn from ``(seed, s)`` too. The dropout key of step ``s`` is
 ``fold_in(key(seed), s)`` and the batch of step ``s`` is drawn from ``(seed, s)``, so a run
 is a pure function of its config: resuming from a checkpoint reproduces it bit for bit.
 """
@@ -23,10 +24,11 @@ from flax import nnx
 from jaxformer.config import Config, ModelConfig, TrainConfig
 from jaxformer.data.batches import get_batch
 from jaxformer.errors import JaxformerError
+from jaxformer.functional_extras import mask_token_id, masked_lm_inputs
 from jaxformer.model.kernels import Kernels, platform_of
 from jaxformer.model.kernels import resolve as resolve_kernels
 from jaxformer.model import stack
-from jaxformer.model.modules import GPT
+from jaxformer.model.modules import model_class
 
 DECAYED_NAMES = ("wq", "wk", "wv", "wo", "w_in", "w_out", "w_gate", "lm_head")
 EMBEDDING_NAMES = ("tok_emb", "pos_emb")
@@ -84,20 +86,42 @@ def step_kernels(model_config: ModelConfig, where=None) -> Kernels:
     return resolve_kernels(model_config.kernels, platform_of(where))
 
 
-def loss_fn(params, batch_BT1, model_config: ModelConfig, key=None, kernels: Optional[Kernels] = None):
-    """Mean next-token cross-entropy of ``batch [B, T+1]`` (inputs ``[:, :-1]``, targets
-    ``[:, 1:]``): :func:`functional.next_token_loss`, with ``kernels`` (None = textbook)."""
-    return stack.next_token_loss(params, batch_BT1, model_config, key=key, kernels=kernels)
+def masking_key(seed: int, step, split: str = "train") -> jax.Array:
+    """The key of BERT's masking of step ``step`` (``split="val"``: of evaluation batch ``step``),
+    so a run's masks, like its batches, are a function of ``(seed, step)`` (resume is exact)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), 1 + (split == "val"))
+
+
+def objective_batch(batch_BT1, model_config: ModelConfig, mask_key=None):
+    """What the loss of ``model_config`` takes from a batch ``[..., T+1]``: the batch itself
+    (next-token, a decoder), or for an encoder (masked-LM) ``(inputs, targets, selected)``
+    ``[..., T]``: the first T tokens corrupted by :func:`functional_extras.masked_lm_inputs` with ``mask_key``."""
+    if model_config.causal:
+        return batch_BT1
+    targets = batch_BT1[..., :-1]
+    inputs, selected = masked_lm_inputs(targets, mask_key, mask_id=mask_token_id(model_config))
+    return inputs, targets, selected
+
+
+def loss_fn(params, batch, model_config: ModelConfig, key=None, kernels: Optional[Kernels] = None):
+    """The objective of ``model_config``, with ``kernels`` (None = textbook). A decoder: mean
+    next-token cross-entropy of ``batch [B, T+1]`` (inputs ``[:, :-1]``, targets ``[:, 1:]``,
+    :func:`functional.next_token_loss`); an encoder: the masked-LM loss of ``batch = (inputs,
+    targets, selected)`` (:func:`objective_batch`, :func:`stack.masked_lm_loss`)."""
+    if model_config.causal:
+        return stack.next_token_loss(params, batch, model_config, key=key, kernels=kernels)
+    return stack.masked_lm_loss(params, *batch, model_config, key=key, kernels=kernels)
 
 
 def accumulate_gradients(params, batch_KBT1, model_config: ModelConfig, key=None,
                          kernels: Optional[Kernels] = None):
     """Mean loss and gradient over ``K`` micro-batches ``[K, B/K, T+1]`` (a ``lax.scan``, so
-    only one micro-batch's activations are live). Equals one batch of ``B`` rows."""
+    only one micro-batch's activations are live). Equals one batch of ``B`` rows. An encoder's
+    batch is the tuple of :func:`objective_batch` with the leading ``[K]`` axis."""
     grad_fn = jax.value_and_grad(loss_fn)
-    K = batch_KBT1.shape[0]
+    K = jax.tree.leaves(batch_KBT1)[0].shape[0]
     if K == 1:
-        return grad_fn(params, batch_KBT1[0], model_config, key, kernels)
+        return grad_fn(params, jax.tree.map(lambda a: a[0], batch_KBT1), model_config, key, kernels)
 
     def body(carry, xs):
         loss_sum, grad_sum = carry
@@ -126,7 +150,8 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation, *, 
 
     def step_fn(params, opt_state, batch_KBT1, step):
         key = jax.random.fold_in(jax.random.key(tc.seed), step) if use_dropout else None
-        loss, grads = accumulate_gradients(params, batch_KBT1, mc, key, kernels)
+        batch = objective_batch(batch_KBT1, mc, None if mc.causal else masking_key(tc.seed, step))
+        loss, grads = accumulate_gradients(params, batch, mc, key, kernels)
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -142,20 +167,22 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation, *, 
 
 
 def make_eval_step(model_config: ModelConfig, kernels: Optional[Kernels] = None):
-    """Jitted ``eval_step(params, batch_BT1) -> mean loss`` (no dropout; ``kernels`` default:
-    :func:`step_kernels` on the default device)."""
+    """Jitted ``eval_step(params, batch_BT1, mask_key) -> mean loss`` (no dropout; ``mask_key``:
+    an encoder's masking, ignored by a decoder; ``kernels`` default: :func:`step_kernels` on
+    the default device)."""
     kernels = step_kernels(model_config) if kernels is None else kernels
-    return jax.jit(lambda params, batch_BT1: loss_fn(params, batch_BT1, model_config, None, kernels))
+    return jax.jit(lambda params, batch_BT1, mask_key: loss_fn(
+        params, objective_batch(batch_BT1, model_config, mask_key), model_config, None, kernels))
 
 
 def evaluate(params, model_config: ModelConfig, ids: np.ndarray, *, batch_size: int, steps: int,
              seed: int = 0, split: str = "val", eval_step=None) -> float:
     """Mean loss over ``steps`` batches ``[B, T+1]`` (``T = model_config.max_len``) of
-    ``ids``; batch ``i`` is drawn from ``(seed, split, i)``, so every evaluation of a run sees
-    the same batches."""
+    ``ids``; batch ``i`` is drawn from ``(seed, split, i)`` (an encoder's masks too), so every
+    evaluation of a run sees the same batches: next-token loss, or masked-LM loss for an encoder."""
     eval_step = eval_step or make_eval_step(model_config)
-    losses = [eval_step(params, get_batch(ids, batch_size, model_config.max_len, seed=seed,
-                                          step=i, split=split)) for i in range(steps)]
+    losses = [eval_step(params, get_batch(ids, batch_size, model_config.max_len, seed=seed, step=i, split=split),
+                        masking_key(seed, i, "val")) for i in range(steps)]
     return float(jnp.mean(jnp.stack(losses)))
 
 
@@ -187,7 +214,7 @@ def fresh_params(model_config: ModelConfig, seed: int) -> dict:
     """A random init of ``model_config`` from ``seed`` as a plain nested dict: the function
     that :func:`init_params` (one device) and :func:`jaxformer.training.parallel.init_sharded` (a
     mesh, each device computing only its shards) both compile, so they agree exactly."""
-    return GPT(model_config, rngs=nnx.Rngs(seed)).params()
+    return model_class(model_config)(model_config, rngs=nnx.Rngs(seed)).params()
 
 
 _init_params = jax.jit(fresh_params, static_argnums=(0, 1))
@@ -201,4 +228,4 @@ def init_params(config: Config):
 
 def abstract_params(config: Config):
     """The parameters' structure as ``jax.ShapeDtypeStruct`` leaves: nothing computed."""
-    return GPT.abstract(config.model).params()
+    return model_class(config.model).abstract(config.model).params()

@@ -7,6 +7,7 @@ COMMANDS = {
     "info": "jaxformer.cli.commands.info",
     "sample": "jaxformer.cli.commands.sample",
     "score": "jaxformer.cli.commands.score",
+    "fill": "jaxformer.cli.commands.fill",
     "train": "jaxformer.cli.commands.train",
     "bench": "jaxformer.cli.commands.bench",
     "convert": "jaxformer.cli.commands.convert",
