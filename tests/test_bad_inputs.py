@@ -118,7 +118,8 @@ def test_checkpoint_shapes_disagree_with_config(tmp_path, run_dir):
 
 
 # ----------------------------------------------------------------------------- CLI: one line, exit 2
-@pytest.mark.parametrize("argv,needle", [
+#: (argv, a piece of the one-line message); also timed by benchmarks/cli_errors.py.
+CLI_BAD_INPUTS = [
     (["train", "--set", "model.n_head=3"], "model.d_model=128 is not divisible by model.n_head=3"),
     (["train", "--set", "train.lr=-1"], "train.lr=-1"),
     (["train", "--config", "/nonexistent.yaml"], "does not exist"),
@@ -126,7 +127,12 @@ def test_checkpoint_shapes_disagree_with_config(tmp_path, run_dir):
     (["sample", "--run", "/nonexistent-run"], "is not a run folder"),
     (["bench", "--set", "model.nlayer=2"], "did you mean 'n_layer'"),
     (["info", "--set", "model.positions=alibi"], "model.positions='alibi'"),
-])
+    (["train", "--set", "train.max_steps", "10"],
+     "--set train.max_steps has no '=': it takes KEY=VALUE as one argument: write --set train.max_steps=10"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", CLI_BAD_INPUTS)
 def test_cli_errors_are_one_line_exit_2(argv, needle, capsys, tmp_path):
     if argv[0] == "train":
         argv = argv + ["--out", str(tmp_path / "out"), "--no-progress"]
@@ -138,8 +144,10 @@ def test_cli_errors_are_one_line_exit_2(argv, needle, capsys, tmp_path):
 
 def test_cli_train_into_an_existing_run_names_the_flags(run_dir, capsys):
     assert main(["train", "--out", str(run_dir), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("pass --resume to continue it or choose another --out"), err
+    assert out == ""   # refused before the banner of the config it would have trained
 
 
 @pytest.mark.parametrize("extra,needle", [

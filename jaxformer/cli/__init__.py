@@ -49,11 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bare_set(argv: Sequence[str]) -> Optional[str]:
+    """The one-line error for ``--set KEY VALUE`` written without ``=`` (argparse would only say
+    ``unrecognized arguments: VALUE``), or None."""
+    for i, arg in enumerate(argv[:-1]):
+        key = argv[i + 1]
+        if arg == "--set" and "=" not in key and not key.startswith("-"):
+            value = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("-") else None
+            hint = f": write --set {key}={value}" if value is not None else " (e.g. --set model.n_layer=2)"
+            return f"--set {key} has no '=': it takes KEY=VALUE as one argument{hint}"
+    return None
+
+
 #: Exit status after Ctrl-C, wherever it lands (the shell's 128 + SIGINT).
 INTERRUPTED = 130
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    message = bare_set(argv)
+    if message is not None:
+        command = next((a for a in argv if a in COMMANDS), None)
+        print(f"jaxformer{' ' + command if command else ''}: error: {message}", file=sys.stderr)
+        return 2
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

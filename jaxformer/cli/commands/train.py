@@ -111,10 +111,9 @@ def _finished(out, config) -> Optional[int]:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from jaxformer.errors import ConfigError, JaxformerError
+    from jaxformer.errors import ConfigError, JaxformerError, RunExistsError
     from jaxformer.training.distributed import maybe_initialize_distributed
 
-    maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
     _check_flags(args)
     try:
         config, path = _config(args)
@@ -123,6 +122,11 @@ def run(args) -> int:
         raise
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR, the run folder to continue")
+    if not args.resume and args.out and _has_checkpoints(args.out):   # refused before any banner
+        e = RunExistsError(args.out)
+        e.args = (in_flags(str(e)),)
+        raise e
+    maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
     stem = pathlib.PurePath(args.init_from).name + "-ft" if args.init_from and not args.config \
         else pathlib.PurePath(path).stem
     out = args.out or f"runs/{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -155,6 +159,14 @@ def run(args) -> int:
         return INTERRUPTED
     print(summary(out, "finished", result.step, result.step, count_params(result.params)))
     return _print_sample(args, config, result, out) if config.train.sample_tokens > 0 else 0
+
+
+def _has_checkpoints(out) -> bool:
+    """Whether run folder ``out`` holds a checkpoint step folder (a file-system look, no JAX)."""
+    from jaxformer.runfolder import CHECKPOINT_DIR
+
+    folder = pathlib.Path(out) / CHECKPOINT_DIR
+    return folder.is_dir() and any(p.is_dir() and p.name.isdigit() for p in folder.iterdir())
 
 
 def _check_flags(args) -> None:
