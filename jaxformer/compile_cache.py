@@ -32,7 +32,6 @@ import pathlib
 import sys
 from typing import Mapping, Optional, Union
 
-import jax
 
 #: The environment variable that moves the cache, or switches it off.
 ENV = "JAXFORMER_CACHE_DIR"
@@ -72,6 +71,12 @@ def _warn_once(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+_JAX_FLAG = {"dir": "jax_compilation_cache_dir",
+             "min_compile_time_secs": "jax_persistent_cache_min_compile_time_secs",
+             "min_entry_size_bytes": "jax_persistent_cache_min_entry_size_bytes"}
+_JAX_ENV = {key: flag.upper() for key, flag in _JAX_FLAG.items()}
+
+
 def enable(path: Union[str, os.PathLike, None] = None) -> Optional[pathlib.Path]:
     """Switch on JAX's persistent compilation cache in ``path`` (default: :func:`cache_dir`),
     keeping every program however small or quick to compile. Returns the folder in use, or None
@@ -85,7 +90,8 @@ def enable(path: Union[str, os.PathLike, None] = None) -> Optional[pathlib.Path]
     - Call it before the first compilation: JAX opens the cache once, at its first compile
       after a directory is set, and keeps it for the life of the process.
     """
-    configured = jax.config.jax_compilation_cache_dir
+    jax = sys.modules.get("jax")  # not imported here: the command line checks its input first
+    configured = jax.config.jax_compilation_cache_dir if jax else os.environ.get(_JAX_ENV["dir"])
     if configured:
         return pathlib.Path(configured)
     try:
@@ -100,9 +106,13 @@ def enable(path: Union[str, os.PathLike, None] = None) -> Optional[pathlib.Path]
         _warn_once(f"jaxformer: compilation cache off: cannot use {target} ({problem}); "
                    f"set {ENV} to a writable folder, or to 'off' to silence this")
         return None
-    jax.config.update("jax_compilation_cache_dir", str(target))
     # Every program is worth keeping: most of a small model's compiles take well under JAX's
-    # default one second, and on CPU they are most of a command's wall time.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)   # -1: no size floor, no override
+    # default one second, and on CPU they are most of a command's wall time. Entry size -1: no
+    # size floor. Before JAX starts, its environment variables say the same (read at import).
+    settings = {"dir": str(target), "min_compile_time_secs": 0.0, "min_entry_size_bytes": -1}
+    for key, value in settings.items():
+        if jax:
+            jax.config.update(_JAX_FLAG[key], value)
+        else:
+            os.environ[_JAX_ENV[key]] = str(value)
     return target

@@ -10,6 +10,8 @@ import json
 import os
 import pathlib
 
+from jaxformer.errors import CheckpointError
+
 CONFIG_FILE = "config.yaml"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
@@ -43,3 +45,13 @@ def truncate_metrics(run_dir, step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(tmp, path)
+
+
+def check_run_folder(run_dir) -> pathlib.Path:
+    """``run_dir`` as a Path when it holds a run's ``config.yaml`` and ``tokenizer.json``;
+    CheckpointError naming the missing file otherwise."""
+    run_dir = pathlib.Path(run_dir)
+    for name in (CONFIG_FILE, TOKENIZER_FILE):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {name})")
+    return run_dir

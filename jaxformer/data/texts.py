@@ -76,6 +76,15 @@ def _read_text_file(p: pathlib.Path) -> str:
         raise DataError(f"data file {str(p)!r} cannot be read: {e.strerror}") from None
 
 
+def check_corpus_path(path: str) -> pathlib.Path:
+    """``path`` as a Path when it names a file or folder (DataError otherwise); the names
+    ``"pydoc"`` and ``"shakespeare"`` pass as they are."""
+    p = pathlib.Path(path).expanduser()
+    if path in ("pydoc", "shakespeare") or p.is_file() or p.is_dir():
+        return p
+    raise DataError(f"data.path={path!r} is not a file, a folder, 'pydoc' or 'shakespeare'")
+
+
 def load_corpus(path: str) -> str:
     """The text of ``path``: ``"pydoc"``, ``"shakespeare"``, a file, or a folder (its text
     files, recursively, in sorted order, joined by blank lines)."""
@@ -83,7 +92,7 @@ def load_corpus(path: str) -> str:
         return pydoc_text()
     if path == "shakespeare":
         return shakespeare_text()
-    p = pathlib.Path(path).expanduser()
+    p = check_corpus_path(path)
     if p.is_file():
         text = _read_text_file(p)
     elif p.is_dir():
@@ -91,8 +100,6 @@ def load_corpus(path: str) -> str:
         if not files:
             raise DataError(f"data.path={path!r} is a folder without text files ({', '.join(TEXT_SUFFIXES)})")
         text = "\n\n".join(_read_text_file(f) for f in files)
-    else:
-        raise DataError(f"data.path={path!r} is not a file, a folder, 'pydoc' or 'shakespeare'")
     if not text.strip():
         raise DataError(f"data.path={path!r} holds no text")
     return text

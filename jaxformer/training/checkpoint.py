@@ -28,7 +28,7 @@ from jaxformer.config import Config, load_config, save_config
 from jaxformer.data.tokenizers import load_tokenizer, save_tokenizer
 from jaxformer.errors import CheckpointError, ConfigError, DataError
 from jaxformer.model.modules import model_class
-from jaxformer.runfolder import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
+from jaxformer.runfolder import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE, check_run_folder
 from jaxformer.version import __version__
 
 #: Checkpoint layout version: bump when the parameter tree or the saved items change.
@@ -189,11 +189,7 @@ def load_run(run_dir, step: Optional[int] = None) -> Run:
     """Load a run folder: config, tokenizer and a ``GPT`` with checkpoint ``step``'s
     parameters (default: the latest). Raises :class:`CheckpointError` when ``run_dir`` is
     not a run folder or has no complete checkpoint."""
-    run_dir = pathlib.Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {CONFIG_FILE})")
-    if not (run_dir / TOKENIZER_FILE).is_file():
-        raise CheckpointError(f"{str(run_dir)!r} is not a run folder (no {TOKENIZER_FILE})")
+    run_dir = check_run_folder(run_dir)
     try:
         config = load_config(run_dir / CONFIG_FILE)
         tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 OVERRIDES = ["model.vocab_size=64", "model.d_model=32", "model.n_head=4", "model.n_layer=2", "model.d_ff=64",
-             "model.max_len=16", "train.batch_size=8", "train.grad_accum=2", "train.warmup_steps=1",
+             "model.max_len=16", "model.init_std=0.02", "train.batch_size=8", "train.grad_accum=2", "train.warmup_steps=1",
              "train.max_steps=10", "train.lr=0.01", "mesh.data=2", "mesh.fsdp=2"]
 IDS = np.random.default_rng(0).integers(0, 64, 2000).astype(np.uint16)
 STEPS, B, K, T = 3, 8, 2, 16

@@ -16,7 +16,7 @@ assert jax.device_count() == 8, jax.devices()
 STEPS = 3
 cfg = load_config(None, ["model.vocab_size=64", "model.d_model=32", "model.n_head=4",
                          "model.n_kv_head=2", "model.n_layer=2", "model.d_ff=64", "model.max_len=16",
-                         "model.tie_embeddings=false", "train.batch_size=16", "train.grad_accum=2",
+                         "model.tie_embeddings=false", "model.init_std=0.02", "train.batch_size=16", "train.grad_accum=2",
                          "train.warmup_steps=1", "train.max_steps=10", "train.lr=0.01"])
 rng = np.random.default_rng(0)
 batches = [rng.integers(0, 64, (16, 17), dtype=np.int32) for _ in range(STEPS)]

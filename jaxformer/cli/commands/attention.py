@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from jaxformer.runfolder import check_run_folder
+
+    check_run_folder(args.run)   # a wrong folder answers before JAX starts
     from jaxformer.viz import attention_figures
     from jaxformer.training.checkpoint import load_run
     from jaxformer.errors import ConfigError, DataError

@@ -17,12 +17,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from jaxformer.config import load_config
-    from jaxformer.training.bench import run_benchmark
     from jaxformer.errors import ConfigError
 
     if args.steps < 1:
         raise ConfigError(f"--steps={args.steps} must be >= 1")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)   # bad input answers before JAX starts
+    from jaxformer.training.bench import run_benchmark
+
     r = run_benchmark(cfg, steps=args.steps, decode=not args.no_decode)
     if args.json:
         print(json.dumps(r))

@@ -12,15 +12,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from jaxformer.config import load_config
+
+    cfg = load_config(args.config, args.overrides).model   # bad input answers before JAX starts
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxformer.config import load_config
-    from jaxformer.model.modules import GPT
+    from jaxformer.model.modules import model_class
 
-    cfg = load_config(args.config, args.overrides).model
-    model = GPT(cfg, rngs=nnx.Rngs(0))
+    model = model_class(cfg)(cfg, rngs=nnx.Rngs(0))
     tokens = jnp.zeros((args.batch, cfg.max_len), jnp.int32)
     logits = nnx.jit(lambda m, t: m(t))(model, tokens)
     print(f"parameters: {model.num_params():,} "

@@ -74,6 +74,9 @@ def _check_args(args) -> None:
 
 
 def run(args) -> int:
+    from jaxformer.runfolder import check_run_folder
+
+    check_run_folder(args.run)   # a wrong folder answers before JAX starts
     import jax
 
     from jaxformer.data.tokenizers import encode_plain, end_ids

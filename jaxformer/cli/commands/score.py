@@ -35,6 +35,9 @@ def read_text_file(path: str) -> str:
 
 
 def run(args) -> int:
+    from jaxformer.runfolder import check_run_folder
+
+    check_run_folder(args.run)   # a wrong folder answers before JAX starts
     import json
     import math
 

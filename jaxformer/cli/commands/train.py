@@ -111,8 +111,9 @@ def _finished(out, config) -> Optional[int]:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
+    from jaxformer.data.shards import is_prepared
+    from jaxformer.data.texts import check_corpus_path
     from jaxformer.errors import ConfigError, JaxformerError, RunExistsError
-    from jaxformer.training.distributed import maybe_initialize_distributed
 
     _check_flags(args)
     try:
@@ -126,6 +127,10 @@ def run(args) -> int:
         e = RunExistsError(args.out)
         e.args = (in_flags(str(e)),)
         raise e
+    if not is_prepared(config.data.path):
+        check_corpus_path(config.data.path)   # bad input answers before JAX starts
+    from jaxformer.training.distributed import maybe_initialize_distributed
+
     maybe_initialize_distributed()  # several hosts: JAX_COORDINATOR_ADDRESS etc. are set
     stem = pathlib.PurePath(args.init_from).name + "-ft" if args.init_from and not args.config \
         else pathlib.PurePath(path).stem
