@@ -22,7 +22,8 @@ _HOMES = {
     "Config": "jaxformer.config", "ModelConfig": "jaxformer.config",
     "TrainConfig": "jaxformer.config", "load_config": "jaxformer.config",
     "ConfigError": "jaxformer.errors", "JaxformerError": "jaxformer.errors",
-    "GPT": "jaxformer.model.modules", "count_params": "jaxformer.model.modules",
+    "GPT": "jaxformer.model.modules", "Encoder": "jaxformer.model.modules",
+    "count_params": "jaxformer.model.modules",
     "train": "jaxformer.training.loop", "load_run": "jaxformer.training.checkpoint",
     "generate": "jaxformer.infer.generation", "generate_stream": "jaxformer.infer.generation",
     "score": "jaxformer.infer.scoring",
@@ -34,7 +35,7 @@ _HOMES = {
 __all__ = [
     "functional",
     "Config", "ModelConfig", "TrainConfig", "load_config", "ConfigError", "JaxformerError",
-    "GPT", "count_params",
+    "GPT", "Encoder", "count_params",
     "train", "load_run",
     "generate", "generate_stream", "score",
     "attention_maps", "run_with_cache", "run_with_hooks",
@@ -67,6 +68,6 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from jaxformer.interop.hf_files import load_hf, save_hf  # noqa: F401
     from jaxformer.interp.activations import attention_maps  # noqa: F401
     from jaxformer.interp.hooks import run_with_cache, run_with_hooks  # noqa: F401
-    from jaxformer.model.modules import GPT, count_params  # noqa: F401
+    from jaxformer.model.modules import GPT, Encoder, count_params  # noqa: F401
     from jaxformer.training.checkpoint import load_run  # noqa: F401
     from jaxformer.training.loop import train  # noqa: F401

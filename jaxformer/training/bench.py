@@ -215,6 +215,6 @@ def run_benchmark(config, *, steps: int = 10, decode: bool = True,
     result["peak_flops"] = peak
     result["mfu"] = result["model_flops_per_step"] / (result["step_ms"] / 1e3) / peak
     result["peak_memory_mb"] = peak_memory_mb()
-    result["decode_tokens_per_s"] = bench_decode(config) if decode else None
+    result["decode_tokens_per_s"] = bench_decode(config) if decode and config.model.causal else None  # encoders: none
     result["config"] = config.to_dict()
     return result

@@ -35,7 +35,7 @@ from jaxformer.config import (Config, ModelConfig, apply_overrides, config_from_
                               load_config, read_yaml)
 from jaxformer.data.tokenizers import load_tokenizer
 from jaxformer.errors import CheckpointError, ConfigError, DataError
-from jaxformer.model.modules import GPT
+from jaxformer.model.modules import model_class
 from jaxformer.runfolder import CONFIG_FILE, INIT_FILE, TOKENIZER_FILE
 from jaxformer.training.checkpoint import checkpoint_steps, restore_checkpoint
 
@@ -86,7 +86,7 @@ def open_init_source(run_dir, step: Optional[int] = None) -> InitSource:
 
 
 def _shapes(model: ModelConfig) -> dict:
-    flat = jax.tree_util.tree_flatten_with_path(GPT.abstract(model).params())[0]
+    flat = jax.tree_util.tree_flatten_with_path(model_class(model).abstract(model).params())[0]
     return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat}
 
 
@@ -158,7 +158,7 @@ def load_init_params(source: InitSource, model: ModelConfig, shardings=None) -> 
     """``source``'s checkpoint parameters, in ``model.param_dtype`` (shapes checked).
     ``shardings``: a tree of shardings like the parameters; each device then reads only its
     shards (a run on a mesh), else the whole tree lands on the default device."""
-    like = GPT.abstract(source.config.model).params()
+    like = model_class(source.config.model).abstract(source.config.model).params()
     if shardings is not None:
         like = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), like, shardings)
     params = restore_checkpoint(source.run, source.step, params_like=like)["params"]

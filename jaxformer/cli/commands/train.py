@@ -163,7 +163,7 @@ def run(args) -> int:
         print(f"resume with: jaxformer train --out {out} --resume")
         return INTERRUPTED
     print(summary(out, "finished", result.step, result.step, count_params(result.params)))
-    return _print_sample(args, config, result, out) if config.train.sample_tokens > 0 else 0
+    return _print_sample(args, config, result, out) if config.train.sample_tokens > 0 and config.model.causal else 0
 
 
 def _has_checkpoints(out) -> bool:
