@@ -13,7 +13,7 @@ from jaxformer_testing import reference as ref
 from jaxformer_testing.tolerances import F32_VS_F64
 from jaxformer import GPT, ModelConfig, generate, interp, attention_maps
 from jaxformer import functional as F
-from jaxformer.errors import ConfigError, GenerationError
+from jaxformer.errors import ConfigError, DataError, GenerationError
 from jaxformer.infer.scoring import score
 from jaxformer.model import stack
 from jaxformer.model.modules import Encoder, model_class
@@ -98,6 +98,8 @@ def test_padding_keys_get_no_weight_and_padded_batch_equals_each_alone():
     for b, r in enumerate(rows):
         alone = np.asarray(model(jnp.asarray(r[None])))[0]
         np.testing.assert_allclose(got[b, :len(r)], alone, atol=2e-6, rtol=1e-5)
+    with pytest.raises(DataError, match=r"attention_mask has shape \(2, 6\): it must be the tokens' shape \(2, 7\)"):
+        model(jnp.asarray(padded), attention_mask=mask[:, :6])
     _, aux = stack.decoder(model.params(), jnp.asarray(padded), CFG, key_mask_BS=jnp.asarray(mask), capture=True)
     w = np.asarray(aux["weights"])                                 # [L, B, H, T, S]
     assert np.all(w[:, 1, :, :, 4:] == 0.0)

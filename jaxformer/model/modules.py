@@ -28,7 +28,7 @@ from flax import nnx
 
 from jaxformer import functional as F
 from jaxformer.config import ModelConfig
-from jaxformer.errors import ConfigError, JaxformerError
+from jaxformer.errors import ConfigError, DataError, JaxformerError
 from jaxformer.model import stack
 
 
@@ -265,6 +265,9 @@ class Encoder(Transformer):
         False = padding) keeps padding keys out of every token's attention (the padded rows'
         own logits mean nothing); ``key`` enables dropout (training)."""
         key_mask = None if attention_mask is None else jnp.asarray(attention_mask, bool)
+        if key_mask is not None and key_mask.shape != jnp.shape(tokens_BT):
+            raise DataError(f"attention_mask has shape {key_mask.shape}: it must be the tokens' shape "
+                            f"{tuple(jnp.shape(tokens_BT))} (True = real token, False = padding)")
         logits, _ = stack.decoder(self.params(), tokens_BT, self.config, key_mask_BS=key_mask, key=key)
         return logits
 
