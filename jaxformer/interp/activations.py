@@ -56,7 +56,8 @@ def attention_maps_fn(params, tokens_BT, config):
 
     ``jax.vmap`` over the examples of a single-example forward pass, so one compiled
     call serves the whole batch (and each example is computed exactly as it would be
-    alone). Right-padding is harmless: with a causal mask no real token sees it.
+    alone). Right-padding is harmless to a decoder (no real token sees it); an encoder's
+    tokens see every position, padding included (run padded texts one by one).
     """
     return jax.vmap(lambda t: _weights_one(params, t, config))(tokens_BT)
 
@@ -64,7 +65,8 @@ def attention_maps_fn(params, tokens_BT, config):
 def attention_maps(model, tokens_BT) -> jax.Array:
     """Attention weights of every layer and head: ``tokens [B, T]`` -> ``[B, L, H, T, T]``.
 
-    Rows sum to 1; entries above the diagonal (future keys) are exactly 0.
+    Rows sum to 1; for a decoder, entries above the diagonal (future keys) are exactly 0; an
+    encoder's (``config.causal`` false) maps are full.
     Raises :class:`DataError` for tokens of the wrong shape, out-of-vocabulary ids or
     more than ``max_len`` tokens.
     """
