@@ -129,3 +129,12 @@ def test_fill_command_prints_candidates_and_errors_in_one_line(full_run):
         "jaxformer fill: error: text has no [MASK]: put [MASK] where the model should fill in a token"]
     r = subprocess.run([sys.executable, "-m", "jaxformer", "sample", "--run", run], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "jaxformer fill" in r.stderr
+
+
+def test_attention_command_draws_an_encoders_full_maps(full_run, tmp_path):
+    run = str(full_run.run_dir)
+    for out in ("maps.png", "maps.html"):
+        r = subprocess.run([sys.executable, "-m", "jaxformer", "attention", "--run", run, "--text", "def f(x):",
+                            "--out", str(tmp_path / out)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / out).stat().st_size > 1000
