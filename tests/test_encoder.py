@@ -11,7 +11,7 @@ from flax import nnx
 from conftest import randomize
 from jaxformer_testing import reference as ref
 from jaxformer_testing.tolerances import F32_VS_F64
-from jaxformer import GPT, ModelConfig, generate, interp, attention_maps
+from jaxformer import GPT, ModelConfig, attention_maps, generate, interp, save_hf
 from jaxformer import functional as F
 from jaxformer.errors import ConfigError, DataError, GenerationError
 from jaxformer.infer.scoring import score
@@ -119,6 +119,11 @@ def test_class_names_do_not_lie_and_encoders_refuse_to_generate():
         score(model, [1, 2, 3])
     with pytest.raises(ConfigError, match="model.sliding_window=4 needs model.causal=true"):
         dataclasses.replace(CFG, sliding_window=4)
+
+
+def test_an_encoder_is_not_exported_as_a_decoder(tmp_path):
+    with pytest.raises(ConfigError, match="model.causal=False cannot be exported"):
+        save_hf(encoder(), tmp_path / "hf")
 
 
 # ----------------------------------------------------------------------------- interp identities

@@ -154,6 +154,8 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None, *, architecture: Opt
         raise ConfigError(f"dtype={dtype!r} is not one of 'float32', 'bfloat16'")
     if config.attn_only:
         raise ConfigError("model.attn_only=True cannot be exported: no Hugging Face architecture drops the MLP")
+    if not config.causal:
+        raise ConfigError("model.causal=False cannot be exported: the architectures written here are decoders")
     hf_config = hf_config_for(config, architecture)
     arch = hf_config["architectures"][0]
     hf_config["dtype"] = dtype
