@@ -200,3 +200,15 @@ def check_prompts(prompt_tokens, V: int) -> list:
             if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < V:
                 raise GenerationError(f"prompt {b} has token id {t!r}; ids must be integers in [0, {V})")
     return [[int(t) for t in p] for p in prompts]
+
+
+def repeating_cycle(ids, *, max_period: int = 8, min_repeats: int = 3) -> Optional[int]:
+    """The period of a cycle the sequence ends in (its last ``period`` tokens repeated at
+    least ``min_repeats`` times back to back), shortest first, or None. Greedy decoding of a
+    small model falls into such loops ("the the the"); a repetition penalty breaks them."""
+    ids = [int(t) for t in ids]
+    for period in range(1, max_period + 1):
+        need = period * min_repeats
+        if len(ids) >= need and all(ids[-1 - i] == ids[-1 - i - period] for i in range(need - period)):
+            return period
+    return None

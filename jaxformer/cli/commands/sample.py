@@ -36,6 +36,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stream every N tokens (each chunk is one compiled decode loop)")
 
 
+def unfinished_utf8(ids) -> int:
+    """How many trailing ids of a byte-level sample begin a UTF-8 character the sample did not
+    finish (a lead byte followed by fewer continuation bytes than it announces), else 0."""
+    for back in range(1, min(4, len(ids)) + 1):
+        b = int(ids[-back])
+        if b < 0x80 or b > 0xF7:                  # ASCII, or not a byte that starts a character
+            return 0
+        if b >= 0xC0:                             # a lead byte: how long its character is
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return back if back < need else 0
+    return 0
+
+
+def finished_text(tok, text_of, seq) -> str:
+    """The text of ``seq`` without a character the sample stopped in the middle of (byte-level
+    tokenizers cut UTF-8 anywhere; the decoder would show U+FFFD for it)."""
+    from jaxformer.data.tokenizers import ByteTokenizer
+
+    cut = unfinished_utf8(seq) if isinstance(tok, ByteTokenizer) else 0
+    return text_of(list(seq)[:len(seq) - cut])
+
+
 def _prompt_ids(run, text: str) -> list:
     """The prompt's ids as the model reads them (a converted model's BOS first); an empty
     prompt starts from ``start_ids`` (the BOS when there is one)."""
@@ -101,11 +123,10 @@ def run(args) -> int:
     if args.json:
         out = generate(r.model, prompts, return_logprobs=args.logprobs, top_n=args.top_n, **kw)
         _print_json(args, r, ids, kw, out, text_of)
-        return 0
+        return _loop_hint(args, out.sequences)
     it = generate_stream(r.model, prompts, chunk_size=args.chunk, **kw)
     if args.num_samples == 1:
-        _stream_one(it, args.prompt, text_of)
-        return 0
+        return _loop_hint(args, [_stream_one(it, args.prompt, text_of, tok)])
     while True:
         try:
             next(it)
@@ -114,8 +135,8 @@ def run(args) -> int:
             break
     for b, seq in enumerate(out.sequences):
         print(f"--- sample {b + 1} of {args.num_samples} ---")
-        print(args.prompt + text_of(seq))
-    return 0
+        print(args.prompt + finished_text(tok, text_of, seq))
+    return _loop_hint(args, out.sequences)
 
 
 def _print_json(args, r, ids: list, kw: dict, out, text_of) -> None:
@@ -125,7 +146,7 @@ def _print_json(args, r, ids: list, kw: dict, out, text_of) -> None:
 
     tok, samples = r.tokenizer, []
     for b, seq in enumerate(out.sequences):
-        s = {"text": text_of(seq), "token_ids": seq, "stopped": bool(out.stopped[b])}
+        s = {"text": finished_text(tok, text_of, seq), "token_ids": seq, "stopped": bool(out.stopped[b])}
         if args.logprobs:
             s["logprobs"] = [float(x) for x in out.logprobs[b, :len(seq)]]
         if args.top_n:
@@ -138,22 +159,38 @@ def _print_json(args, r, ids: list, kw: dict, out, text_of) -> None:
                       "samples": samples}, ensure_ascii=False))
 
 
-def _stream_one(it, prompt: str, text_of) -> None:
+def _stream_one(it, prompt: str, text_of, tok) -> list:
     """Print the prompt, then the sample's text as its chunks arrive."""
     import sys
+
+    from jaxformer.data.tokenizers import ByteTokenizer
 
     sys.stdout.write(prompt)
     sys.stdout.flush()
     shown, seq = "", []
     for _, chunk in it:
         seq += [int(t) for t in chunk[0] if t >= 0]
-        text = text_of(seq)
-        # Print only what is new; hold back a trailing replacement character (a multi-byte
-        # character split across tokens) until the next chunk completes it.
-        stable = text[:-1] if text.endswith("\ufffd") else text
+        # Print only what is new; hold back a character split across chunks until it is
+        # complete (byte-level: its bytes; other tokenizers: a trailing replacement character).
+        text = finished_text(tok, text_of, seq)
+        stable = text[:-1] if text.endswith("\ufffd") and not isinstance(tok, ByteTokenizer) else text
         if stable.startswith(shown):
             sys.stdout.write(stable[len(shown):])
             sys.stdout.flush()
             shown = stable
-    final = text_of(seq)
+    final = finished_text(tok, text_of, seq)
     sys.stdout.write((final[len(shown):] if final.startswith(shown) else "") + "\n")
+    return seq
+
+
+def _loop_hint(args, sequences) -> int:
+    """After greedy sampling that ended in a loop, say once (on stderr) which setting avoids it."""
+    import sys
+
+    from jaxformer.infer.sampling import repeating_cycle
+
+    if args.temperature == 0 and not args.repetition_penalty and any(map(repeating_cycle, sequences)):
+        print("jaxformer sample: note: greedy decoding (--temperature 0) is repeating itself; "
+              "--repetition-penalty 1.3 or a temperature such as --temperature 0.8 avoids that",
+              file=sys.stderr)
+    return 0
