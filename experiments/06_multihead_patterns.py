@@ -143,7 +143,8 @@ else:
     d, steps, B = (32, min(args.steps, 40), 16) if small else (64, args.steps, 32)
     cfg = load_config(None, [
         f"model.vocab_size={tok.vocab_size}", f"model.d_model={d}", "model.n_head=4", "model.n_layer=2",
-        f"model.d_ff={4 * d}", f"model.max_len={T}", "model.positions=rope", f"train.batch_size={B}",
+        f"model.d_ff={4 * d}", f"model.max_len={T}", "model.positions=rope", "model.init_std=0.02",
+        f"train.batch_size={B}",
         f"train.max_steps={steps}", "train.lr=1e-3", "train.min_lr=1e-3", "train.warmup_steps=20",
         "train.weight_decay=0.0", f"train.seed={args.seed}"])
     mcfg = cfg.model

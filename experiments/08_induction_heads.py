@@ -102,7 +102,7 @@ d, steps, B = (32, min(args.steps, 30), 16) if small else (64, args.steps, 32)
 cfg = load_config(None, [
     f"model.vocab_size={tok.vocab_size}", f"model.d_model={d}", "model.n_head=4", "model.n_layer=2",
     "model.attn_only=true", f"model.max_len={T}", "model.positions=rope", "model.bias=false",
-    "model.tie_embeddings=false",
+    "model.tie_embeddings=false", "model.init_std=0.02",
     f"train.batch_size={B}", f"train.max_steps={steps}", "train.lr=1e-3", "train.min_lr=1e-3",
     "train.warmup_steps=20", "train.weight_decay=0.0", f"train.seed={args.seed}"])
 mcfg = cfg.model

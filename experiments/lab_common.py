@@ -121,7 +121,7 @@ def tiny_config(small: bool, *, n_layer: int = 2, n_head: int = 4, steps: int = 
         d, T, B = 64, 64, 16
     over = ["model.vocab_size=256", f"model.d_model={d}", f"model.n_head={n_head}",
             f"model.n_layer={n_layer}", f"model.d_ff={4 * d}", f"model.max_len={T}",
-            "model.positions=learned", "data.tokenizer=byte", f"train.batch_size={B}",
+            "model.positions=learned", "model.init_std=0.02", "data.tokenizer=byte", f"train.batch_size={B}",
             f"train.max_steps={steps}", "train.lr=3e-3", "train.min_lr=3e-4",
             f"train.warmup_steps={max(steps // 20, 1)}", f"train.eval_interval={max(steps // 6, 1)}",
             "train.eval_steps=5", f"train.checkpoint_interval={steps}", f"train.log_interval={max(steps // 60, 1)}",

@@ -187,7 +187,7 @@ def test_native_configs_export_to_the_family_they_match(arch, tmp_path):
     from conftest import randomize
     from jaxformer import GPT
     cfg = ModelConfig(**{**dict(vocab_size=V, d_model=48, n_head=4, n_layer=2, d_ff=80, max_len=64, positions="rope",
-                                norm="rmsnorm", activation="swiglu", bias=False), **NATIVE[arch]})
+                                norm="rmsnorm", activation="swiglu", bias=False, init_std=0.02), **NATIVE[arch]})
     model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
     model.load_params(randomize(model.params(), seed=1, scale=0.2))
     save_hf(model, tmp_path)

@@ -173,7 +173,7 @@ def test_sharded_safetensors(small_hf, tmp_path):
 @pytest.mark.parametrize("tied", [True, False])
 def test_round_trip_jaxformer_transformers_jaxformer(tmp_path, tied):
     cfg = ModelConfig(vocab_size=300, d_model=32, n_head=4, n_layer=2, d_ff=72, max_len=48,
-                      norm_eps=1e-5, tie_embeddings=tied)
+                      norm_eps=1e-5, tie_embeddings=tied, init_std=0.02)   # HF files carry no init: 0.02
     model = random_gpt(cfg, seed=3)
     save_hf(model, tmp_path / "exported", architecture="GPT2LMHeadModel")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
