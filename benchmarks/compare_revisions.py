@@ -9,6 +9,8 @@ ratio to the first revision, so drift on a shared machine hits every revision al
         [--set key=value ...] [--rounds 3] [--steps 5]
 
 The config file is read from the current checkout, so every revision runs the same model.
+Each line also names the compiled train step (a hash of its optimized HLO without source
+locations): equal hashes mean the revisions run the same program.
 """
 import argparse
 import json
@@ -21,7 +23,7 @@ import tempfile
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, sys, time
+import hashlib, json, re, sys, time
 import numpy as np
 import jax, jax.numpy as jnp
 import jaxformer
@@ -39,6 +41,7 @@ state = opt.init(params)
 b = np.random.default_rng(0).integers(0, mc.vocab_size, (tc.batch_size, mc.max_len + 1), dtype=np.int32)
 b = jnp.asarray(training.micro_batches(b, tc.grad_accum))
 step = training.make_train_step(cfg, opt).lower(params, state, b, jnp.int32(0)).compile()
+hlo = re.sub(r"metadata=\{[^}]*\}", "", step.as_text())   # source locations differ between checkouts
 for i in range(2):
     params, state, m = step(params, state, b, jnp.int32(i))
 jax.block_until_ready(m["loss"])
@@ -47,7 +50,8 @@ for i in range(steps):
     params, state, m = step(params, state, b, jnp.int32(i))
 jax.block_until_ready(m["loss"])
 print(json.dumps({"ms": (time.perf_counter() - t0) / steps * 1e3, "loss": float(m["loss"]),
-                  "file": jaxformer.__file__}))
+                  "file": jaxformer.__file__, "hlo": hashlib.sha256(hlo.encode()).hexdigest()[:12],
+                  "hlo_lines": hlo.count("\n")}))
 """
 
 
@@ -77,7 +81,8 @@ def main():
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                     assert res["file"].startswith(str(path)), res["file"]
                     best[rev] = min(best[rev], res["ms"])
-                    print(f"round {r + 1} {rev:>12s} {res['ms']:9.1f} ms/step  loss {res['loss']:.5f}", flush=True)
+                    print(f"round {r + 1} {rev:>12s} {res['ms']:9.1f} ms/step  loss {res['loss']:.5f}  "
+                          f"compiled step {res['hlo']} ({res['hlo_lines']} HLO lines)", flush=True)
         finally:
             for path in trees.values():
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
