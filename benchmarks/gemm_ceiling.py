@@ -20,7 +20,6 @@ library's throughput at these shapes.
     python benchmarks/gemm_ceiling.py --config configs/default.yaml --steps 3 [--json out.json]
 """
 import argparse
-import pathlib
 import json
 import time
 
@@ -88,15 +87,11 @@ def best_time(fn, target_s: float = 0.2, rounds: int = 5) -> float:
 
 
 def torch_gpt():
-    """The eager PyTorch GPT the tests check against (``tests/jaxformer_testing/torch_gpt.py``),
-    imported by its file path: tests/ never goes on sys.path."""
-    import importlib.util
+    """The eager PyTorch GPT module (benchmarks/torch_baseline.py, imported here: this script
+    is also imported by path from the tests, where benchmarks/ is not on sys.path)."""
+    from torch_baseline import torch_gpt as load
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "tests" / "jaxformer_testing" / "torch_gpt.py"
-    spec = importlib.util.spec_from_file_location("jaxformer_testing_torch_gpt", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load()
 
 
 def main():

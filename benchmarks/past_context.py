@@ -24,7 +24,6 @@ methods are checked to produce the same tokens as the naive loop.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import json
 import os
 import platform
@@ -75,15 +74,11 @@ def nanogpt(tmodel, prompt, new: int, block_size: int) -> list:
 
 
 def torch_gpt():
-    """The eager PyTorch GPT the tests check against (``tests/jaxformer_testing/torch_gpt.py``),
-    imported by its file path: tests/ never goes on sys.path."""
-    import importlib.util
+    """The eager PyTorch GPT module (benchmarks/torch_baseline.py, imported here: this script
+    is also imported by path from the tests, where benchmarks/ is not on sys.path)."""
+    from torch_baseline import torch_gpt as load
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "tests" / "jaxformer_testing" / "torch_gpt.py"
-    spec = importlib.util.spec_from_file_location("jaxformer_testing_torch_gpt", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load()
 
 
 def main() -> None:
