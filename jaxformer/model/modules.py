@@ -20,6 +20,7 @@ Those attend everywhere unless given a ``mask`` or ``causal=True`` (as ``torch.n
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -52,7 +53,9 @@ def _with_causal(mask, causal: bool, T: int):
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> nnx.Param:
-    return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
+    # The barrier keeps XLA from folding ``std`` into the sampler when the init is compiled as
+    # one program, so the values are bit-identical to drawing and scaling op by op.
+    return nnx.Param(std * jax.lax.optimization_barrier(jax.random.normal(rngs.params(), shape, dtype)))
 
 
 def _const(shape, value: float, dtype) -> nnx.Param:
@@ -194,11 +197,17 @@ class Transformer(ParamsMixin, nnx.Module):
 
     causal: bool = True   # what config.causal the class takes
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, _traced: bool = False):
         c = config
         if c.causal != self.causal:
             raise ConfigError(f"model.causal={c.causal!r} does not fit {type(self).__name__}: build "
                               f"{model_class(c).__name__}(config, rngs=...) (model_class(config) picks the class)")
+        if not _traced:   # the random init as one compiled program, not one per array op
+            built = _built(type(self), c, rngs)
+            for name, value in vars(built).items():
+                if not name.startswith("_"):
+                    setattr(self, name, value)
+            return
         self.config = c
         pdt = jnp.dtype(c.param_dtype)
         self.tok_emb = _normal(rngs, (c.vocab_size, c.d_model), c.init_std, pdt)
@@ -248,8 +257,7 @@ class GPT(Transformer):
 
     def __call__(self, tokens_BT, *, key: Optional[jax.Array] = None):
         """Logits ``[B, T, V]`` (float32). ``key`` enables dropout (training)."""
-        logits, _ = stack.decoder(self.params(), tokens_BT, self.config, key=key)
-        return logits
+        return _logits(self.params(), jnp.asarray(tokens_BT), self.config, key=key)
 
 
 class Encoder(Transformer):
@@ -268,8 +276,22 @@ class Encoder(Transformer):
         if key_mask is not None and key_mask.shape != jnp.shape(tokens_BT):
             raise DataError(f"attention_mask has shape {key_mask.shape}: it must be the tokens' shape "
                             f"{tuple(jnp.shape(tokens_BT))} (True = real token, False = padding)")
-        logits, _ = stack.decoder(self.params(), tokens_BT, self.config, key_mask_BS=key_mask, key=key)
-        return logits
+        return _logits(self.params(), jnp.asarray(tokens_BT), self.config, key_mask, key)
+
+
+@functools.partial(nnx.jit, static_argnums=(0, 1))
+def _built(cls, config: ModelConfig, rngs: nnx.Rngs) -> Transformer:
+    """``cls(config, rngs=rngs)`` built under one ``jit``: the same values as building it op by op
+    (the same random draws from the same keys), compiled once per config instead of once per array
+    op; ``rngs`` advances as it would eagerly."""
+    return cls(config, rngs=rngs, _traced=True)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _logits(params, tokens_BT, config: ModelConfig, key_mask_BS=None, key=None):
+    """The models' forward pass, compiled once per config and shape (an eager call would
+    dispatch and compile every op and the layer scan on each call)."""
+    return stack.decoder(params, tokens_BT, config, key_mask_BS=key_mask_BS, key=key)[0]
 
 
 def model_class(config: ModelConfig) -> type:
