@@ -82,6 +82,10 @@ class ModelConfig:
     attn_only: bool = False             # no MLP: blocks are x + attn(ln1(x)) (TransformerLens attn_only)
     causal: bool = True                 # attention to the past only (decoders); false: everywhere (encoders, docs/encoders.md)
     scale_embeddings: bool = False      # token embeddings times sqrt(d_model) (Gemma)
+    type_vocab_size: int = 0            # token-type (segment) embeddings [n, D] added to the embeddings (BERT); 0: none
+    embed_norm: bool = False            # a norm on the summed embeddings, ln_emb (BERT)
+    position_offset: int = 0            # learned positions start at this row (RoBERTa: 2); the table has max_len + offset rows
+    mlm_head: bool = False              # BERT's masked-LM head: norm(act(x W + b)) before the unembedding, plus a [V] bias
     bias: bool = True
     qkv_bias: Optional[bool] = None     # biases on q/k/v only; default: bias (Qwen2: bias=False, qkv_bias=True)
     tie_embeddings: bool = True
@@ -146,6 +150,8 @@ class ModelConfig:
         _finite_number("model.rope_low_freq_factor", self.rope_low_freq_factor, 0.0, include_min=False)
         _finite_number("model.rope_high_freq_factor", self.rope_high_freq_factor, 0.0, include_min=False)
         _positive_int("model.rope_original_max_len", self.rope_original_max_len)
+        _positive_int("model.type_vocab_size", self.type_vocab_size, 0)
+        _positive_int("model.position_offset", self.position_offset, 0)
         if self.rope_scaling == "llama3":
             _check(self.rope_high_freq_factor > self.rope_low_freq_factor,
                    f"model.rope_high_freq_factor={self.rope_high_freq_factor!r} must be > "
@@ -157,7 +163,7 @@ class ModelConfig:
     def _check_switches(self) -> None:
         """The true/false knobs, with the ``qkv_bias`` default filled in."""
         for name in ("bias", "tie_embeddings", "scan_layers", "qk_norm", "parallel_residual", "attn_only",
-                     "scale_embeddings", "causal"):
+                     "scale_embeddings", "causal", "embed_norm", "mlm_head"):
             _check(isinstance(getattr(self, name), bool),
                    f"model.{name}={getattr(self, name)!r} must be true or false")
         if self.qkv_bias is None:
@@ -184,10 +190,14 @@ class ModelConfig:
         if self.parallel_residual:
             _check(self.norm_position == "pre",
                    f"model.parallel_residual=true needs model.norm_position='pre', not {self.norm_position!r}")
-        if self.positions == "rope":
-            _check(self.rotary_dim >= 2 and self.rotary_dim % 2 == 0,
+        if self.positions == "rope":   # an odd width rotates one more dim, as transformers does
+            _check(self.rotary_dim >= 1 and self.rotary_dim + self.rotary_dim % 2 <= self.head_dim,
                    f"model.head_dim * model.rope_fraction = {self.head_dim} * {self.rope_fraction} rotary dims "
-                   "must be even for rope positions (and >= 2)")
+                   f"must be >= 1, and < head_dim={self.head_dim} when odd (an odd width rotates one more dim)")
+        _check(self.position_offset == 0 or self.positions == "learned",
+               f"model.position_offset={self.position_offset!r} needs model.positions='learned', not {self.positions!r}")
+        _check(not self.mlm_head or self.activation not in ("swiglu", "geglu"),
+               f"model.mlm_head=true needs an ungated model.activation (relu, gelu, gelu_exact), not {self.activation!r}")
         if self.positions == "sinusoidal":
             _check(self.d_model % 2 == 0, f"model.d_model={self.d_model} must be even for sinusoidal positions")
 
@@ -198,7 +208,9 @@ class ModelConfig:
 
     @property
     def rotary_dim(self) -> int:
-        """How many of each head's dims RoPE rotates (``int(head_dim * rope_fraction)``)."""
+        """RoPE's width ``int(head_dim * rope_fraction)``: its frequencies are
+        ``theta^(-2i / rotary_dim)`` for ``i < ceil(rotary_dim / 2)``, so an odd width rotates
+        ``rotary_dim + 1`` dims (GPT-NeoX's ``rotary_pct`` in transformers)."""
         return int(self.head_dim * self.rope_fraction)
 
     @property

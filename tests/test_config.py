@@ -50,7 +50,7 @@ def test_overrides_and_types(tmp_path):
     (dict(vocab_size=0), "vocab_size=0"),
     (dict(dropout=1.0), "dropout=1.0"),
     (dict(dtype="float64"), "dtype='float64'"),
-    (dict(d_model=12, n_head=4, positions="rope"), "must be even for rope"),
+    (dict(d_model=12, n_head=4, positions="rope"), "< head_dim=3 when odd"),
 ])
 def test_bad_model_config(kwargs, needle):
     with pytest.raises(ConfigError, match=None) as e:

@@ -46,6 +46,8 @@ FAMILIES = {   # name -> (config class, kwargs)
     "gemma2": ("Gemma2Config", dict(num_key_value_heads=2, head_dim=16, sliding_window=6, query_pre_attn_scalar=20,
                                     attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
     "neox": ("GPTNeoXConfig", dict(hidden_size=64, rotary_pct=0.25, use_parallel_residual=True)),
+    # int(16 * 0.35) = 5 rotary dims: transformers' frequency table covers 3 pairs, so 6 dims rotate
+    "neox_odd": ("GPTNeoXConfig", dict(hidden_size=64, rotary_pct=0.35, use_parallel_residual=False)),
     "gpt2": ("GPT2Config", dict(n_embd=48, n_layer=2, n_head=4, n_inner=80, n_positions=64)),
 }
 

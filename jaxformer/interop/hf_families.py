@@ -15,7 +15,8 @@ GemmaForCausalLM       Llama with ``norm_offset=1`` (norms apply ``1 + w``), GeG
                        embeddings times ``sqrt(d_model)``, tied head
 Gemma2ForCausalLM      Gemma + ``norm_position="sandwich"``, attention/final logit soft-caps,
                        ``attn_scale = query_pre_attn_scalar ** -0.5``, sliding layers
-GPTNeoXForCausalLM     pre-norm layer norm with biases, partial RoPE (``rope_fraction``),
+GPTNeoXForCausalLM     pre-norm layer norm with biases, partial RoPE (``rope_fraction``; an odd
+                       width rotates one more dim, as transformers does),
                        ``parallel_residual``, erf or tanh GELU
 GPT2LMHeadModel        see ``hf_gpt2.py``
 =====================  ==========================================================================
