@@ -10,7 +10,7 @@ Parameters are nested dicts of arrays (``[L]`` leading every leaf of ``blocks``)
 
     model  {"tok_emb": [V,D], "pos_emb": [max_len,D] (learned), "blocks": {"ln1": norm, "attn": attn,
             "ln2": norm, "mlp": mlp, "ln_attn_out", "ln_mlp_out": norm (sandwich)}, "ln_f": norm,
-            "lm_head": [D,V] (untied)}     (norms only where norm_position puts them; no mlp when attn_only)
+            "lm_head": [D,V] (untied), BERT's "type_emb": [n,D], "ln_emb": norm, "mlm" (functional_extras)}     (norms only where norm_position puts them; no mlp when attn_only)
     norm   {"scale": [D], "bias": [D]}     attn {"wq": [D,H,K], "wk", "wv": [D,G,K], "wo": [H,K,D],
     mlp    {"w_in": [D,F], "w_out": [F,D],       "bq": [H,K], "bk", "bv": [G,K], "bo": [D],
             "b_in": [F], "b_out": [D],           "q_norm", "k_norm": {"scale": [K]}}
@@ -30,9 +30,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxformer.functional_extras import (  # noqa: F401 (rope_frequencies, ...: textbook names too)
-    acc_dtype, apply_rope, attention_only_block, cast_params, gelu_exact, group_heads, grouped_hooks,
-    llama3_rope_scaling, merge_heads, parallel_block, rope_for, rope_frequencies, rope_inv_freq, sandwich_norm,
-    soft_cap, split_heads, sub_hooks, tap)
+    acc_dtype, apply_rope, attention_only_block, cast_params, embed_extras, gelu_exact, group_heads, grouped_hooks,
+    head_transform, llama3_rope_scaling, merge_heads, output_bias, parallel_block, rope_for, rope_frequencies,
+    rope_inv_freq, sandwich_norm, soft_cap, split_heads, sub_hooks, tap)
 
 Params = Mapping[str, Any]
 
@@ -270,19 +270,19 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, key=No
 
 
 # ----------------------------------------------------------------------------- the stack of blocks
-def embed(params: Params, tokens_BT, config, positions_BT, hooks=None):
-    """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus absolute
-    positions (learned or sinusoidal) ``-> [B, T, D]``. ``hooks``: ``hook_embed``, ``hook_pos_embed``."""
+def embed(params: Params, tokens_BT, config, positions_BT, hooks=None, token_types_BT=None):
+    """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus absolute positions (learned,
+    from row ``position_offset``, or sinusoidal), then :func:`embed_extras` (BERT) ``-> [B, T, D]``. Hooks: ``hook_embed``, ``hook_pos_embed``."""
     x = jnp.take(params["tok_emb"], tokens_BT, axis=0)
     if config.scale_embeddings:  # the factor is rounded to the compute dtype, as Gemma does
         x = x * jnp.asarray(math.sqrt(config.d_model), x.dtype)
     x = tap(hooks, "hook_embed", x)
     if config.positions == "learned":
-        x = x + tap(hooks, "hook_pos_embed", jnp.take(params["pos_emb"], positions_BT, axis=0))
+        x = x + tap(hooks, "hook_pos_embed", jnp.take(params["pos_emb"], positions_BT + config.position_offset, axis=0))
     elif config.positions == "sinusoidal":
         x = x + tap(hooks, "hook_pos_embed",
                     sinusoidal_positions(config.max_len, config.d_model)[positions_BT].astype(x.dtype))
-    return x
+    return embed_extras(params, x, config, token_types_BT, norm=norm)
 
 
 def decoder(params: Params, tokens_BT, config, *, key=None, hooks=None):
@@ -317,11 +317,11 @@ def final_norm(params: Params, x_BTD, config, *, ln=layer_norm, hooks=None):
 
 
 def unembed(params: Params, x_BTD, config, hooks=None):
-    """:func:`final_norm`, then ``logits [B, T, V]`` in float32 (tied: the ``[V, D]`` table as stored), capped."""
-    x_BTD = final_norm(params, x_BTD, config, hooks=hooks)
+    """:func:`final_norm` (BERT: :func:`head_transform`), ``logits [B, T, V]`` float32 (tied: ``[V, D]`` as stored), capped."""
+    x_BTD = head_transform(params, final_norm(params, x_BTD, config, hooks=hooks), config, norm=norm, gelu=gelu_tanh)
     eq, w = ("btd,vd->btv", params["tok_emb"]) if config.tie_embeddings else ("btd,dv->btv", params["lm_head"])
     logits = jnp.einsum(eq, x_BTD, w.astype(x_BTD.dtype), preferred_element_type=acc_dtype(x_BTD.dtype))
-    return soft_cap(logits, config.final_softcap)
+    return soft_cap(output_bias(params, logits, config), config.final_softcap)
 
 
 def token_log_probs(logits_BTV, targets_BT):

@@ -6,7 +6,8 @@ soft caps (Gemma 2), rotary positions and their scalings (GPT-NeoX, Llama, Llama
 partial rotary), the exact GELU (GPT-NeoX / Pythia), grouped K/V heads (Llama 2, Mistral),
 and the block layouts beyond pre / post / no norm: sandwich norms (Gemma 2), the parallel
 residual (GPT-NeoX) and attention-only blocks (TransformerLens); BERT's masked-LM corruption
-(encoders, ``config.causal`` false); and the plumbing under
+(encoders, ``config.causal`` false), its token-type embeddings, embedding norm and masked-LM head
+transform; and the plumbing under
 both files (the compute dtype, hook taps, the parameters cast to the compute dtype). Plain
 ``jax.numpy``, like the rest of the textbook; the shape legend is in :mod:`jaxformer.functional`.
 """
@@ -22,7 +23,7 @@ from jax import lax
 __all__ = ["acc_dtype", "tap", "sub_hooks", "cast_params", "soft_cap", "rope_inv_freq", "llama3_rope_scaling",
            "rope_frequencies", "rope_for", "apply_rope", "gelu_exact", "split_heads", "merge_heads", "group_heads",
            "grouped_hooks", "sandwich_norm", "parallel_block", "attention_only_block", "mask_token_id",
-           "masked_lm_inputs"]
+           "masked_lm_inputs", "embed_extras", "head_transform", "output_bias"]
 
 
 # ----------------------------------------------------------------------------- plumbing: compute dtype, hooks
@@ -178,3 +179,32 @@ def masked_lm_inputs(tokens_BT, key, *, mask_id: int, rate: float = 0.15):
     random_BT = jax.random.randint(k_tok, tokens_BT.shape, 0, mask_id, tokens_BT.dtype)
     replaced = jnp.where(how < 0.8, jnp.asarray(mask_id, tokens_BT.dtype), jnp.where(how < 0.9, random_BT, tokens_BT))
     return jnp.where(selected, replaced, tokens_BT), selected
+
+
+def embed_extras(params, x_BTD, config, token_types_BT=None, *, norm):
+    """BERT's additions to the summed embeddings ``x [B, T, D]``: the token-type row of each
+    position (``params["type_emb"] [n, D]``; type 0 everywhere without ``token_types [B, T]``),
+    then the norm ``ln_emb``; ``norm(p, x, kind, eps, offset)`` is the textbook's. A GPT's ``x`` as it is."""
+    if config.type_vocab_size:
+        table = params["type_emb"].astype(x_BTD.dtype)
+        x_BTD = x_BTD + (table[0] if token_types_BT is None else jnp.take(table, token_types_BT, axis=0))
+    if config.embed_norm:
+        x_BTD = norm(params["ln_emb"], x_BTD, config.norm, config.norm_eps, config.norm_offset)
+    return x_BTD
+
+
+def head_transform(params, x_BTD, config, *, norm, gelu):
+    """BERT's masked-LM head before the unembedding, ``norm(act(x W + b))`` (``params["mlm"]``:
+    ``{"w": [D, D], "b": [D], "ln": norm}``; ``act`` is ``config.activation``, ``gelu`` the tanh GELU);
+    ``x`` as it is without ``config.mlm_head``."""
+    if not config.mlm_head:
+        return x_BTD
+    p = params["mlm"]
+    act = {"relu": jax.nn.relu, "gelu_exact": gelu_exact, "gelu": gelu}[config.activation]
+    h = act(jnp.tensordot(x_BTD, p["w"].astype(x_BTD.dtype), axes=1) + p["b"].astype(x_BTD.dtype))
+    return norm(p["ln"], h, config.norm, config.norm_eps, config.norm_offset)
+
+
+def output_bias(params, logits_BTV, config):
+    """The masked-LM head's bias ``params["mlm"]["bias"] [V]`` added to the logits (``config.mlm_head``)."""
+    return logits_BTV + params["mlm"]["bias"].astype(logits_BTV.dtype) if config.mlm_head else logits_BTV

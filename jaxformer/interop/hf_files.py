@@ -26,7 +26,7 @@ from jaxformer.interop.hf_layouts import hf_specs, iter_hf_tensors, layout_for, 
 from jaxformer.interop.hf_tensors import (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, open_tensors,
                                           write_safetensors)  # noqa: F401
 from jaxformer.data.hf_tokenizer import load_hf_tokenizer, resolve_hf_path
-from jaxformer.model.modules import GPT
+from jaxformer.model.modules import model_class
 
 __all__ = ["load_hf", "save_hf", "HFModel", "resolve_hf_path",
            "read_hf_config", "read_hf_state_dict", "load_hf_tokenizer"]
@@ -93,7 +93,7 @@ def load_hf(path_or_name: str | os.PathLike, *, dtype: str = "float32", cache_di
     config = model_config_from_hf_family(hf, arch, param_dtype=dtype, **config_overrides)
     source = open_tensors(folder)
     params = load_params(source, arch, config, dtype)
-    return HFModel(GPT.from_params(config, params), config, load_hf_tokenizer(folder), arch)
+    return HFModel(model_class(config).from_params(config, params), config, load_hf_tokenizer(folder), arch)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -154,9 +154,13 @@ def save_hf(model, path: str | os.PathLike, tokenizer=None, *, architecture: Opt
         raise ConfigError(f"dtype={dtype!r} is not one of 'float32', 'bfloat16'")
     if config.attn_only:
         raise ConfigError("model.attn_only=True cannot be exported: no Hugging Face architecture drops the MLP")
-    if not config.causal:
-        raise ConfigError("model.causal=False cannot be exported: the architectures written here are decoders")
-    hf_config = hf_config_for(config, architecture)
+    try:
+        hf_config = hf_config_for(config, architecture)
+    except ConfigError as e:
+        if config.causal:
+            raise
+        raise ConfigError(f"model.causal=False cannot be exported ({e}; the encoders written here are "
+                          "BertForMaskedLM, RobertaForMaskedLM and XLMRobertaForMaskedLM)") from None
     arch = hf_config["architectures"][0]
     hf_config["dtype"] = dtype
     if arch == GPT2:

@@ -25,7 +25,7 @@ A :class:`Layout` is a list of :class:`Rule` s. A rule ties one or more HF tenso
       layers.i.attention.dense.{weight,bias}            -> wo, bo
       layers.i.mlp.dense_h_to_4h / dense_4h_to_h        -> w_in, b_in / w_out, b_out
       embed_in.weight -> tok_emb; final_layer_norm -> ln_f; embed_out.weight (or lm_head.weight) -> lm_head
-    GPT-2: see hf_gpt2.py (prefix "transformer.")
+    GPT-2: see hf_gpt2.py (prefix "transformer."); BERT, RoBERTa, XLM-R: see hf_bert.py
 
 Buffers older checkpoints carry (``rotary_emb.inv_freq``, GPT-NeoX/GPT-2 ``attention.bias`` /
 ``masked_bias``) are skipped. A tied head (``tie_word_embeddings``) may be absent or present
@@ -40,8 +40,7 @@ holds more than the model plus one leaf.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -49,66 +48,15 @@ import numpy as np
 
 from jaxformer.config import ModelConfig
 from jaxformer.errors import CheckpointError
+from jaxformer.interop.hf_bert import BERT_ARCHITECTURES, bert_layout
 from jaxformer.interop.hf_families import GEMMA2, GPT2, NEOX
+from jaxformer.interop.hf_rules import Layout, Rule  # noqa: F401 (Rule: part of this module's table API)
+from jaxformer.interop.hf_rules import bias_heads as _bias_heads, copy as _copy, heads_in as _heads_in
+from jaxformer.interop.hf_rules import heads_out as _heads_out, linear as _linear, norm_rules as _norm
 from jaxformer.interop.hf_tensors import TensorSource
-from jaxformer.model.modules import GPT
+from jaxformer.model.modules import model_class
 
 __all__ = ["Rule", "Layout", "layout_for", "load_params", "iter_hf_tensors", "hf_specs"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """HF tensors ``hf`` (full names, ``{i}`` = layer) <-> jaxformer leaves ``ours``."""
-    ours: Tuple[str, ...]
-    hf: Tuple[str, ...]
-    load: Callable[..., tuple]
-    save: Callable[..., tuple]
-    rows_axis: Optional[int] = None   # our axis that the HF tensor's rows become (chunked reads)
-
-    @property
-    def stacked(self) -> bool:
-        return self.ours[0].startswith("blocks/")
-
-
-@dataclass
-class Layout:
-    prefix: str                                  # the base model's name prefix
-    rules: List[Rule]
-    skip: Optional[re.Pattern] = None            # buffers to ignore (matched without prefix)
-    head: Optional[str] = None                   # the lm head's name (tied: optional, == embeddings)
-    embeddings: str = ""                         # the token embeddings' name
-    aliases: Dict[str, str] = field(default_factory=dict)   # other names of the same tensor
-
-    def display(self, name: str) -> str:
-        """A name as error messages show it (without the base model's prefix)."""
-        return name[len(self.prefix):] if name.startswith(self.prefix) else name
-
-
-def _copy(ours, hf) -> Rule:
-    return Rule((ours,), (hf,), lambda a: (a,), lambda a: (a,), rows_axis=0)
-
-
-def _linear(ours, hf) -> Rule:           # [out, in] <-> [in, out]
-    return Rule((ours,), (hf,), lambda w: (w.T,), lambda a: (a.T,), rows_axis=1)
-
-
-def _heads_in(ours, hf, n) -> Rule:      # [n*K, D] <-> [D, n, K]
-    return Rule((ours,), (hf,), lambda w: (w.T.reshape(w.shape[1], n, -1),),
-                lambda a: (a.reshape(a.shape[0], -1).T,))
-
-
-def _heads_out(ours, hf, n) -> Rule:     # [D, n*K] <-> [n, K, D]
-    return Rule((ours,), (hf,), lambda w: (w.T.reshape(n, -1, w.shape[0]),),
-                lambda a: (a.reshape(-1, a.shape[-1]).T,))
-
-
-def _bias_heads(ours, hf, n) -> Rule:    # [n*K] <-> [n, K]
-    return Rule((ours,), (hf,), lambda b: (b.reshape(n, -1),), lambda a: (a.reshape(-1),))
-
-
-def _norm(ours, hf, with_bias: bool) -> List[Rule]:
-    rules = [_copy(f"{ours}/scale", f"{hf}.weight")]
-    return rules + ([_copy(f"{ours}/bias", f"{hf}.bias")] if with_bias else [])
 
 
 def _llama_layout(c: ModelConfig, arch: str) -> Layout:
@@ -205,6 +153,8 @@ def layout_for(architecture: str, config: ModelConfig) -> Layout:
         return _gpt2_layout(config)
     if architecture == NEOX:
         return _neox_layout(config)
+    if architecture in BERT_ARCHITECTURES:
+        return bert_layout(config, architecture)
     return _llama_layout(config, architecture)
 
 
@@ -229,7 +179,7 @@ def _unflat(flat: dict) -> dict:
 
 def _our_shapes(config: ModelConfig) -> Dict[str, tuple]:
     """Every leaf of jaxformer's parameter tree for ``config`` with its shape (no memory)."""
-    return {k: tuple(v.shape) for k, v in _flat(GPT.abstract(config).params()).items()}
+    return {k: tuple(v.shape) for k, v in _flat(model_class(config).abstract(config).params()).items()}
 
 
 def _layer_names(rule: Rule, i: int) -> List[str]:
@@ -279,7 +229,7 @@ def _match_names(source: TensorSource, layout: Layout, specs: Dict[str, tuple], 
     def canonical(name):
         for cand in (name, layout.prefix + name):
             cand = layout.aliases.get(cand, cand)
-            if cand in specs or cand == optional_head:
+            if cand in specs or cand == optional_head or cand in layout.duplicates:
                 return cand
         return None
 
@@ -300,7 +250,7 @@ def _match_names(source: TensorSource, layout: Layout, specs: Dict[str, tuple], 
                 ([f"missing tensors: {_listing(missing)}"] if missing else [])
         raise CheckpointError(f"{arch} checkpoint does not match its config.json: " + "; ".join(parts))
     for canon, name in found.items():
-        want = specs.get(canon) or (config.vocab_size, config.d_model)
+        want = specs.get(layout.duplicates.get(canon, canon)) or (config.vocab_size, config.d_model)
         if tuple(source.shapes[name]) != want:
             raise CheckpointError(f"tensor {layout.display(canon)!r} has shape {tuple(source.shapes[name])}, "
                                   f"expected {want} from config.json")
@@ -377,6 +327,9 @@ def load_params(source: TensorSource, architecture: str, config: ModelConfig, dt
         del bufs
     if config.tie_embeddings and layout.head in found:
         _check_tied(source, found[layout.head], found[layout.embeddings])
+    for copy_name, name in layout.duplicates.items():   # e.g. BERT's decoder.bias, tied to the head's bias
+        if copy_name in found and not np.array_equal(source.read(found[copy_name]), source.read(found[name])):
+            raise CheckpointError(f"tensor {copy_name!r} differs from {name!r}, which it is tied to")
     return _unflat(leaves)
 
 

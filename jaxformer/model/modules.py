@@ -185,6 +185,18 @@ class DecoderBlock(ParamsMixin, nnx.Module):
         return F.decoder_block(self.params(), x_BTD, self.config, mask=mask, rope=rope, key=key)
 
 
+class MaskedLMHead(ParamsMixin, nnx.Module):
+    """BERT's masked-LM head parameters (``config.mlm_head``): the transform ``w [D, D]``, ``b [D]``,
+    its norm ``ln`` and the output bias ``bias [V]`` (see :func:`functional_extras.head_transform`)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        pdt = jnp.dtype(config.param_dtype)
+        self.w = _normal(rngs, (config.d_model, config.d_model), config.init_std, pdt)
+        self.b = _const((config.d_model,), 0.0, pdt)
+        self.ln = LayerNorm.of(config)
+        self.bias = _const((config.vocab_size,), 0.0, pdt)
+
+
 class Transformer(ParamsMixin, nnx.Module):
     """What :class:`GPT` and :class:`Encoder` share: the parameters (one layout for both) and how
     they are built, copied and counted. Build one of the two, never this class itself.
@@ -212,7 +224,11 @@ class Transformer(ParamsMixin, nnx.Module):
         pdt = jnp.dtype(c.param_dtype)
         self.tok_emb = _normal(rngs, (c.vocab_size, c.d_model), c.init_std, pdt)
         if c.positions == "learned":
-            self.pos_emb = _normal(rngs, (c.max_len, c.d_model), c.init_std / 2, pdt)
+            self.pos_emb = _normal(rngs, (c.max_len + c.position_offset, c.d_model), c.init_std / 2, pdt)
+        if c.type_vocab_size:
+            self.type_emb = _normal(rngs, (c.type_vocab_size, c.d_model), c.init_std, pdt)
+        if c.embed_norm:
+            self.ln_emb = LayerNorm.of(c)
 
         @nnx.split_rngs(splits=c.n_layer)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -224,6 +240,8 @@ class Transformer(ParamsMixin, nnx.Module):
             self.ln_f = LayerNorm.of(c)
         if not c.tie_embeddings:
             self.lm_head = _normal(rngs, (c.d_model, c.vocab_size), c.init_std, pdt)
+        if c.mlm_head:
+            self.mlm = MaskedLMHead(c, rngs=rngs)
 
     def layer(self, i: int) -> DecoderBlock:
         """Layer ``i`` as a callable :class:`DecoderBlock` holding a copy of its parameters."""
@@ -268,15 +286,21 @@ class Encoder(Transformer):
 
     causal = False
 
-    def __call__(self, tokens_BT, *, attention_mask=None, key: Optional[jax.Array] = None):
+    def __call__(self, tokens_BT, *, attention_mask=None, token_type_ids=None, key: Optional[jax.Array] = None):
         """Logits ``[B, T, V]`` (float32). ``attention_mask`` ``[B, T]`` (True = real token,
         False = padding) keeps padding keys out of every token's attention (the padded rows'
-        own logits mean nothing); ``key`` enables dropout (training)."""
+        own logits mean nothing); ``token_type_ids`` ``[B, T]``: BERT's segment ids (default 0;
+        needs ``config.type_vocab_size``); ``key`` enables dropout (training)."""
         key_mask = None if attention_mask is None else jnp.asarray(attention_mask, bool)
-        if key_mask is not None and key_mask.shape != jnp.shape(tokens_BT):
+        shape = tuple(jnp.shape(tokens_BT))
+        if key_mask is not None and key_mask.shape != shape:
             raise DataError(f"attention_mask has shape {key_mask.shape}: it must be the tokens' shape "
-                            f"{tuple(jnp.shape(tokens_BT))} (True = real token, False = padding)")
-        return _logits(self.params(), jnp.asarray(tokens_BT), self.config, key_mask, key)
+                            f"{shape} (True = real token, False = padding)")
+        types = None if token_type_ids is None else jnp.asarray(token_type_ids, jnp.int32)
+        if types is not None and (types.shape != shape or not self.config.type_vocab_size):
+            raise DataError(f"token_type_ids of shape {types.shape} need the tokens' shape {shape} and "
+                            f"model.type_vocab_size > 0 (it is {self.config.type_vocab_size})")
+        return _logits(self.params(), jnp.asarray(tokens_BT), self.config, key_mask, key, types)
 
 
 @functools.partial(nnx.jit, static_argnums=(0, 1))
@@ -288,10 +312,10 @@ def _built(cls, config: ModelConfig, rngs: nnx.Rngs) -> Transformer:
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
-def _logits(params, tokens_BT, config: ModelConfig, key_mask_BS=None, key=None):
+def _logits(params, tokens_BT, config: ModelConfig, key_mask_BS=None, key=None, token_types_BT=None):
     """The models' forward pass, compiled once per config and shape (an eager call would
     dispatch and compile every op and the layer scan on each call)."""
-    return stack.decoder(params, tokens_BT, config, key_mask_BS=key_mask_BS, key=key)[0]
+    return stack.decoder(params, tokens_BT, config, key_mask_BS=key_mask_BS, key=key, token_types_BT=token_types_BT)[0]
 
 
 def model_class(config: ModelConfig) -> type:
@@ -302,5 +326,5 @@ def model_class(config: ModelConfig) -> type:
 def count_params(params: dict, non_embedding: bool = False) -> int:
     """Count the scalars in a parameter pytree, optionally without ``tok_emb``/``pos_emb``."""
     if non_embedding:
-        params = {k: v for k, v in params.items() if k not in ("tok_emb", "pos_emb")}
+        params = {k: v for k, v in params.items() if k not in ("tok_emb", "pos_emb", "type_emb")}
     return int(sum(x.size for x in jax.tree.leaves(params)))

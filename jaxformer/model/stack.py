@@ -136,12 +136,14 @@ def _unrolled(layer, x, blocks, cache, keys, n_layer: int):
 
 
 def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_mask_BS=None, cache=None,
-                   cache_index=0, key=None, capture: bool = False, kernels: Optional[Kernels] = None):
+                   cache_index=0, key=None, capture: bool = False, kernels: Optional[Kernels] = None,
+                   token_types_BT=None):
     """Embedding and every block: tokens ``[B, T]`` -> ``(x [B, T, D], aux)``, the last block's
     output before the final norm (:func:`functional.unembed` finishes).
 
     - ``positions_BT``: absolute positions (default ``cache_index + arange(T)``).
     - ``key_mask_BS``: optional boolean ``[B, S]``, False for padding keys.
+    - ``token_types_BT``: BERT's token types (segment ids; default 0) when ``config.type_vocab_size``.
     - ``cache``: from :func:`init_cache`; the T new tokens are written at ``cache_index`` and
       attend causally to everything before them. ``aux["cache"]``: the written cache (or None).
     - ``key``: PRNG key enabling dropout (training); None = deterministic.
@@ -159,7 +161,8 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
         positions_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
     params = F.cast_params(params, config.dtype)
     keys = jax.random.split(key, config.n_layer + 1) if key is not None else None
-    x = F.dropout(F.embed(params, tokens_BT, config, positions_BT), config.dropout, None if keys is None else keys[-1])
+    x = F.dropout(F.embed(params, tokens_BT, config, positions_BT, token_types_BT=token_types_BT), config.dropout,
+                  None if keys is None else keys[-1])
     per_layer = isinstance(params["blocks"], (list, tuple))
     S = T if cache is None else (cache[0] if per_layer else cache)["v"].shape[-2]
     full, sliding = attention_masks(config, T, S, cache_index if cache is not None else 0, key_mask_BS)

@@ -234,7 +234,7 @@ residual.defvjp(lambda x: (x, None), lambda _, g: (_materialize(g),))
 def unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT=None):
     """:func:`functional.unembed_cross_entropy` with one hand-written backward pass for the
     output projection and the loss."""
-    if config.final_softcap is not None:  # capped logits: the textbook's autodiff
+    if config.final_softcap is not None or config.mlm_head:  # capped logits, BERT's head: the textbook's autodiff
         return F.unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT)
     x_BTD = F.final_norm(params, x_BTD, config, ln=layer_norm)
     B, T, D = x_BTD.shape

@@ -81,7 +81,9 @@ head_logits.defvjp(_head_logits_fwd, _head_logits_bwd)
 
 def unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT=None):
     """The ``unembed_cross_entropy`` slot: :func:`functional.unembed_cross_entropy` through
-    :func:`head_logits` with the vocabulary padded to a multiple of ``VOCAB_ALIGN``."""
+    :func:`head_logits` with the vocabulary padded to a multiple of ``VOCAB_ALIGN`` (BERT's head: the textbook's)."""
+    if config.mlm_head:
+        return F.unembed_cross_entropy(params, x_BTD, targets_BT, config, mask_BT)
     x_BTD = F.final_norm(params, x_BTD, config)
     w_VD = params["tok_emb"] if config.tie_embeddings else params["lm_head"].T
     V = w_VD.shape[0]
