@@ -14,6 +14,9 @@ model's special tokens, so a converted run encodes a prompt as ``transformers`` 
   ``eos_token_id`` of ``generation_config.json`` / ``config.json``, else a well-known name
   (``<|endoftext|>``, ``</s>``, ``<eos>``); ``stop_ids`` adds every ``eos_token_id`` of
   those two files (an int or a list: Llama 3's ``<|end_of_text|>`` and ``<|eot_id|>``).
+  A post-processor that ends a text with the ``sep_token`` (BERT's ``[CLS] text [SEP]``, no
+  EOS in the vocabulary) makes that separator the ``eos_id``.
+- The mask token of a masked LM: ``mask_id``, tokenizer_config.json's ``mask_token``.
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def _post_processor_additions(tk):
 
 def hf_special_tokens(tk, tokenizer_config: Optional[dict] = None, *model_configs: dict,
                       where: str = "tokenizer") -> Dict[str, Any]:
-    """``bos_id``, ``eos_id``, ``stop_ids`` and ``add_eos`` for :class:`BPETokenizer` from a
+    """``bos_id``, ``eos_id``, ``stop_ids``, ``add_eos`` and ``mask_id`` for :class:`BPETokenizer` from a
     ``tokenizers.Tokenizer``, its ``tokenizer_config.json`` and the model's
     ``generation_config.json`` / ``config.json`` (in that order of precedence), as the module
     docstring describes. ``where`` names the source in errors."""
@@ -103,11 +106,13 @@ def hf_special_tokens(tk, tokenizer_config: Optional[dict] = None, *model_config
         eos_id = eos_cfg[0] if eos_cfg else BPETokenizer.detect_eos(tk)
 
     prefix, suffix = _post_processor_additions(tk)
+    if len(suffix) == 1 and suffix[0] != eos_id and (eos_id is None or suffix[0] == named("sep_token")):
+        eos_id = suffix[0]                 # BERT's [SEP]: what ends a text
     if prefix or suffix:                   # tokenizer.json decides, as in transformers 5
         if len(prefix) > 1 or len(suffix) > 1 or (suffix and suffix[0] != eos_id):
             raise CheckpointError(
                 f"{where}: the post_processor puts {prefix} before and {suffix} after a text; only one "
-                f"BOS token before and the EOS (id {eos_id}) after are supported")
+                f"BOS token before and the EOS (id {eos_id}) or separator after are supported")
         bos_id, add_eos = (prefix[0] if prefix else None), bool(suffix)
     else:                                  # tokenizer_config.json decides
         add_bos, add_eos = tc.get("add_bos_token", False), tc.get("add_eos_token", False)
@@ -126,7 +131,7 @@ def hf_special_tokens(tk, tokenizer_config: Optional[dict] = None, *model_config
             raise CheckpointError(f"{where} tokenizer_config.json add_eos_token=true but the tokenizer "
                                   "has no eos token")
     stops = list(dict.fromkeys(([] if eos_id is None else [eos_id]) + eos_cfg))   # unique, in order
-    return {"bos_id": bos_id, "eos_id": eos_id, "stop_ids": stops, "add_eos": add_eos}
+    return {"bos_id": bos_id, "eos_id": eos_id, "stop_ids": stops, "add_eos": add_eos, "mask_id": named("mask_token")}
 
 
 def _model_configs(folder: pathlib.Path):

@@ -104,29 +104,33 @@ class BPETokenizer:
     trained here). ``eos_id``: the end-of-text token (default: the first of
     :attr:`EOS_CANDIDATES` in the vocabulary). ``stop_ids``: every id that ends a sample,
     ``eos_id`` first (default: just ``eos_id``; Llama 3 has two). ``add_eos``: :meth:`encode`
-    also appends ``eos_id`` (a tokenizer_config's ``add_eos_token``; rare).
-    The wrapped tokenizer's own post-processor is never applied: these settings say it all.
+    also appends ``eos_id`` (a tokenizer_config's ``add_eos_token``; rare; BERT's ``[SEP]``).
+    ``mask_id``: a converted masked LM's mask token (``[MASK]``, ``<mask>``; None: an encoder
+    trained here masks with its last id). The wrapped tokenizer's own post-processor is never
+    applied: these settings say it all.
     """
 
     EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>")
     _DETECT = object()
 
     def __init__(self, tk, *, bos_id: Optional[int] = None, eos_id=_DETECT,
-                 stop_ids: Optional[Sequence[int]] = None, add_eos: bool = False):
+                 stop_ids: Optional[Sequence[int]] = None, add_eos: bool = False, mask_id: Optional[int] = None):
         self.tk = tk
         eos_id = self.detect_eos(tk) if eos_id is self._DETECT else eos_id
         stop_ids = (() if eos_id is None else (eos_id,)) if stop_ids is None else tuple(stop_ids)
-        for name, i in [("bos_id", bos_id), ("eos_id", eos_id)] + [("stop_ids", i) for i in stop_ids]:
+        for name, i in [("bos_id", bos_id), ("eos_id", eos_id), ("mask_id", mask_id)] + [("stop_ids", i) for i in stop_ids]:
             if i is not None and (isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0):
                 raise DataError(f"BPE tokenizer {name}={i!r} must be a token id (an int >= 0)")
-        if bos_id is not None and bos_id >= self.vocab_size:
-            raise DataError(f"BPE tokenizer bos_id={bos_id} is outside its vocabulary [0, {self.vocab_size})")
+        for name, i in (("bos_id", bos_id), ("mask_id", mask_id)):
+            if i is not None and i >= self.vocab_size:
+                raise DataError(f"BPE tokenizer {name}={i} is outside its vocabulary [0, {self.vocab_size})")
         if add_eos and eos_id is None:
             raise DataError("BPE tokenizer add_eos=true needs an eos_id")
         self.bos_id = None if bos_id is None else int(bos_id)
         self.eos_id = None if eos_id is None else int(eos_id)
         self.stop_ids = tuple(int(i) for i in stop_ids)
         self.add_eos = bool(add_eos)
+        self.mask_id = None if mask_id is None else int(mask_id)
 
     @classmethod
     def detect_eos(cls, tk) -> Optional[int]:
@@ -178,9 +182,9 @@ class BPETokenizer:
         return self.tk.decode(ids, skip_special_tokens=False)
 
     def special_settings(self) -> dict:
-        """``bos_id``, ``eos_id``, ``stop_ids`` and ``add_eos`` as JSON values."""
+        """``bos_id``, ``eos_id``, ``stop_ids``, ``add_eos`` and ``mask_id`` as JSON values."""
         return {"bos_id": self.bos_id, "eos_id": self.eos_id, "stop_ids": list(self.stop_ids),
-                "add_eos": self.add_eos}
+                "add_eos": self.add_eos, "mask_id": self.mask_id}
 
     def to_dict(self) -> dict:
         """``{"type": "bpe", "tokenizer": ...}``, plus the special-token settings when they
@@ -240,7 +244,7 @@ def tokenizer_from_dict(d: dict):
     if kind == "bpe":
         from tokenizers import Tokenizer
         tk = Tokenizer.from_str(d["tokenizer"])
-        special = {k: d[k] for k in ("bos_id", "eos_id", "stop_ids", "add_eos") if k in d}
+        special = {k: d[k] for k in ("bos_id", "eos_id", "stop_ids", "add_eos", "mask_id") if k in d}
         if "stop_ids" in special and not isinstance(special["stop_ids"], list):
             raise DataError(f"tokenizer stop_ids={special['stop_ids']!r} must be a list of token ids")
         if not isinstance(special.get("add_eos", False), bool):
