@@ -181,7 +181,19 @@ def unigram():
     return transformers.XLMRobertaTokenizerFast(tokenizer_object=tk)
 
 
-@pytest.mark.parametrize("make, mask", [(wordpiece, "[MASK]"), (unigram, "<mask>")])
+def byte_bpe():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator(TEXTS * 5, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tk.decoder = decoders.ByteLevel()
+    return transformers.RobertaTokenizerFast(tokenizer_object=tk)
+
+
+@pytest.mark.parametrize("make, mask", [(wordpiece, "[MASK]"), (unigram, "<mask>"), (byte_bpe, "<mask>")])
 def test_tokenizers_encode_as_autotokenizer_does(make, mask, tmp_path):
     make().save_pretrained(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
