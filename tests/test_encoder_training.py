@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from jaxformer import load_config
+from jaxformer import Encoder, interp, load_config
 from jaxformer import functional as F
 from jaxformer.data import pydoc_text
 from jaxformer.functional_extras import mask_token_id, masked_lm_inputs
@@ -138,3 +139,12 @@ def test_attention_command_draws_an_encoders_full_maps(full_run, tmp_path):
                             "--out", str(tmp_path / out)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert (tmp_path / out).stat().st_size > 1000
+
+
+def test_hook_shapes_of_an_encoder_are_the_shapes_it_caches():
+    """``interp.hook_shapes`` traces the model class the config asks for (it built a GPT, which
+    refuses an encoder's config)."""
+    config = tiny().model
+    model = Encoder(config, rngs=nnx.Rngs(0))
+    _, cache = interp.run_with_cache(model, jnp.zeros((2, 5), jnp.int32))
+    assert interp.hook_shapes(config, 2, 5) == {n: tuple(a.shape) for n, a in cache.items()}

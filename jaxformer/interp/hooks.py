@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxformer import functional as F
 from jaxformer.errors import JaxformerError
 from jaxformer.interp.inputs import check_tokens, model_parts
-from jaxformer.model.modules import GPT
+from jaxformer.model.modules import model_class
 
 Names = Union[None, str, Iterable[str], Callable[[str], bool]]
 
@@ -80,7 +80,7 @@ def hook_names(config) -> Dict[str, str]:
 def hook_shapes(config, batch: int, seq: int) -> Dict[str, Tuple[int, ...]]:
     """The concrete shape of every hook point for tokens ``[batch, seq]`` (traced abstractly:
     no memory, no compute)."""
-    params = GPT.abstract(config).params()
+    params = model_class(config).abstract(config).params()
     tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
     _, cache = jax.eval_shape(lambda p, t: run_hooked(p, t, config, None, tuple(hook_names(config))), params, tokens)
     return {n: tuple(cache[n].shape) for n in hook_names(config)}
