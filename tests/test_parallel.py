@@ -20,12 +20,15 @@ MULTIPROCESS = pathlib.Path(__file__).parent / "jaxformer_testing" / "multiproce
 
 @pytest.fixture(scope="module")
 def eight_devices():
+    """The 8-device check's results (a subprocess compiling each mesh's programs: ~45 s on 2
+    cores, so every test using it is marked slow)."""
     env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, str(CHECK)], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dp8", "fsdp8", "dp2_fsdp4", "dp4_tp2"])
 def test_same_losses_and_params_as_one_device(eight_devices, name):
     r = eight_devices[name]
@@ -33,6 +36,7 @@ def test_same_losses_and_params_as_one_device(eight_devices, name):
     assert r["param_diff"] < 1e-4  # 3 Adam steps: float reassociation of the gradient all-reduce
 
 
+@pytest.mark.slow
 def test_parameters_and_optimizer_state_are_sharded(eight_devices):
     r = eight_devices
     # wq is [L, D, H, K] = [2, 32, 4, 8]
@@ -43,6 +47,7 @@ def test_parameters_and_optimizer_state_are_sharded(eight_devices):
     assert r["dp4_tp2"]["wq_spec"] == "P(None, None, 'tensor', None)" and r["dp4_tp2"]["wq_shard_shape"] == [2, 32, 2, 8]
 
 
+@pytest.mark.slow
 def test_fsdp_memory_per_device(eight_devices):
     r = eight_devices["fsdp8"]
     # at most 1/8 of the parameters plus the small replicated tensors (norms, biases)
@@ -50,6 +55,7 @@ def test_fsdp_memory_per_device(eight_devices):
     assert eight_devices["dp8"]["max_param_bytes_per_device"] == r["full_param_bytes"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["init_fsdp8", "init_dp4_tp2"])
 def test_sharded_init_equals_single_device_init(eight_devices, name):
     """Parameters and Adam state created by one jitted program with out_shardings equal the
@@ -60,6 +66,7 @@ def test_sharded_init_equals_single_device_init(eight_devices, name):
                             "init_dp4_tp2": "P(None, None, 'tensor', None)"}[name]
 
 
+@pytest.mark.slow
 def test_sharded_init_never_holds_the_whole_model(eight_devices):
     """XLA's memory analysis of the compiled FSDP-8 init: each device's outputs are its 1/8 of
     the parameters and Adam moments plus the small replicated tensors (norms, biases, the step
@@ -74,12 +81,14 @@ def test_sharded_init_never_holds_the_whole_model(eight_devices):
     assert r["output_bytes"] + r["temp_bytes"] < min(r["total_bytes"] / 4, r["full_param_bytes"])
 
 
+@pytest.mark.slow
 def test_checkpoint_moves_between_meshes(eight_devices):
     assert eight_devices["restore_1dev_diff"] == 0.0
     assert eight_devices["restore_2x4_diff"] == 0.0
     assert eight_devices["restore_2x4_wq_spec"] == "P(None, 'fsdp', None, None)"
 
 
+@pytest.mark.slow
 def test_training_loop_on_a_mesh_matches_one_device(eight_devices):
     """The same config, only the mesh section changed: 1 device vs a 2x4 (data x fsdp) mesh."""
     assert eight_devices["train_loop_wq_spec"] == "P(None, 'fsdp', None, None)"

@@ -2,9 +2,12 @@
 use only run folders that an earlier README command creates."""
 import re
 
+import pytest
+
 from jaxformer_testing.docs import README, fenced_blocks, run_python_blocks, shell_problems
 
 
+@pytest.mark.slow   # a fresh interpreter trains, samples and draws: ~30 s on 2 cores
 def test_readme_python_blocks_run_top_to_bottom(tmp_path):
     """Every ```python block, in order, in one fresh interpreter with nothing done first
     (in an empty folder, so the files the examples write land there, not in the checkout)."""
