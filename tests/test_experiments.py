@@ -166,7 +166,7 @@ def test_every_experiment_is_a_percent_notebook():
     """Each script is jupytext percent format: explained cells that survive a round trip, and no
     pattern that breaks in a kernel (``__file__``, a ``__main__`` guard, parsing ``sys.argv``)."""
     jupytext = pytest.importorskip("jupytext")
-    assert len(SCRIPTS) == 8
+    assert len(SCRIPTS) == 9
     for path in SCRIPTS:
         text = path.read_text(encoding="utf-8")
         nb = jupytext.read(path, fmt="py:percent")
