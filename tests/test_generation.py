@@ -34,9 +34,11 @@ def assert_logits_close(actual, ref, tol=1e-5):
 
 def uncached_logits(model, prompt, new_tokens):
     """Logits for every generated position by full re-computation (no cache): by causality,
-    position t of one forward pass over prompt + new tokens is the prediction after t."""
-    seq = jnp.asarray([list(prompt) + list(new_tokens)], jnp.int32)
-    logits, _ = F.decoder(model.params(), seq, model.config)
+    position t of one forward pass over prompt + new tokens is the prediction after t.
+    Right-padded to max_len (one compiled forward per config); by causality the padding is not seen."""
+    seq = list(prompt) + list(new_tokens)
+    padded = jnp.asarray([seq + [0] * (model.config.max_len - len(seq))], jnp.int32)
+    logits = _crop_forward(model.config)(model.params(), padded)
     return np.asarray(logits[0, len(prompt) - 1: len(prompt) - 1 + len(new_tokens)])
 
 
@@ -225,12 +227,13 @@ def test_prompt_exactly_filling_the_context_is_allowed(model):
 def test_unstacked_decoder_equals_stacked(model):
     """The per-layer parameter layout the decode loop uses computes the same thing."""
     tokens = jnp.asarray([[1, 2, 3, 4, 5, 6]])
-    stacked, aux_s = stack.decoder(model.params(), tokens, model.config, capture=True)
-    unstacked, aux_u = stack.decoder(G.unstack_layers(model.params()), tokens, model.config, capture=True)
+    run = jax.jit(lambda p, t: stack.decoder(p, t, model.config, capture=True))
+    stacked, aux_s = run(model.params(), tokens)
+    unstacked, aux_u = run(G.unstack_layers(model.params()), tokens)
     np.testing.assert_allclose(unstacked, stacked, atol=1e-5)
     np.testing.assert_allclose(aux_u["weights"], aux_s["weights"], atol=1e-6)
     cfg_ns = dataclasses.replace(model.config, scan_layers=False)
-    np.testing.assert_allclose(F.decoder(model.params(), tokens, cfg_ns)[0], stacked, atol=1e-5)
+    np.testing.assert_allclose(_crop_forward(cfg_ns)(model.params(), tokens), stacked, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- CLI
