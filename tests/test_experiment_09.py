@@ -36,15 +36,20 @@ def run_lab(tmp_path, monkeypatch, *extra, small=True):
     return ns, out
 
 
-def check_attention(result, config):
+def check_attention(result, config, *, every_head=True):
     """Every map ``[L, H, T, T]`` has one row per token, rows summing to 1, and real weight on
-    later tokens in every head (an encoder's map is no triangle)."""
+    later tokens (an encoder's map is no triangle): in every head (``every_head``: an untrained
+    or random model), else in some head of every layer and on average (a trained encoder may
+    grow a previous-token head, nearly triangular on its own)."""
     for lang, w in result["attention"].items():
         T = len(result["ids"][lang])
         assert w.shape == (config.n_layer, config.n_head, T, T), lang
         assert np.all(w >= 0) and np.abs(w.sum(-1) - 1).max() < 1e-5, lang
         above = np.triu(w, 1).sum((-2, -1)) / T                 # mean weight a row puts on later tokens
-        assert above.min() > 0.05, (lang, above)
+        if every_head:
+            assert above.min() > 0.05, (lang, above)
+        else:
+            assert above.max(-1).min() > 0.3 and above.mean() > 0.2, (lang, above)
 
 
 def check_figures(out, langs):
@@ -146,5 +151,5 @@ def test_09_full_run(tmp_path, monkeypatch):
     assert len(losses) == 300 and np.mean(losses[:10]) > 5.0 and np.mean(losses[-10:]) < 3.0
     ppc = result["pieces_per_char"]
     assert ppc["zh"] > 2 * ppc["en"]
-    check_attention(result, ns["mcfg"])
+    check_attention(result, ns["mcfg"], every_head=False)
     check_figures(out, tuple(PROBE))
