@@ -37,7 +37,7 @@ def f64(cfg):
 
 def f64_params(cfg, seed=0):
     p = randomize(GPT(cfg, rngs=nnx.Rngs(seed)).params(), seed=seed)
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), p)
 
 
 def direction(tree, seed):
@@ -45,10 +45,26 @@ def direction(tree, seed):
     return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), tree)
 
 
+_BATCHED = {}
+
+
 def central(f, p, d, eps=EPS):
-    """``(f(p + eps d) - f(p - eps d)) / 2 eps``: both points in one jitted call."""
-    both = jax.jit(jax.vmap(f))(jax.tree.map(lambda a, b: jnp.stack([a + eps * b, a - eps * b]), p, d))
+    """``(f(p + eps d) - f(p - eps d)) / 2 eps``: both points in one jitted call (compiled
+    once per ``f``: kept, so the columns of one ``f`` reuse it)."""
+    if f not in _BATCHED:
+        _BATCHED[f] = jax.jit(lambda p, d, eps: jax.vmap(f)(
+            jax.tree.map(lambda a, b: jnp.stack([a + eps * b, a - eps * b]), p, d)))
+    both = _BATCHED[f](p, d, eps)
     return (np.asarray(both[0]) - np.asarray(both[1])) / (2 * eps)
+
+
+def jvp_and_linearized(f):
+    """``p, d -> (f(p), jvp tangent, linearize(f, p)(d))``, as one compiled program."""
+    def both(p, d):
+        out, tangent = jax.jvp(f, (p,), (d,))
+        _, f_lin = jax.linearize(f, p)
+        return out, tangent, f_lin(d)
+    return jax.jit(both)
 
 
 def close(a, b, tol=1e-6):
@@ -78,11 +94,10 @@ def test_jvp_and_linearize_through_gpt_call_and_decoder(kw):
 
         fd = central(through_functional, params, d)
         for f in (through_module, through_functional):
-            out, tangent = jax.jvp(f, (params,), (d,))
+            out, tangent, lin = jvp_and_linearized(f)(params, d)
             assert out.dtype == jnp.float64
             close(tangent, fd)
-            _, f_lin = jax.linearize(f, params)
-            close(f_lin(d), fd)
+            close(lin, fd)
         del graphdef
 
 
@@ -96,15 +111,15 @@ def test_jacfwd_of_logits_matches_finite_differences():
             return F.decoder(p, TOKENS, cfg)[0][0, -1]
 
         s0 = params["ln_f"]["scale"]
-        jac = jax.jacfwd(last_logits)(s0)            # [V, D]
+        jac = jax.jit(jax.jacfwd(last_logits))(s0)   # [V, D]
         assert jac.shape == (cfg.vocab_size, cfg.d_model)
         for i in range(cfg.d_model):
-            e = jnp.zeros_like(s0).at[i].set(1.0)
-            close(jac[:, i], central(last_logits, s0, e))
-        close(jac, jax.jacrev(last_logits)(s0), 1e-12)
+            e = jnp.asarray(np.eye(cfg.d_model)[i])
+            close(np.asarray(jac)[:, i], central(last_logits, s0, e))
+        close(jac, jax.jit(jax.jacrev(last_logits))(s0), 1e-12)
         # and through the module's __call__, jacfwd w.r.t. the whole parameter tree runs
         model_logits = lambda p: GPT.from_params(cfg, p)(TOKENS)[0, -1, :3]  # noqa: E731
-        jt = jax.jacfwd(model_logits)(params)
+        jt = jax.jit(jax.jacfwd(model_logits))(params)
         assert jt["tok_emb"].shape == (3, cfg.vocab_size, cfg.d_model)
 
 
@@ -124,9 +139,9 @@ def test_hessian_of_loss_matches_finite_differences_of_the_gradient():
         Hm = np.asarray(H).reshape(s0.size, s0.size)
         close(Hm, Hm.T, 1e-10)                       # symmetric
         grad = jax.grad(loss_of)
-        eye = jnp.eye(s0.size).reshape(s0.size, *s0.shape)
+        eye = np.eye(s0.size).reshape(s0.size, *s0.shape)
         for i in range(s0.size):                     # every column == central difference of the gradient
-            close(Hm[:, i], central(grad, s0, eye[i]).reshape(-1))
+            close(Hm[:, i], central(grad, s0, jnp.asarray(eye[i])).reshape(-1))
         assert np.abs(Hm).max() > 1e-3               # not trivially zero
 
 
@@ -145,7 +160,7 @@ def test_inference_entry_points_support_forward_mode_in_every_kernels_mode(kerne
             "score": lambda p: scoring._score(p, TOKENS, config=cfg),
         }
         for name, f in fns.items():
-            _, tangent = jax.jvp(f, (params,), (d,))
+            _, tangent = jax.jit(lambda p, d: jax.jvp(f, (p,), (d,)))(params, d)
             close(tangent, central(f, params, d))
 
 

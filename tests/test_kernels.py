@@ -6,6 +6,7 @@ autodiff of the textbook in float64, against float64 finite differences of the N
 references, and against each other; the cuDNN kernel's XLA path against the textbook on
 masks, grouped heads and fully-masked rows; and the choice of kernels per platform."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +73,7 @@ def test_cached_attention_equals_attention_over_the_written_cache(T, index):
     pad = np.arange(S)[None, :] >= np.array([0, 2])[:, None]   # row 1: 2 padded keys (at T=1,
     #                                                            index 0 its query sees nothing)
     mask = np.asarray(F.causal_mask(T, S, offset=index))[None, None, None] & pad[:, None, None, None, :]
-    got = cpu.cached_attention(q, k_cache, v_cache, k_new, v_new, mask, index, 1 / np.sqrt(K))
+    got = jax.jit(lambda *a: cpu.cached_attention(*a, mask, index, 1 / np.sqrt(K)))(q, k_cache, v_cache, k_new, v_new)
     start = min(index, S - T)
     k_all, v_all = k_cache.copy(), v_cache.copy()
     k_all[:, :, start:start + T], v_all[:, :, start:start + T] = k_new, v_new
@@ -87,12 +88,17 @@ def test_cached_attention_equals_attention_over_the_written_cache(T, index):
     cache = {"k": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32),
              "v": jnp.asarray(rng.normal(size=(B, 2, S, 2)), jnp.float32)}
     m4 = jnp.asarray(mask[:, :, 0])
-    w1, w2 = {}, {}
-    fast, _ = F.multi_head_attention(params, x, mask=m4, dense=CPU.dense,
-                                     attend=stack.attention_kernel(CPU, cache=cache, cache_index=index, written=w1))
-    slow, _ = F.multi_head_attention(params, x, mask=m4,
-                                     attend=stack.attention_kernel(None, cache=cache, cache_index=index, written=w2))
-    c1, c2 = w1["cache"], w2["cache"]
+
+    @jax.jit
+    def both(params, x, cache, m4):
+        w1, w2 = {}, {}
+        fast, _ = F.multi_head_attention(params, x, mask=m4, dense=CPU.dense,
+                                         attend=stack.attention_kernel(CPU, cache=cache, cache_index=index, written=w1))
+        slow, _ = F.multi_head_attention(params, x, mask=m4,
+                                         attend=stack.attention_kernel(None, cache=cache, cache_index=index, written=w2))
+        return fast, slow, w1["cache"], w2["cache"]
+
+    fast, slow, c1, c2 = both(params, x, cache, m4)
     assert rel_err(fast, slow) < 1e-5
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), c1, c2))
 
@@ -115,8 +121,7 @@ def test_attention_core_gradient_float64(which):
             out, _ = F.scaled_dot_product_attention(q, k[:, :, None], v[:, :, None], mask=mask)
             return jnp.sum(out * c)
 
-        g_fast = jax.grad(fast, (0, 1, 2))(q, k, v)
-        g_plain = jax.grad(plain, (0, 1, 2))(q, k, v)
+        g_fast, g_plain = jax.jit(lambda *a: (jax.grad(fast, (0, 1, 2))(*a), jax.grad(plain, (0, 1, 2))(*a)))(q, k, v)
         assert tree_rel_err(g_fast, g_plain) < 1e-12
         for g in g_fast:
             assert np.all(np.isfinite(np.asarray(g)))
@@ -159,9 +164,12 @@ def test_attention_layer_fast_path_equals_explicit_float64(H, G, rope):
             assert (w is None) == (not need)
             return jnp.sum(y * c)
 
-        assert abs(float(loss(p, x, False) - loss(p, x, True))) < 1e-12 * abs(float(loss(p, x, True)))
-        g_fast = jax.grad(loss, (0, 1))(p, x, False)
-        g_plain = jax.grad(loss, (0, 1))(p, x, True)
+        @jax.jit
+        def values_and_grads(p, x):
+            return [jax.value_and_grad(loss, (0, 1))(p, x, need) for need in (False, True)]
+
+        (l_fast, g_fast), (l_plain, g_plain) = values_and_grads(p, x)
+        assert abs(float(l_fast - l_plain)) < 1e-12 * abs(float(l_plain))
         g_fast[0].pop("bk"), g_plain[0].pop("bk")   # exactly zero in theory (softmax shift)
         assert tree_rel_err(g_fast, g_plain) < 1e-11
 
@@ -175,7 +183,7 @@ def small_config(**kw):
 def f64_params(cfg, seed=0, dtype=jnp.float64):
     from flax import nnx
     params = randomize(GPT(cfg, rngs=nnx.Rngs(seed)).params(), seed=seed)
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, dtype)), params)
 
 
 def as_f64(cfg):
@@ -202,17 +210,21 @@ def test_unembed_cross_entropy_equals_unfused_float64(kw, masked):
 
         def unfused(p):
             logits, _ = F.decoder(p, tokens[:, :-1], c64)
-            return F.cross_entropy(logits, tokens[:, 1:], mask)
+            return F.cross_entropy(logits, tokens[:, 1:], mask), logits
 
         def fused(p):
             x, _ = stack.decoder_hidden(p, tokens[:, :-1], c64, kernels=CPU)
             return cpu.unembed_cross_entropy(p, x, tokens[:, 1:], c64, mask)
 
-        (l_u, g_u), (l_f, g_f) = jax.value_and_grad(unfused)(params), jax.value_and_grad(fused)(params)
+        @jax.jit
+        def run(p):
+            return jax.value_and_grad(unfused, has_aux=True)(p), jax.value_and_grad(fused)(p)
+
+        ((l_u, logits), g_u), (l_f, g_f) = run(params)
         assert abs(float(l_u - l_f)) < 1e-13
         g_u["blocks"]["attn"].pop("bk", None), g_f["blocks"]["attn"].pop("bk", None)
         assert tree_rel_err(g_f, g_u) < 1e-11
-        logits = np.asarray(F.decoder(params, tokens[:, :-1], c64)[0])
+        logits = np.asarray(logits)
         lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         nll = -np.take_along_axis(lp, np.asarray(tokens[:, 1:])[..., None], -1)[..., 0]
         m = np.ones_like(nll) if mask is None else np.asarray(mask, np.float64)
@@ -224,7 +236,7 @@ def test_unembed_cross_entropy_all_masked_is_zero_not_nan():
     params = f64_params(cfg, dtype=jnp.float32)
     x = jnp.ones((2, 5, cfg.d_model))
     tg = jnp.zeros((2, 5), jnp.int32)
-    loss, g = jax.value_and_grad(lambda x: cpu.unembed_cross_entropy(params, x, tg, cfg, jnp.zeros((2, 5), bool)))(x)
+    loss, g = jax.jit(jax.value_and_grad(lambda x: cpu.unembed_cross_entropy(params, x, tg, cfg, jnp.zeros((2, 5), bool))))(x)
     assert float(loss) == 0.0 and float(jnp.max(jnp.abs(g))) == 0.0
 
 
@@ -236,8 +248,8 @@ def test_unembed_cross_entropy_bfloat16_close_to_float32():
     losses = {}
     for dt in ("float32", "bfloat16"):
         c = dataclasses.replace(cfg, dtype=dt)
-        x, _ = stack.decoder_hidden(params, tokens[:, :-1], c)
-        losses[dt] = cpu.unembed_cross_entropy(params, x, tokens[:, 1:], c)
+        losses[dt] = jax.jit(lambda p: cpu.unembed_cross_entropy(
+            p, stack.decoder_hidden(p, tokens[:, :-1], c)[0], tokens[:, 1:], c))(params)
         assert losses[dt].dtype == jnp.float32
     assert abs(float(losses["bfloat16"] - losses["float32"])) < BF16_VS_F32_LOSS_REL * float(losses["float32"])
 
@@ -252,6 +264,7 @@ def test_cudnn_head_and_loss_equals_textbook(kw):
     tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (3, cfg.max_len + 1)))
     mask = jnp.asarray(rng.random((3, cfg.max_len)) > 0.3)
 
+    @functools.partial(jax.jit, static_argnums=0)
     def both(c, params):
         x = stack.decoder_hidden(params, tokens[:, :-1], c)[0]
         book = lambda p, x: F.unembed_cross_entropy(p, x, tokens[:, 1:], c, mask)  # noqa: E731
@@ -270,10 +283,10 @@ def test_cudnn_head_and_loss_equals_textbook(kw):
 def test_grad_fence_is_identity_and_keeps_nan():
     x = jnp.arange(12.0).reshape(3, 4)
     assert np.array_equal(np.asarray(cpu.residual(x)), np.asarray(x))
-    g = jax.grad(lambda x: jnp.sum(cpu.residual(x) * x))(x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(cpu.residual(x) * x)))(x)
     np.testing.assert_array_equal(np.asarray(g), 2 * np.asarray(x))
     # a NaN gradient stays non-finite (the train step's guard must still see it)
-    g_nan = jax.grad(lambda x: jnp.sum(cpu.residual(x) * jnp.where(x == 0, jnp.nan, 1.0)))(x)
+    g_nan = jax.jit(jax.grad(lambda x: jnp.sum(cpu.residual(x) * jnp.where(x == 0, jnp.nan, 1.0))))(x)
     assert not np.all(np.isfinite(np.asarray(g_nan)))
 
 
@@ -291,9 +304,8 @@ def test_decoder_gradients_scan_equal_unrolled_float64(activation):
             c = as_f64(dataclasses.replace(cfg, scan_layers=scan))
             return stack.next_token_loss(p, tokens, c, kernels=kernels)
 
-        g_scan = jax.grad(loss)(params, True)
-        g_loop = jax.grad(loss)(params, False)
-        g_book = jax.grad(loss)(params, True, None)
+        g_scan, g_loop, g_book = jax.jit(lambda p: (jax.grad(loss)(p, True), jax.grad(loss)(p, False),
+                                                    jax.grad(loss)(p, True, None)))(params)
         for g in (g_scan, g_loop, g_book):
             g["blocks"]["attn"].pop("bk", None)
         assert tree_rel_err(g_scan, g_loop) < 1e-11
@@ -319,15 +331,21 @@ def test_layer_norm_hand_written_gradient_float64(bias):
         def fast(x, scale, b):
             return jnp.sum(cpu.layer_norm(x, scale, b) * c)
 
-        assert rel_err(cpu.layer_norm(x, scale, b), F.layer_norm(x, scale, b)) < 1e-14
-
         args = (0, 1, 2) if bias else (0, 1)
-        assert tree_rel_err(jax.grad(fast, args)(x, scale, b), jax.grad(plain, args)(x, scale, b)) < 1e-12
+
+        @jax.jit
+        def run(x, scale, b):
+            return (cpu.layer_norm(x, scale, b), F.layer_norm(x, scale, b),
+                    jax.grad(fast, args)(x, scale, b), jax.grad(plain, args)(x, scale, b))
+
+        y_k, y_t, g_k, g_t = run(x, scale, b)
+        assert rel_err(y_k, y_t) < 1e-14
+        assert tree_rel_err(g_k, g_t) < 1e-12
         d = rng.normal(size=x.shape)
         eps = 1e-6
         fd = (np.sum(ref.layer_norm(np.asarray(x) + eps * d, scale, b) * np.asarray(c))
               - np.sum(ref.layer_norm(np.asarray(x) - eps * d, scale, b) * np.asarray(c))) / (2 * eps)
-        analytic = float(jnp.sum(jax.grad(fast)(x, scale, b) * d))
+        analytic = float(np.sum(np.asarray(g_k[0]) * d))
         assert abs(analytic - fd) < 1e-6 * max(1.0, abs(fd))
 
 
@@ -358,15 +376,16 @@ def test_training_gradient_matches_numpy_finite_difference(kw, kernels):
             return -np.mean(np.take_along_axis(lp, tokens[:, 1:, None], -1))
 
         tol = 1e-7 if cfg.positions == "rope" else 1e-12   # rope angles are float32 by design
-        assert abs(float(loss(params)) - ref_loss(params)) < tol
-        grads = jax.grad(loss)(params)
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+        assert abs(float(value) - ref_loss(params)) < tol
         for trial in range(3):
-            d = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape)), params)
+            d = jax.tree.map(lambda a: rng.normal(size=a.shape), params)
             eps = 1e-6
-            plus = jax.tree.map(lambda a, b: a + eps * b, params, d)
-            minus = jax.tree.map(lambda a, b: a - eps * b, params, d)
+            plus = jax.tree.map(lambda a, b: np.asarray(a) + eps * b, params, d)
+            minus = jax.tree.map(lambda a, b: np.asarray(a) - eps * b, params, d)
             fd = (ref_loss(plus) - ref_loss(minus)) / (2 * eps)
-            analytic = sum(float(jnp.sum(g * v)) for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(d)))
+            analytic = sum(float(np.sum(np.asarray(g) * v))
+                           for g, v in zip(jax.tree.leaves(grads), jax.tree.leaves(d)))
             assert abs(analytic - fd) < 1e-6 * max(1.0, abs(fd)), (trial, analytic, fd)
 
 
@@ -374,9 +393,11 @@ def test_gelu_kernel_equals_textbook_float64():
     rng = np.random.default_rng(6)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(4, 9)) * 3)
-        assert rel_err(cpu.gelu(x), F.gelu_tanh(x)) < 1e-14
-        g_k = jax.grad(lambda x: jnp.sum(jnp.sin(cpu.gelu(x))))(x)
-        g_t = jax.grad(lambda x: jnp.sum(jnp.sin(F.gelu_tanh(x))))(x)
+        y_k, y_t, g_k, g_t = jax.jit(lambda x: (
+            cpu.gelu(x), F.gelu_tanh(x),
+            jax.grad(lambda x: jnp.sum(jnp.sin(cpu.gelu(x))))(x),
+            jax.grad(lambda x: jnp.sum(jnp.sin(F.gelu_tanh(x))))(x)))(x)
+        assert rel_err(y_k, y_t) < 1e-14
         assert rel_err(g_k, g_t) < 1e-13
 
 
@@ -389,9 +410,11 @@ def test_dense_kernel_equals_linear_float64(w_shape):
         x = jnp.asarray(rng.normal(size=(3, 5, w_shape[0])))
         w = jnp.asarray(rng.normal(size=w_shape))
         c = jnp.asarray(rng.normal(size=(3, 5, *w_shape[1:])))
-        assert rel_err(cpu.dense(x, w), F.linear(x, w)) < 1e-14
-        g_k = jax.grad(lambda x, w: jnp.sum(cpu.dense(x, w) * c), (0, 1))(x, w)
-        g_t = jax.grad(lambda x, w: jnp.sum(F.linear(x, w) * c), (0, 1))(x, w)
+        y_k, y_t, g_k, g_t = jax.jit(lambda x, w: (
+            cpu.dense(x, w), F.linear(x, w),
+            jax.grad(lambda x, w: jnp.sum(cpu.dense(x, w) * c), (0, 1))(x, w),
+            jax.grad(lambda x, w: jnp.sum(F.linear(x, w) * c), (0, 1))(x, w)))(x, w)
+        assert rel_err(y_k, y_t) < 1e-14
         assert tree_rel_err(g_k, g_t) < 1e-13
 
 
@@ -413,10 +436,15 @@ def test_cudnn_kernel_xla_path_equals_textbook(G, R, which):
     def book(q, k, v):
         return F.scaled_dot_product_attention(q, k[:, :, None], v[:, :, None], mask=mask)[0]
 
-    assert rel_err(fused(q, k, v), book(q, k, v)) < 1e-5
-    assert np.all(np.isfinite(np.asarray(fused(q, k, v))))
-    g_f = jax.grad(lambda *a: jnp.sum(fused(*a) * c), (0, 1, 2))(q, k, v)
-    g_b = jax.grad(lambda *a: jnp.sum(book(*a) * c), (0, 1, 2))(q, k, v)
+    @jax.jit
+    def run(q, k, v):
+        return (fused(q, k, v), book(q, k, v),
+                jax.grad(lambda *a: jnp.sum(fused(*a) * c), (0, 1, 2))(q, k, v),
+                jax.grad(lambda *a: jnp.sum(book(*a) * c), (0, 1, 2))(q, k, v))
+
+    y_f, y_b, g_f, g_b = run(q, k, v)
+    assert rel_err(y_f, y_b) < 1e-5
+    assert np.all(np.isfinite(np.asarray(y_f)))
     assert tree_rel_err(g_f, g_b) < 1e-4
 
 
