@@ -30,7 +30,7 @@
 #   (`config.json`, weights, `tokenizer.json`) loaded with `jaxformer.load_hf`, its own
 #   tokenizer included. Nothing is downloaded.
 # - otherwise, a **tiny encoder trained here**: a SentencePiece-Unigram tokenizer (the
-#   `tokenizers` library) and a 2-layer encoder trained with masked-LM for 300 steps on
+#   `tokenizers` library) and a 2-layer encoder trained with masked-LM for 500 steps on
 #   the few dozen short parallel sentences written below. It is a toy: it shows the
 #   mechanics (and how a shared vocabulary treats scripts), not what XLM-R learned from 2.5 TB.
 #
@@ -40,6 +40,7 @@
 #   Jupyter from `experiments/`. Arguments go in `JAXFORMER_EXPERIMENT_ARGS`.
 
 # %%
+import json
 import os
 import time
 
@@ -55,7 +56,7 @@ def extra(ap):
     ap.add_argument("--hf", default=os.environ.get(HF_ENV),
                     help=f"a local XLM-R / multilingual-BERT folder to use (default ${HF_ENV}; "
                          "without it a tiny encoder is trained here)")
-    ap.add_argument("--steps", type=int, default=300, help="masked-LM steps of the tiny encoder (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=500, help="masked-LM steps of the tiny encoder (default %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the tokenizer sampling, weights and masks")
 
 
@@ -157,9 +158,15 @@ def unigram_tokenizer(texts, vocab_size: int) -> BPETokenizer:
     tk = Tokenizer(models.Unigram())
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
     tk.train_from_iterator(texts, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], unk_token="<unk>",
-        show_progress=False))
+        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
+    # The trainer finds the same pieces every run, but their order (ids) and scores (to about
+    # 0.002) vary from process to process (Rust's randomly seeded hash maps): sorted pieces and
+    # scores rounded to 0.01 make the tokenizer, and so the whole lab, the same on every run.
+    learned = json.loads(tk.to_str())["model"]["vocab"][len(specials):]
+    vocab = [(p, 0.0) for p in specials] + sorted((p, round(score, 2)) for p, score in learned)
+    tk.model = models.Unigram(vocab, unk_id=specials.index("<unk>"), byte_fallback=False)
     return BPETokenizer(tk, bos_id=tk.token_to_id("<s>"), eos_id=tk.token_to_id("</s>"), add_eos=True)
 
 

@@ -142,13 +142,13 @@ def test_09_hf_folder_uses_its_weights_and_tokenizer(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- the full run
 @pytest.mark.slow
 def test_09_full_run(tmp_path, monkeypatch):
-    """At its normal budget (300 steps, under a minute on 2 cores): the masked-LM loss falls
+    """At its normal budget (500 steps, under a minute on 2 cores): the masked-LM loss falls
     from about ln V to below 3 nats, Chinese takes more pieces per character than English,
     and every language gets its figure."""
     ns, out = run_lab(tmp_path, monkeypatch, small=False)
     result = ns["result"]
     losses = result["losses"]
-    assert len(losses) == 300 and np.mean(losses[:10]) > 5.0 and np.mean(losses[-10:]) < 3.0
+    assert len(losses) == 500 and np.mean(losses[:10]) > 5.0 and np.mean(losses[-10:]) < 3.0
     ppc = result["pieces_per_char"]
     assert ppc["zh"] > 2 * ppc["en"]
     check_attention(result, ns["mcfg"], every_head=False)
