@@ -29,7 +29,8 @@ from lab_common import Report, parse
 
 args = parse("01_attention_by_hand", "Lab 1: attention by hand, checked against the library.")
 
-import jax.numpy as jnp  # noqa: E402  (after parse: --help answers without importing JAX)
+import jax  # noqa: E402  (after parse: --help answers without importing JAX)
+import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxformer.model.modules import MultiHeadAttention  # noqa: E402
@@ -106,17 +107,20 @@ show("   with a causal mask, weights (no looking ahead)", causal["weights"])
 # `F.scaled_dot_product_attention` is the functional core; `F.multi_head_attention` splits
 # the width into heads (here one head, with an identity output projection); the NNX module
 # `MultiHeadAttention` owns the same parameters and calls the same function. All three run
-# in float32, so they agree with the float64 hand computation to about 1e-7.
+# in float32, so they agree with the float64 hand computation to about 1e-7. Each call goes
+# through `jax.jit` (`nnx.jit` for the module), which compiles the whole function into one
+# program: called directly, JAX would compile and run its operations one at a time.
 
 # %%
 f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-out_f, w_f = F.scaled_dot_product_attention(f32(x @ W_Q), f32(x @ W_K), f32(x @ W_V))
+out_f, w_f = jax.jit(F.scaled_dot_product_attention)(f32(x @ W_Q), f32(x @ W_K), f32(x @ W_V))
 params = {"wq": f32(W_Q[:, None, :]), "wk": f32(W_K[:, None, :]), "wv": f32(W_V[:, None, :]),
           "wo": f32(np.eye(4)[None])}          # one head; identity output projection
-out_m, w_m = F.multi_head_attention(params, f32(x)[None], mask=F.causal_mask(3))
+causal_attention = jax.jit(lambda params, x: F.multi_head_attention(params, x, mask=F.causal_mask(3)))
+out_m, w_m = causal_attention(params, f32(x[None]))
 module = MultiHeadAttention(4, 1, bias=False, rngs=nnx.Rngs(0))
 module.load_params(params)
-out_n, w_n = module(f32(x)[None])
+out_n, w_n = nnx.jit(lambda module, x: module(x))(module, f32(x[None]))
 diffs = {
     "functional scaled_dot_product_attention: weights": np.abs(np.asarray(w_f) - ref["weights"]).max(),
     "functional scaled_dot_product_attention: output": np.abs(np.asarray(out_f) - ref["out"]).max(),

@@ -31,7 +31,8 @@ from lab_common import Report, parse
 
 args = parse("02_positional_encoding", "Lab 2: the sinusoidal positional encoding and what it does to attention.")
 
-import jax.numpy as jnp  # noqa: E402  (after parse: --help answers without importing JAX)
+import jax  # noqa: E402  (after parse: --help answers without importing JAX)
+import jax.numpy as jnp  # noqa: E402
 
 from jaxformer import functional as F  # noqa: E402
 from jaxformer.viz import attention_figures, plots, representation_figures  # noqa: E402
@@ -105,7 +106,7 @@ report.figure(path)
 # "the" are the same vector, so they ask the same question and get the same row of weights;
 # and shuffling the words only shuffles the rows and columns of the weights
 # (attention is *permutation-equivariant*). With positions each copy of "the" attends in its
-# own way.
+# own way. The head runs through `jax.jit`: compiled once into one program, not op by op.
 
 # %%
 SENTENCE = "the cat saw the dog and the bird".split()
@@ -118,9 +119,10 @@ params = {n: jnp.asarray(rng.normal(0, 0.5, (Dm, 1, Dm)), jnp.float32) for n in 
 params["wo"] = jnp.asarray(np.eye(Dm)[None], jnp.float32)
 T = len(SENTENCE)
 pos = np.asarray(F.sinusoidal_positions(T, Dm))
+attention = jax.jit(F.multi_head_attention)
 weights = {}
 for name, x in (("tokens only", emb[ids]), ("tokens + sinusoidal positions", emb[ids] + pos)):
-    _, wts = F.multi_head_attention(params, jnp.asarray(x, jnp.float32)[None])
+    _, wts = attention(params, jnp.asarray(x[None], jnp.float32))
     weights[name] = np.asarray(wts)[0, 0]
 the = [i for i, w in enumerate(SENTENCE) if w == "the"]
 report(f"attention of one random head over {' '.join(SENTENCE)!r} (no causal mask):")
@@ -131,7 +133,7 @@ for name, wts in weights.items():
 report("  without positions attention is permutation-equivariant: the same word gets the same "
        "row wherever it stands, and shuffling the words only shuffles the rows and columns")
 perm = rng.permutation(T)
-_, wp = F.multi_head_attention(params, jnp.asarray(emb[ids][perm], jnp.float32)[None])
+_, wp = attention(params, jnp.asarray(emb[ids][perm][None], jnp.float32))
 err = np.abs(np.asarray(wp)[0, 0] - weights["tokens only"][np.ix_(perm, perm)]).max()
 report(f"  check: attention(shuffled words) = shuffled attention(words), max error {err:.1e}")
 

@@ -116,12 +116,18 @@ probe = repeated(np.random.default_rng(10_000 + args.seed), 64, T, period=P_PROB
 
 
 @jax.jit
+def logits_of(params, tokens_BT):
+    """``[B, T, V]`` logits of the model (``jax.jit``: one compiled program, not op by op)."""
+    return F.decoder(params, tokens_BT, mcfg)[0]
+
+
+@jax.jit
 def token_losses(params, tokens_BT):
     """``[B, T-1]`` next-token loss (nats) of the model's logits."""
-    logits, _ = F.decoder(params, tokens_BT, mcfg)
-    return per_token(logits, tokens_BT)
+    return per_token(logits_of(params, tokens_BT), tokens_BT)
 
 
+@jax.jit
 def per_token(logits_BTV, tokens_BT):
     logp = jax.nn.log_softmax(jnp.asarray(logits_BTV, jnp.float32)[:, :-1], -1)
     return -jnp.take_along_axis(logp, jnp.asarray(tokens_BT)[:, 1:, None], -1)[..., 0]
@@ -251,8 +257,8 @@ pick = np.random.default_rng(30_000 + args.seed)
 corrupted[:, M] = [pick.choice(np.setdiff1d(ids, row)) for row in base]     # a letter the prompt lacks
 right, wrong = jnp.asarray(base[:, M]), jnp.asarray(corrupted[:, M])
 metric = lambda logits: interp.logit_difference(logits, right, wrong)       # noqa: E731
-m_clean = float(metric(F.decoder(params, jnp.asarray(clean), mcfg)[0]))
-m_corrupted = float(metric(F.decoder(params, jnp.asarray(corrupted), mcfg)[0]))
+m_clean = float(metric(logits_of(params, jnp.asarray(clean))))
+m_corrupted = float(metric(logits_of(params, jnp.asarray(corrupted))))
 report(f"logit difference (clean answer - corrupted answer): clean run {m_clean:.2f}, corrupted run {m_corrupted:.2f}")
 resid = np.asarray(interp.patch_activations(model, clean, corrupted, metric, over="position"))
 by_head = np.asarray(interp.patch_activations(model, clean, corrupted, metric, over="head"))

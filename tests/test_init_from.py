@@ -40,6 +40,10 @@ def base(tmp_path_factory):
     return out
 
 
+#: The training objective as one compiled program (called as it is, it runs op by op).
+jit_loss = jax.jit(loss_fn, static_argnums=2)
+
+
 def _leaves_equal(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -53,14 +57,14 @@ def test_new_run_starts_from_the_runs_weights_and_learns(base, tmp_path):
     # the data is encoded with the source run's tokenizer, the first batch from the new seed
     data = encode_corpus(SMALL, src.tokenizer)
     batch = get_batch(data.train, 8, mc.max_len, seed=1, step=0)
-    first = float(loss_fn(src.model.params(), batch, mc))
+    first = float(jit_loss(src.model.params(), batch, mc))
     records = read_metrics(ft.run_dir)
     assert [r["step"] for r in records][:3] == [0, 1, 2]
     # step 1's logged loss is the loss of step 0, computed before its update: the source weights
     assert records[1]["train_loss"] == pytest.approx(first, rel=1e-5)
     assert records[0]["val_loss"] == pytest.approx(
         evaluate(src.model.params(), mc, data.val, batch_size=8, steps=2, seed=1), rel=1e-5)
-    random = float(loss_fn(init_params(config), batch, mc))
+    random = float(jit_loss(init_params(config), batch, mc))
     assert abs(random - first) > 0.3                      # a random init would not give it
     # fresh optimizer: the schedule starts again at step 0; the loss goes down
     assert records[1]["lr"] == pytest.approx(float(lr_schedule(config.train)(0)))

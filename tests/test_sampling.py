@@ -3,6 +3,8 @@
 The statistical tests draw through both entry points of the one sampling pipeline:
 ``sampling.make_sampler`` and generation's own per-token step (``generation._choose``, what
 ``generate`` and ``decode`` run for every new token)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +70,26 @@ def nucleus64(logits_V, p):
     return keep
 
 
+#: The filters, each as one compiled program (run op by op, every jnp call compiles alone);
+#: ``p`` stays a traced argument, as generation passes it.
+top_p_filter = jax.jit(S.top_p_filter)
+
+
+def filter_logits(logits, seen_BV=None, **settings):
+    """``S.filter_logits`` with these (static) settings, compiled as one program."""
+    return _jit(S.filter_logits, tuple(sorted(settings.items())))(logits, seen_BV=seen_BV)
+
+
+def sample(logits, key, seen_BV=None, **settings):
+    """``S.sample`` with these (static) settings, compiled as one program."""
+    return _jit(S.sample, tuple(sorted(settings.items())))(logits, key, seen_BV=seen_BV)
+
+
+@functools.lru_cache(maxsize=None)
+def _jit(fn, settings):
+    return jax.jit(functools.partial(fn, **dict(settings)))
+
+
 def test_greedy_is_argmax():
     np.testing.assert_array_equal(S.greedy(jnp.asarray(LOGITS)), LOGITS.argmax(-1))
 
@@ -111,14 +133,14 @@ def test_top_k_larger_than_vocab_is_identity():
     np.testing.assert_array_equal(S.top_k_filter(x, 100), x)
     np.testing.assert_array_equal(S.top_k_filter(x, 8), x)
     k = jax.random.key(3)
-    np.testing.assert_array_equal(S.sample(x, k, top_k=1000), S.sample(x, k))
+    np.testing.assert_array_equal(sample(x, k, top_k=1000), sample(x, k))
 
 
 def test_top_p_keeps_the_nucleus():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, (16, 50)).astype(np.float32)
     for p in (0.05, 0.3, 0.5, 0.9, 0.99):
-        kept = np.isfinite(np.asarray(S.top_p_filter(jnp.asarray(logits), p)))
+        kept = np.isfinite(np.asarray(top_p_filter(jnp.asarray(logits), p)))
         for b in range(16):
             np.testing.assert_array_equal(kept[b], nucleus64(logits[b], p))
 
@@ -133,12 +155,12 @@ def test_top_p_distribution(make):
 def test_top_p_limits():
     x = jnp.asarray(LOGITS)
     # p -> 0 keeps the single most likely token
-    kept = np.isfinite(np.asarray(S.top_p_filter(x, 1e-9)))
+    kept = np.isfinite(np.asarray(top_p_filter(x, 1e-9)))
     assert (kept.sum(-1) == 1).all() and kept[np.arange(2), LOGITS.argmax(-1)].all()
     for make in (S.make_sampler, generate_sampler):
         assert (draws(make(top_p=1e-6), n=300) == LOGITS.argmax(-1)).all()
     # p = 1 keeps everything
-    np.testing.assert_array_equal(S.top_p_filter(x, 1.0), x)
+    np.testing.assert_array_equal(top_p_filter(x, 1.0), x)
 
 
 @SAMPLERS
@@ -189,15 +211,15 @@ def test_filter_logits_order_penalty_then_temperature_then_top_k_then_top_p():
     logits = jnp.asarray([[3.0, 2.5, 0.0, -1.0]])
     seen = jnp.asarray([[True, False, False, True]])
     # the penalty acts first: token 0 drops to 1.5, so top-1 keeps token 1, not token 0
-    x = S.filter_logits(logits, temperature=0.5, top_k=1, seen_BV=seen, penalty=2.0)
+    x = filter_logits(logits, temperature=0.5, top_k=1, seen_BV=seen, penalty=2.0)
     np.testing.assert_array_equal(np.isfinite(x), [[False, True, False, False]])
     np.testing.assert_allclose(x[0, 1], 5.0)
-    full = S.filter_logits(logits, temperature=0.5, seen_BV=seen, penalty=2.0)
+    full = filter_logits(logits, temperature=0.5, seen_BV=seen, penalty=2.0)
     np.testing.assert_allclose(full, [[3.0, 5.0, 0.0, -4.0]])
-    np.testing.assert_array_equal(S.filter_logits(logits, top_p=1.0), logits)   # p = 1 keeps all
-    np.testing.assert_array_equal(S.filter_logits(logits, top_p=0.2), S.top_p_filter(logits, 0.2))
+    np.testing.assert_array_equal(filter_logits(logits, top_p=1.0), logits)   # p = 1 keeps all
+    np.testing.assert_array_equal(filter_logits(logits, top_p=0.2), top_p_filter(logits, 0.2))
     # greedy applies the penalty too
-    np.testing.assert_array_equal(S.sample(logits, None, temperature=0, seen_BV=seen, penalty=2.0), [1])
+    np.testing.assert_array_equal(sample(logits, None, temperature=0, seen_BV=seen, penalty=2.0), [1])
 
 
 @pytest.mark.parametrize("T", [0.7, 1.3])
@@ -219,4 +241,4 @@ def test_decode_draws_through_sampling_sample():
     for seed in range(5):
         key = jax.random.key(seed)
         g = G.decode(fake_step, None, logits, max_new_tokens=1, key=key, **kw)
-        np.testing.assert_array_equal(g.tokens[:, 0], S.sample(logits, jax.random.split(key)[1], **kw))
+        np.testing.assert_array_equal(g.tokens[:, 0], sample(logits, jax.random.split(key)[1], **kw))

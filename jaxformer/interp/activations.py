@@ -151,10 +151,16 @@ def next_token_distribution(logits_V, *, temperature: float = 1.0, top_k=None, t
     ``temperature=0`` is greedy (one-hot on the arg-max). Raises
     :class:`~jaxformer.errors.GenerationError` for invalid settings."""
     check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
-    x_1V = jnp.asarray(logits_V, jnp.float32)[None]
     if temperature == 0:
+        x_1V = jnp.asarray(logits_V, jnp.float32)[None]
         p = np.zeros(x_1V.shape[-1])
         p[int(greedy(x_1V)[0])] = 1.0
         return p
-    x_1V = filter_logits(x_1V, temperature=temperature, top_k=top_k, top_p=top_p)
-    return np.asarray(jax.nn.softmax(x_1V, axis=-1)[0], np.float64)
+    return np.asarray(_filtered_probs(logits_V, temperature=temperature, top_k=top_k, top_p=top_p), np.float64)
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p"))
+def _filtered_probs(logits_V, *, temperature, top_k, top_p):
+    """softmax of :func:`filter_logits` of ``logits [V]``, one compiled program per setting."""
+    x_1V = jnp.asarray(logits_V, jnp.float32)[None]
+    return jax.nn.softmax(filter_logits(x_1V, temperature=temperature, top_k=top_k, top_p=top_p), axis=-1)[0]

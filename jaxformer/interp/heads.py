@@ -20,6 +20,8 @@ its attention on a target, 0 none.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -33,9 +35,15 @@ from jaxformer.interp.inputs import check_tokens, model_parts
 KINDS = ("previous-token", "first-token", "duplicate-token", "induction")
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise HookError(f"kind={kind!r}: expected one of {', '.join(KINDS)}")
+
+
 def detector_targets(tokens_BT, kind: str) -> Tuple[jax.Array, jax.Array]:
     """``(targets [B, T, T] bool, queries [B, T] bool)`` of detector ``kind`` (see the module
     docstring) for token ids ``[B, T]``."""
+    _check_kind(kind)
     t = jnp.asarray(tokens_BT)
     B, T = t.shape
     q_T1, s_1T = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
@@ -45,12 +53,23 @@ def detector_targets(tokens_BT, kind: str) -> Tuple[jax.Array, jax.Array]:
         target = jnp.broadcast_to((s_1T == 0) & (q_T1 >= 1), (B, T, T))
     elif kind == "duplicate-token":
         target = (t[:, :, None] == t[:, None, :]) & (s_1T < q_T1)
-    elif kind == "induction":
+    else:                                                   # induction
         before = jnp.concatenate([jnp.full((B, 1), -1, t.dtype), t[:, :-1]], axis=1)  # token at s - 1
         target = (t[:, :, None] == before[:, None, :]) & (s_1T >= 1) & (s_1T <= q_T1)
-    else:
-        raise HookError(f"kind={kind!r}: expected one of {', '.join(KINDS)}")
     return target, target.any(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("kinds",))
+def _head_scores(w_BLHTT, tokens_BT, kinds: Tuple[str, ...]):
+    """``{kind: (score [L, H], count)}``: one compiled program for all ``kinds``."""
+    tokens_BT = tokens_BT[:, : w_BLHTT.shape[-1]]
+    out = {}
+    for kind in kinds:
+        target_BTS, query_BT = detector_targets(tokens_BT, kind)
+        count = query_BT.sum()
+        mass_BLHT = jnp.sum(jnp.where(target_BTS[:, None, None], w_BLHTT, 0.0), -1)
+        out[kind] = (jnp.sum(jnp.where(query_BT[:, None, None], mass_BLHT, 0.0), (0, 3)) / count, count)
+    return out
 
 
 def head_scores(pattern_BLHTT, tokens_BT, kinds: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
@@ -58,17 +77,17 @@ def head_scores(pattern_BLHTT, tokens_BT, kinds: Optional[Sequence[str]] = None)
     (``attention_maps``, or ``hook_pattern`` stacked over layers) of ``tokens [B, T]``.
     Raises :class:`HookError` when no query of ``tokens`` has a target for a kind (no token
     repeats, for duplicate-token and induction)."""
-    w = jnp.asarray(pattern_BLHTT, jnp.float32)
-    tokens_BT = jnp.asarray(tokens_BT)[:, : w.shape[-1]]
+    kinds = tuple(kinds or KINDS)
+    known = tuple(itertools.takewhile(lambda k: k in KINDS, kinds))     # up to the first unknown kind
+    scores = _head_scores(jnp.asarray(pattern_BLHTT, jnp.float32), jnp.asarray(tokens_BT), known) if known else {}
     out = {}
-    for kind in kinds or KINDS:
-        target_BTS, query_BT = detector_targets(tokens_BT, kind)
-        count = int(query_BT.sum())
-        if count == 0:
+    for kind in kinds:
+        _check_kind(kind)
+        score, count = scores[kind]
+        if int(count) == 0:
             raise HookError(f"kind={kind!r}: no query in these tokens has a target (does any token repeat?), "
                             "so the score is undefined")
-        mass_BLHT = jnp.sum(jnp.where(target_BTS[:, None, None], w, 0.0), -1)
-        out[kind] = np.asarray(jnp.sum(jnp.where(query_BT[:, None, None], mass_BLHT, 0.0), (0, 3)) / count)
+        out[kind] = np.asarray(score)
     return out
 
 
@@ -81,9 +100,15 @@ def detect_heads(model, tokens_BT, kinds: Optional[Sequence[str]] = None) -> Dic
     """
     params, config = model_parts(model)
     tokens_BT = check_tokens(tokens_BT, config)
+    return head_scores(_patterns(params, tokens_BT, config), tokens_BT, kinds)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _patterns(params, tokens_BT, config):
+    """Every layer's ``hook_pattern`` stacked: ``[B, L, H, T, T]``."""
     names = tuple(f"blocks.{l}.attn.hook_pattern" for l in range(config.n_layer))
     _, cache = run_with_cache_fn(params, tokens_BT, config, names)
-    return head_scores(stack_layers(cache, "attn.hook_pattern", config.n_layer), tokens_BT, kinds)
+    return stack_layers(cache, "attn.hook_pattern", config.n_layer)
 
 
 def name_heads(scores: Dict[str, np.ndarray], threshold: float = 0.4) -> List[Tuple[int, int, str, float]]:

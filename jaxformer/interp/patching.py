@@ -209,32 +209,48 @@ def _decompose_names(config) -> Tuple[str, ...]:
         (f"blocks.{config.n_layer - 1}.hook_resid_post",)
 
 
-@jax.jit
-def _heads_out(z_BTHK, wo_HKD):
-    return jnp.einsum("bthk,hkd->hbtd", z_BTHK, wo_HKD.astype(z_BTHK.dtype))
-
-
 def _decompose(params, tokens_BT, config):
-    _, cache = run_with_cache_fn(params, tokens_BT, config, _decompose_names(config))
-    labels, parts = ["embed"], [cache["hook_embed"]]
-    if "hook_pos_embed" in cache:
+    """``(labels, parts [C, B, T, D], final stream [B, T, D])``: the labels from the config, the
+    arrays from one compiled program."""
+    return (_decompose_labels(params, config),) + _decompose_arrays(params, tokens_BT, config)
+
+
+def _decompose_labels(params, config) -> Tuple[str, ...]:
+    blocks = params["blocks"]
+    has_bias = "bo" in (blocks[0] if isinstance(blocks, (list, tuple)) else blocks)["attn"]
+    labels = ["embed"]
+    if config.positions in ("learned", "sinusoidal"):
         labels.append("pos_embed")
-        parts.append(cache["hook_pos_embed"])
     for l in range(config.n_layer):
         if config.norm_position == "sandwich":
             labels.append(f"L{l}.attn")
+        else:
+            labels += [f"L{l}H{h}" for h in range(config.n_head)]
+            if has_bias:
+                labels.append(f"L{l}.attn_bias")
+        if not config.attn_only:
+            labels.append(f"L{l}.mlp")
+    return tuple(labels)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _decompose_arrays(params, tokens_BT, config):
+    _, cache = run_with_cache_fn(params, tokens_BT, config, _decompose_names(config))
+    parts = [cache["hook_embed"]]
+    if "hook_pos_embed" in cache:
+        parts.append(cache["hook_pos_embed"])
+    for l in range(config.n_layer):
+        if config.norm_position == "sandwich":
             parts.append(cache[f"blocks.{l}.hook_attn_out"])
         else:
             attn = _layer(params["blocks"], l)["attn"]
-            labels += [f"L{l}H{h}" for h in range(config.n_head)]
-            parts += list(_heads_out(cache[f"blocks.{l}.attn.hook_z"], attn["wo"]))
+            z_BTHK = cache[f"blocks.{l}.attn.hook_z"]
+            parts += list(jnp.einsum("bthk,hkd->hbtd", z_BTHK, attn["wo"].astype(z_BTHK.dtype)))
             if "bo" in attn:
-                labels.append(f"L{l}.attn_bias")
                 parts.append(jnp.broadcast_to(attn["bo"].astype(parts[0].dtype), parts[0].shape))
         if not config.attn_only:
-            labels.append(f"L{l}.mlp")
             parts.append(cache[f"blocks.{l}.hook_mlp_out"])
-    return tuple(labels), jnp.stack(parts), cache[f"blocks.{config.n_layer - 1}.hook_resid_post"]
+    return jnp.stack(parts), cache[f"blocks.{config.n_layer - 1}.hook_resid_post"]
 
 
 def direct_logit_attribution(model, tokens_BT, answer_ids: Sequence[int], *, pos: int = -1
@@ -258,7 +274,7 @@ def direct_logit_attribution(model, tokens_BT, answer_ids: Sequence[int], *, pos
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
         raise HookError(f"answer_ids={list(map(int, ids))} reach outside the vocabulary [0, {config.vocab_size})")
     return labels + (("ln_final.bias",) if _ln_bias(params, config) else ()), \
-        _attribute(params, parts_CBTD[:, :, pos], resid_BTD[:, pos], ids, config)
+        _attribute(params, parts_CBTD, resid_BTD, ids, config, pos)
 
 
 def _ln_bias(params, config) -> bool:
@@ -266,7 +282,8 @@ def _ln_bias(params, config) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _attribute(params, parts_CBD, resid_BD, ids_A, config):
+def _attribute(params, parts_CBTD, resid_BTD, ids_A, config, pos):
+    parts_CBD, resid_BD = parts_CBTD[:, :, pos], resid_BTD[:, pos]
     dtype = parts_CBD.dtype
     w = params["tok_emb"].T if config.tie_embeddings else params["lm_head"]
     w_DA = w[:, ids_A].astype(dtype)
