@@ -63,16 +63,17 @@ class ModelConfig:
     norm: str = "layernorm"             # layernorm | rmsnorm
     norm_eps: float = 1e-5
     norm_offset: float = 0.0            # norms multiply by (norm_offset + scale); Gemma: 1.0
-    activation: str = "gelu"            # relu | gelu (tanh approx.) | gelu_exact (erf) | swiglu | geglu
+    activation: str = "gelu"            # relu | gelu (tanh approx.) | gelu_exact (erf) | swiglu | geglu | geglu_exact (erf)
     positions: str = "learned"          # learned | sinusoidal | rope | none
     rope_theta: float = 10000.0
+    rope_local_theta: Optional[float] = None  # RoPE base of the sliding layers (ModernBERT's local_rope_theta); default rope_theta
     rope_fraction: float = 1.0          # fraction of each head's dims that rotate (GPT-NeoX rotary_pct)
     rope_scaling: str = "none"          # none | linear | llama3
     rope_scaling_factor: float = 1.0
     rope_low_freq_factor: float = 1.0   # llama3 scaling only
     rope_high_freq_factor: float = 4.0  # llama3 scaling only
     rope_original_max_len: int = 8192   # llama3 scaling only
-    sliding_window: Optional[int] = None  # query t sees keys s with 0 <= t - s < sliding_window
+    sliding_window: Optional[int] = None  # query t sees keys s with 0 <= t - s < sliding_window (encoders: |t - s| < it)
     layer_types: Optional[Tuple[str, ...]] = None  # per layer "full" | "sliding" (default: all sliding if a window is set)
     attn_scale: Optional[float] = None  # score multiplier; default head_dim ** -0.5
     attn_softcap: Optional[float] = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
@@ -86,6 +87,9 @@ class ModelConfig:
     embed_norm: bool = False            # a norm on the summed embeddings, ln_emb (BERT)
     position_offset: int = 0            # learned positions start at this row (RoBERTa: 2); the table has max_len + offset rows
     mlm_head: bool = False              # BERT's masked-LM head: norm(act(x W + b)) before the unembedding, plus a [V] bias
+    mlm_bias: bool = True               # the masked-LM head's dense has its bias b (ModernBERT: classifier_bias)
+    mlm_activation: Optional[str] = None  # the masked-LM head's act: relu | gelu | gelu_exact; default activation
+    first_attn_norm: bool = True        # layer 0 norms its attention input (ModernBERT: false, the embeddings are normed)
     bias: bool = True
     qkv_bias: Optional[bool] = None     # biases on q/k/v only; default: bias (Qwen2: bias=False, qkv_bias=True)
     tie_embeddings: bool = True
@@ -130,7 +134,9 @@ class ModelConfig:
     def _check_choices(self) -> None:
         _choice("model.norm_position", self.norm_position, ("pre", "post", "none", "sandwich"))
         _choice("model.norm", self.norm, ("layernorm", "rmsnorm"))
-        _choice("model.activation", self.activation, ("relu", "gelu", "gelu_exact", "swiglu", "geglu"))
+        _choice("model.activation", self.activation, ("relu", "gelu", "gelu_exact", "swiglu", "geglu", "geglu_exact"))
+        if self.mlm_activation is not None:
+            _choice("model.mlm_activation", self.mlm_activation, ("relu", "gelu", "gelu_exact"))
         _choice("model.positions", self.positions, ("learned", "sinusoidal", "rope", "none"))
         _choice("model.rope_scaling", self.rope_scaling, ("none", "linear", "llama3"))
         _choice("model.dtype", self.dtype, DTYPES)
@@ -145,6 +151,8 @@ class ModelConfig:
         _finite_number("model.norm_offset", self.norm_offset, -10.0, 10.0)
         _finite_number("model.init_std", self.init_std, 0.0, 10.0, include_min=False)
         _finite_number("model.rope_theta", self.rope_theta, 1.0)
+        if self.rope_local_theta is not None:
+            _finite_number("model.rope_local_theta", self.rope_local_theta, 1.0)
         _finite_number("model.rope_fraction", self.rope_fraction, 0.0, 1.0, include_min=False)
         _finite_number("model.rope_scaling_factor", self.rope_scaling_factor, 1.0)
         _finite_number("model.rope_low_freq_factor", self.rope_low_freq_factor, 0.0, include_min=False)
@@ -163,7 +171,8 @@ class ModelConfig:
     def _check_switches(self) -> None:
         """The true/false knobs, with the ``qkv_bias`` default filled in."""
         for name in ("bias", "tie_embeddings", "scan_layers", "qk_norm", "parallel_residual", "attn_only",
-                     "scale_embeddings", "causal", "embed_norm", "mlm_head"):
+                     "scale_embeddings", "causal", "embed_norm", "mlm_head",
+                     "mlm_bias", "first_attn_norm"):
             _check(isinstance(getattr(self, name), bool),
                    f"model.{name}={getattr(self, name)!r} must be true or false")
         if self.qkv_bias is None:
@@ -183,8 +192,6 @@ class ModelConfig:
             self._set("layer_types", tuple(types))
             _check(self.sliding_window is not None or "sliding" not in types,
                    "model.layer_types has 'sliding' layers but model.sliding_window is null")
-        _check(self.causal or self.sliding_window is None,
-               f"model.sliding_window={self.sliding_window!r} needs model.causal=true (encoders attend everywhere)")
         _check(not (self.attn_only and self.parallel_residual),
                "model.attn_only=true has no MLP to run in parallel: set model.parallel_residual=false")
         if self.parallel_residual:
@@ -196,8 +203,11 @@ class ModelConfig:
                    f"must be >= 1, and < head_dim={self.head_dim} when odd (an odd width rotates one more dim)")
         _check(self.position_offset == 0 or self.positions == "learned",
                f"model.position_offset={self.position_offset!r} needs model.positions='learned', not {self.positions!r}")
-        _check(not self.mlm_head or self.activation not in ("swiglu", "geglu"),
-               f"model.mlm_head=true needs an ungated model.activation (relu, gelu, gelu_exact), not {self.activation!r}")
+        _check(not self.mlm_head or self.mlm_activation or self.activation not in ("swiglu", "geglu", "geglu_exact"),
+               f"model.mlm_head=true needs an ungated model.activation (relu, gelu, gelu_exact) or model.mlm_activation, "
+               f"not {self.activation!r}")
+        _check(self.first_attn_norm or self.norm_position == "pre",
+               f"model.first_attn_norm=false needs model.norm_position='pre', not {self.norm_position!r}")
         if self.positions == "sinusoidal":
             _check(self.d_model % 2 == 0, f"model.d_model={self.d_model} must be even for sinusoidal positions")
 

@@ -31,19 +31,19 @@ from jax import lax
 
 from jaxformer.functional_extras import (  # noqa: F401 (rope_frequencies, ...: textbook names too)
     acc_dtype, apply_rope, attention_only_block, cast_params, embed_extras, gelu_exact, group_heads, grouped_hooks,
-    head_transform, llama3_rope_scaling, merge_heads, output_bias, parallel_block, rope_for, rope_frequencies,
+    first_unnormed, head_transform, llama3_rope_scaling, merge_heads, output_bias, parallel_block, rope_for, rope_frequencies,
     rope_inv_freq, sandwich_norm, soft_cap, split_heads, sub_hooks, tap)
 
 Params = Mapping[str, Any]
 
 
 # ----------------------------------------------------------------------------- attention
-def causal_mask(T: int, S: Optional[int] = None, offset: int = 0, window: Optional[int] = None):
-    """Boolean ``[T, S=T]``: True where query t may attend key ``s <= t + offset``; with a sliding
-    ``window`` W (Mistral, Gemma 2) only the last W of those, ``s > t + offset - W``."""
+def causal_mask(T: int, S: Optional[int] = None, offset: int = 0, window: Optional[int] = None, causal: bool = True):
+    """Boolean ``[T, S=T]``: True where query t may attend key ``s <= t + offset``; with a sliding ``window`` W (Mistral,
+    Gemma 2) only the last W of those, ``s > t + offset - W``; not ``causal`` (ModernBERT): ``|s - t - offset| < W``."""
     S = T if S is None else S
     t, s = jnp.arange(T)[:, None] + offset, jnp.arange(S)[None, :]
-    keep = s <= t
+    keep = s <= t if causal else s < t + (S if window is None else window)
     return keep if window is None else keep & (s > t - window)
 
 
@@ -161,14 +161,14 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-GATED = ("swiglu", "geglu")  # activations that multiply a gate branch into the up projection
+GATED = ("swiglu", "geglu", "geglu_exact")  # activations that multiply a gate branch into the up projection
 
 
 def feed_forward(params: Params, x_BTD, act: str = "gelu", *, dense=linear, gelu=gelu_tanh, hooks=None):
     """MLP ``[B, T, D] -> [B, T, D]``: ``act(x W_in + b_in) W_out + b_out``, or gated (SwiGLU, GeGLU)
-    ``(act(x W_gate) * (x W_in)) W_out``; ``act`` relu | gelu (tanh) | gelu_exact | swiglu | geglu.
+    ``(act(x W_gate) * (x W_in)) W_out``; ``act`` relu | gelu (tanh) | gelu_exact | swiglu | geglu | geglu_exact.
     ``hooks``: ``hook_pre`` (the activation's input), ``hook_pre_linear`` (gated), ``hook_post``."""
-    act_fn = {"relu": jax.nn.relu, "swiglu": jax.nn.silu, "gelu_exact": gelu_exact, "gelu": gelu, "geglu": gelu}[act]
+    act_fn = {"relu": jax.nn.relu, "swiglu": jax.nn.silu, "gelu_exact": gelu_exact, "gelu": gelu, "geglu": gelu, "geglu_exact": gelu_exact}[act]
     h = dense(x_BTD, params["w_in"])
     if "b_in" in params:
         h = h + params["b_in"]
@@ -202,9 +202,9 @@ def sinusoidal_positions(max_len: int, d_model: int, base: float = 10000.0):
 LN_IN = {"attn": "ln1", "mlp": "ln2"}   # the norm in front of each branch
 
 
-def block_parts(params: Params, config, *, mask, rope, key, hooks, attend, dense, ln, gelu, residual):
+def block_parts(params: Params, config, *, mask, rope, key, hooks, attend, dense, ln, gelu, residual, first=False):
     """A block's pieces, everything bound: ``run(branch, h)`` (``"attn"`` | ``"mlp"``), ``norm(name, x)``,
-    ``norm_in(branch, x)`` (ln1 / ln2, hooked), ``out(branch, y)`` (dropout, hook ``hook_<branch>_out``),
+    ``norm_in(branch, x)`` (ln1 / ln2, hooked; :func:`first_unnormed`), ``out(branch, y)`` (dropout, hook ``hook_<branch>_out``),
     ``tap(name, x)``, ``residual(x)`` (a kernel set's mark); ``seen`` keeps weights and branch outputs."""
     keys = jax.random.split(key, 3) if key is not None else (None, None, None)
     seen: dict = {}
@@ -227,7 +227,7 @@ def block_parts(params: Params, config, *, mask, rope, key, hooks, attend, dense
         return y
 
     return SimpleNamespace(run=run, norm=lambda name, x: nrm(params[name], x), out=out, tap=hook,
-                           norm_in=lambda b, x: hook(f"{LN_IN[b]}.hook_normalized", nrm(params[LN_IN[b]], x)),
+                           norm_in=lambda b, x: hook(f"{LN_IN[b]}.hook_normalized", first_unnormed(config, b == "attn" and first, x, nrm(params[LN_IN[b]], x))),
                            residual=residual, seen=seen)
 
 
@@ -257,12 +257,12 @@ BLOCK_LAYOUTS = {"sequential": sequential_block, "parallel": parallel_block, "at
 
 
 def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, key=None, hooks=None,
-                  attend=grouped_attention, dense=linear, ln=layer_norm, gelu=gelu_tanh, residual=lambda x: x):
+                  attend=grouped_attention, dense=linear, ln=layer_norm, gelu=gelu_tanh, residual=lambda x: x, first=False):
     """One block ``x [B, T, D] -> (y, {"weights", "attn_out", "mlp_out"})``: the layout of
     :data:`BLOCK_LAYOUTS`, its branches in residual sub-layers of :data:`NORM_PLACEMENTS`
-    (``norm_position``); dropout with ``key``. ``hooks``: ``hook_resid_pre``, ``attn.hook_z``, ..."""
+    (``norm_position``); dropout with ``key``; ``first``: layer 0. ``hooks``: ``hook_resid_pre``, ``attn.hook_z``, ..."""
     f = block_parts(params, config, mask=mask, rope=rope, key=key, hooks=hooks, attend=attend, dense=dense,
-                    ln=ln, gelu=gelu, residual=residual)
+                    ln=ln, gelu=gelu, residual=residual, first=first)
     layout = "attn_only" if config.attn_only else "parallel" if config.parallel_residual else "sequential"
     x = f.tap("hook_resid_pre", residual(x_BTD))
     x = f.tap("hook_resid_post", BLOCK_LAYOUTS[layout](f, x, NORM_PLACEMENTS[config.norm_position]))
@@ -293,13 +293,13 @@ def decoder(params: Params, tokens_BT, config, *, key=None, hooks=None):
     positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
     keys = [None] * (config.n_layer + 1) if key is None else jax.random.split(key, config.n_layer + 1)
     x = dropout(embed(params, tokens_BT, config, positions_BT, hooks), config.dropout, keys[-1])
-    full, sliding = (causal_mask(T, window=w)[None, None] if config.causal else None for w in (None, config.sliding_window))
-    rope = rope_for(config, positions_BT) if config.positions == "rope" else None
+    full, sliding = (causal_mask(T, window=w, causal=config.causal)[None, None] if config.causal or w else None for w in (None, config.sliding_window))
+    ropes = [rope_for(config, positions_BT, s) if config.positions == "rope" else None for s in (False, True)]
     layers = []
     for i in range(config.n_layer):
         block_i = jax.tree.map(lambda a: a[i], params["blocks"])
-        y, aux = decoder_block(block_i, x, config, mask=sliding if config.sliding_layers[i] else full, rope=rope,
-                               key=keys[i], hooks=sub_hooks(hooks, f"blocks.{i}."))
+        y, aux = decoder_block(block_i, x, config, mask=sliding if config.sliding_layers[i] else full,
+                               rope=ropes[config.sliding_layers[i]], key=keys[i], hooks=sub_hooks(hooks, f"blocks.{i}."), first=i == 0)
         layers.append(dict(aux, resid=x))
         x = y
     aux = {name: jnp.stack([layer[name] for layer in layers]) for name in ("weights", "attn_out", "mlp_out")}

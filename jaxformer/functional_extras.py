@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["acc_dtype", "tap", "sub_hooks", "cast_params", "soft_cap", "rope_inv_freq", "llama3_rope_scaling",
-           "rope_frequencies", "rope_for", "apply_rope", "gelu_exact", "split_heads", "merge_heads", "group_heads",
+           "rope_frequencies", "rope_for", "apply_rope", "gelu_exact", "first_unnormed", "split_heads", "merge_heads", "group_heads",
            "grouped_hooks", "sandwich_norm", "parallel_block", "attention_only_block", "mask_token_id",
            "masked_lm_inputs", "embed_extras", "head_transform", "output_bias"]
 
@@ -82,10 +82,11 @@ def rope_frequencies(positions_BT, head_dim: int, theta: float = 10000.0, inv_fr
     return jnp.cos(angle), jnp.sin(angle)
 
 
-def rope_for(config, positions_BT):
-    """The ``(cos, sin)`` a model of ``config`` uses at ``positions [B, T]``: over
-    ``config.rotary_dim`` dims, base ``rope_theta``, scaled per ``rope_scaling``."""
-    inv_freq = rope_inv_freq(config.rotary_dim, config.rope_theta)
+def rope_for(config, positions_BT, sliding: bool = False):
+    """The ``(cos, sin)`` a model of ``config`` uses at ``positions [B, T]``: over ``config.rotary_dim``
+    dims, base ``rope_theta`` (a ``sliding`` layer's: ``rope_local_theta`` if set), scaled per ``rope_scaling``."""
+    local = sliding and config.rope_local_theta is not None
+    inv_freq = rope_inv_freq(config.rotary_dim, config.rope_local_theta if local else config.rope_theta)
     if config.rope_scaling == "linear":
         inv_freq = inv_freq / config.rope_scaling_factor
     elif config.rope_scaling == "llama3":
@@ -145,6 +146,14 @@ def grouped_hooks(hooks, G: int):
 
 
 # ----------------------------------------------------------------------------- more block layouts
+def first_unnormed(config, first, x, normed):
+    """ModernBERT (``config.first_attn_norm`` false): layer 0's attention reads ``x`` itself, not ``normed``
+    (its embeddings are normed already). ``first``: whether this is layer 0 (a traced bool under a scan)."""
+    if config.first_attn_norm or first is False:
+        return normed
+    return x if first is True else jnp.where(first, x, normed)
+
+
 def sandwich_norm(f, x, branch: str):
     """Gemma 2: pre-norm, and the branch's output normed again: ``x + norm(branch(norm(x)))``."""
     return x + f.out(branch, f.norm(f"ln_{branch}_out", f.run(branch, f.norm_in(branch, x))))
@@ -195,13 +204,14 @@ def embed_extras(params, x_BTD, config, token_types_BT=None, *, norm):
 
 def head_transform(params, x_BTD, config, *, norm, gelu):
     """BERT's masked-LM head before the unembedding, ``norm(act(x W + b))`` (``params["mlm"]``:
-    ``{"w": [D, D], "b": [D], "ln": norm}``; ``act`` is ``config.activation``, ``gelu`` the tanh GELU);
+    ``{"w": [D, D], "b": [D] (``mlm_bias``), "ln": norm}``; ``act`` is ``config.mlm_activation`` or ``activation``, ``gelu`` the tanh GELU);
     ``x`` as it is without ``config.mlm_head``."""
     if not config.mlm_head:
         return x_BTD
     p = params["mlm"]
-    act = {"relu": jax.nn.relu, "gelu_exact": gelu_exact, "gelu": gelu}[config.activation]
-    h = act(jnp.tensordot(x_BTD, p["w"].astype(x_BTD.dtype), axes=1) + p["b"].astype(x_BTD.dtype))
+    act = {"relu": jax.nn.relu, "gelu_exact": gelu_exact, "gelu": gelu}[config.mlm_activation or config.activation]
+    h = jnp.tensordot(x_BTD, p["w"].astype(x_BTD.dtype), axes=1)
+    h = act(h + p["b"].astype(x_BTD.dtype) if "b" in p else h)
     return norm(p["ln"], h, config.norm, config.norm_eps, config.norm_offset)
 
 

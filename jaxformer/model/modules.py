@@ -186,13 +186,14 @@ class DecoderBlock(ParamsMixin, nnx.Module):
 
 
 class MaskedLMHead(ParamsMixin, nnx.Module):
-    """BERT's masked-LM head parameters (``config.mlm_head``): the transform ``w [D, D]``, ``b [D]``,
+    """BERT's masked-LM head parameters (``config.mlm_head``): the transform ``w [D, D]``, ``b [D]`` (``mlm_bias``),
     its norm ``ln`` and the output bias ``bias [V]`` (see :func:`functional_extras.head_transform`)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         pdt = jnp.dtype(config.param_dtype)
         self.w = _normal(rngs, (config.d_model, config.d_model), config.init_std, pdt)
-        self.b = _const((config.d_model,), 0.0, pdt)
+        if config.mlm_bias:
+            self.b = _const((config.d_model,), 0.0, pdt)
         self.ln = LayerNorm.of(config)
         self.bias = _const((config.vocab_size,), 0.0, pdt)
 

@@ -36,11 +36,14 @@ def attention_masks(config, T: int, S: int, offset=0, key_mask_BS=None):
     causal (queries start at ``offset``) and, for ``sliding``, limited to the last
     ``config.sliding_window`` keys (None when no layer slides). ``key_mask_BS`` (False =
     padding) is applied to both. An encoder (``config.causal`` false) masks padding only
-    (``full`` is ``key_mask_BS`` as ``[B, 1, 1, S]``, or None: attend everywhere)."""
+    (``full`` is ``key_mask_BS`` as ``[B, 1, 1, S]``, or None: attend everywhere), and its
+    sliding layers see the keys less than ``sliding_window`` away on either side (ModernBERT)."""
+    sliding = F.causal_mask(T, S, offset, config.sliding_window, config.causal)[None, None] \
+        if any(config.sliding_layers) else None
     if not config.causal:
-        return (None if key_mask_BS is None else key_mask_BS[:, None, None, :]), None
+        pad = None if key_mask_BS is None else key_mask_BS[:, None, None, :]
+        return pad, sliding if pad is None or sliding is None else sliding & pad
     full = F.causal_mask(T, S, offset)[None, None]
-    sliding = F.causal_mask(T, S, offset, config.sliding_window)[None, None] if any(config.sliding_layers) else None
     if key_mask_BS is not None:
         pad = key_mask_BS[:, None, None, :]
         full, sliding = full & pad, None if sliding is None else sliding & pad
@@ -52,7 +55,18 @@ def layer_mask(config, full, sliding, i):
     slides = config.sliding_layers
     if all(slides) or not any(slides):
         return sliding if any(slides) else full
-    return jnp.where(jnp.asarray(slides)[i], sliding, full)
+    return jnp.where(jnp.asarray(slides)[i], sliding, True if full is None else full)   # None: attend everywhere
+
+
+def layer_rope(config, ropes, i):
+    """Layer ``i``'s ``(cos, sin)`` from ``ropes`` = (full layers', sliding layers'): they differ
+    only with ``config.rope_local_theta`` (ModernBERT); ``i`` may be traced under scan."""
+    if ropes is None or config.rope_local_theta is None or not any(config.sliding_layers):
+        return None if ropes is None else ropes[0]
+    slides = config.sliding_layers
+    if all(slides):
+        return ropes[1]
+    return tuple(jnp.where(jnp.asarray(slides)[i], s, f) for f, s in zip(*ropes))
 
 
 def block_kernels(kernels: Optional[Kernels]) -> dict:
@@ -104,8 +118,8 @@ def _layer_fn(config, *, full, sliding, rope, cache_index, kernels, is_causal: b
         p, c, k, i = xs
         written = {"cache": None}
         attend = attention_kernel(kernels, cache=c, cache_index=cache_index, is_causal=is_causal, written=written)
-        y, aux = F.decoder_block(p, x, config, mask=layer_mask(config, full, sliding, i), rope=rope, key=k,
-                                 attend=attend, **fns)
+        y, aux = F.decoder_block(p, x, config, mask=layer_mask(config, full, sliding, i), rope=layer_rope(config, rope, i),
+                                 key=k, attend=attend, first=i == 0, **fns)
         keep = {"cache": written["cache"]}
         if capture:
             keep.update(weights=aux["weights"], attn_out=aux["attn_out"], mlp_out=aux["mlp_out"], resid=x)
@@ -167,7 +181,8 @@ def decoder_hidden(params: Params, tokens_BT, config, *, positions_BT=None, key_
     S = T if cache is None else (cache[0] if per_layer else cache)["v"].shape[-2]
     full, sliding = attention_masks(config, T, S, cache_index if cache is not None else 0, key_mask_BS)
     layer = _layer_fn(config, full=full, sliding=sliding, cache_index=cache_index, kernels=kernels,
-                      rope=F.rope_for(config, positions_BT) if config.positions == "rope" else None,
+                      rope=tuple(F.rope_for(config, positions_BT, s) for s in (False, True))
+                      if config.positions == "rope" else None,
                       is_causal=config.causal and key_mask_BS is None and not any(config.sliding_layers),
                       capture=capture)
     if per_layer or not config.scan_layers:

@@ -47,7 +47,7 @@ def matmul_params(config) -> int:
     """Parameters that take part in matrix multiplies (see the module docstring)."""
     D, H, G, K, F_ = config.d_model, config.n_head, config.kv_heads, config.head_dim, config.d_ff
     attn = D * H * K + 2 * D * G * K + H * K * D
-    mlp = 0 if config.attn_only else (3 if config.activation in ("swiglu", "geglu") else 2) * D * F_  # gated: 3
+    mlp = 0 if config.attn_only else (3 if config.activation in ("swiglu", "geglu", "geglu_exact") else 2) * D * F_  # gated: 3
     return config.n_layer * (attn + mlp) + D * config.vocab_size
 
 
