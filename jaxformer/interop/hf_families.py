@@ -1,6 +1,6 @@
 """Hugging Face model families <-> :class:`ModelConfig`: which ``config.json`` is which model.
 
-Eleven architectures are read and written (``transformers`` 5 names and defaults; older
+Twelve architectures are read and written (``transformers`` 5 names and defaults; older
 ``config.json`` files are read too):
 
 =====================  ==========================================================================
@@ -22,6 +22,8 @@ GPT2LMHeadModel        see ``hf_gpt2.py``
 BertForMaskedLM        encoders (``causal=False``): post-norm, token types, embedding norm, masked-LM
 RobertaForMaskedLM     head; RoBERTa / XLM-R positions from ``pad_token_id + 1``; see ``hf_bert.py``
 XLMRobertaForMaskedLM
+ModernBertForMaskedLM  pre-norm encoder, RoPE with a local base on bidirectional sliding layers, exact-GELU
+                       GeGLU, no norm before layer 0's attention; see ``hf_modernbert.py``
 =====================  ==========================================================================
 
 RoPE is read from ``rope_parameters`` (transformers 5: ``rope_type``, ``rope_theta``,
@@ -42,15 +44,17 @@ from jaxformer.config import ModelConfig
 from jaxformer.errors import CheckpointError, ConfigError
 from jaxformer.interop import hf_gpt2
 from jaxformer.interop.hf_bert import BERT, BERT_ARCHITECTURES, BERT_MODEL_TYPES, ROBERTA, bert_fields, bert_hf_config
+from jaxformer.interop.hf_modernbert import MODERNBERT, modernbert_fields, modernbert_hf_config
 
 __all__ = ["ARCHITECTURES", "detect_architecture", "model_config_from_hf_family",
            "hf_config_for", "infer_architecture"]
 
 LLAMA, MISTRAL, QWEN2, QWEN3 = "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"
 GEMMA, GEMMA2, NEOX, GPT2 = "GemmaForCausalLM", "Gemma2ForCausalLM", "GPTNeoXForCausalLM", "GPT2LMHeadModel"
-ARCHITECTURES = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, NEOX, GPT2) + BERT_ARCHITECTURES
+ARCHITECTURES = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, NEOX, GPT2) + BERT_ARCHITECTURES + (MODERNBERT,)
 MODEL_TYPES = {LLAMA: "llama", MISTRAL: "mistral", QWEN2: "qwen2", QWEN3: "qwen3", GEMMA: "gemma",
-               GEMMA2: "gemma2", NEOX: "gpt_neox", GPT2: "gpt2", **BERT_MODEL_TYPES}
+               GEMMA2: "gemma2", NEOX: "gpt_neox", GPT2: "gpt2", **BERT_MODEL_TYPES,
+               MODERNBERT: "modernbert"}
 
 _LLAMA_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
@@ -175,6 +179,8 @@ def _llama_like(hf, arch: str, get) -> dict:
 def _fields(hf: Mapping[str, Any], arch: str) -> dict:
     if arch in BERT_ARCHITECTURES:
         return bert_fields(hf, arch)
+    if arch == MODERNBERT:
+        return modernbert_fields(hf)
     defaults = DEFAULTS[arch]
     get = lambda k: hf.get(k, defaults.get(k))  # noqa: E731
     if arch == NEOX:
@@ -255,6 +261,8 @@ def infer_architecture(config: ModelConfig) -> str:
     """The Hugging Face architecture a jaxformer config is closest to (exactness is checked
     by :func:`hf_config_for`)."""
     c = config
+    if not c.causal and c.positions == "rope":
+        return MODERNBERT
     if not c.causal:
         return ROBERTA if c.position_offset else BERT
     if c.positions == "learned":
@@ -317,8 +325,8 @@ def hf_config_for(config: ModelConfig, architecture: Optional[str] = None) -> Di
         hf = hf_gpt2.hf_config_from_model(c)
         _check_same(c, hf, arch)
         return hf
-    if arch in BERT_ARCHITECTURES:
-        hf = bert_hf_config(c, arch)
+    if arch in BERT_ARCHITECTURES or arch == MODERNBERT:
+        hf = bert_hf_config(c, arch) if arch != MODERNBERT else modernbert_hf_config(c)
         _check_same(c, hf, arch)
         return hf
     hf: Dict[str, Any] = {

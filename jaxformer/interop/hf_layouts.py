@@ -49,6 +49,7 @@ import numpy as np
 from jaxformer.config import ModelConfig
 from jaxformer.errors import CheckpointError
 from jaxformer.interop.hf_bert import BERT_ARCHITECTURES, bert_layout
+from jaxformer.interop.hf_modernbert import MODERNBERT, modernbert_layout
 from jaxformer.interop.hf_families import GEMMA2, GPT2, NEOX
 from jaxformer.interop.hf_rules import Layout, Rule  # noqa: F401 (Rule: part of this module's table API)
 from jaxformer.interop.hf_rules import bias_heads as _bias_heads, copy as _copy, heads_in as _heads_in
@@ -155,6 +156,8 @@ def layout_for(architecture: str, config: ModelConfig) -> Layout:
         return _neox_layout(config)
     if architecture in BERT_ARCHITECTURES:
         return bert_layout(config, architecture)
+    if architecture == MODERNBERT:
+        return modernbert_layout(config)
     return _llama_layout(config, architecture)
 
 
@@ -200,7 +203,7 @@ def hf_specs(layout: Layout, config: ModelConfig) -> Dict[str, tuple]:
     for r in [r for r in flat_rules if r.ours[0] == "tok_emb" or r.ours[0] == "pos_emb"]:
         specs.update(_rule_shapes(r, ours, None))
     for i in range(config.n_layer):
-        for r in (r for r in layout.rules if r.stacked):
+        for r in (r for r in layout.rules if r.stacked and i >= r.first_layer):
             specs.update(_rule_shapes(r, ours, i))
     for r in flat_rules:
         if r.ours[0] not in ("tok_emb", "pos_emb"):
@@ -317,6 +320,10 @@ def load_params(source: TensorSource, architecture: str, config: ModelConfig, dt
         bufs = [aligned_empty(ours[o], dt) for o in rule.ours]
         if rule.stacked:
             for i in range(config.n_layer):
+                if i < rule.first_layer:
+                    for b in bufs:
+                        b[i] = rule.filler
+                    continue
                 outs = rule.load(*(source.read(found[n]) for n in _layer_names(rule, i)))
                 for b, x in zip(bufs, outs):
                     b[i] = x
@@ -342,5 +349,5 @@ def iter_hf_tensors(params: dict, layout: Layout, config: ModelConfig) -> Iterat
         if not rule.stacked:
             yield from zip(_layer_names(rule, 0), rule.save(*host))
             continue
-        for i in range(config.n_layer):
+        for i in range(rule.first_layer, config.n_layer):
             yield from zip(_layer_names(rule, i), rule.save(*(h[i] for h in host)))

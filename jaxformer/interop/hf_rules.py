@@ -18,6 +18,8 @@ class Rule:
     load: Callable[..., tuple]
     save: Callable[..., tuple]
     rows_axis: Optional[int] = None   # our axis that the HF tensor's rows become (chunked reads)
+    first_layer: int = 0              # layers before it have no HF tensor: ours are filled with ``filler``
+    filler: float = 0.0               # (ModernBERT's layer 0 has no attention norm)
 
     @property
     def stacked(self) -> bool:
