@@ -52,8 +52,8 @@ def test_encoder_equals_the_unmasked_float64_reference():
     with jax.enable_x64(True):   # the textbook in float64 agrees to rounding
         cfg64 = dataclasses.replace(CFG)
         object.__setattr__(cfg64, "dtype", "float64")
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.params())
-        got = np.asarray(F.decoder(p64, jnp.asarray(t), cfg64)[0])
+        p64 = jax.tree.map(lambda a: jax.device_put(np.asarray(a, np.float64)), model.params())   # cast on host
+        got = np.asarray(jax.jit(F.decoder, static_argnums=2)(p64, jnp.asarray(t), cfg64)[0])
         np.testing.assert_allclose(got, want, atol=1e-10, rtol=1e-10)
 
 
@@ -63,14 +63,15 @@ def test_gradient_reaches_later_positions_only_in_an_encoder(causal):
     cfg = dataclasses.replace(CFG, causal=causal)
     params = randomize(model_class(cfg).abstract(cfg).params(), seed=2, scale=0.3)
     t_ = jnp.asarray(tokens(cfg, B=1, T=8))
-    x0 = F.embed(params, t_, cfg, jnp.arange(8)[None])
+    x0 = jax.jit(F.embed, static_argnums=2)(params, t_, cfg, jnp.arange(8)[None])
 
     def out_at(x, t):
         logits, _ = F.decoder(params, t_, cfg, hooks={"hook_embed": lambda _: x})
         return logits[0, t].sum()
 
+    grad = jax.jit(jax.grad(out_at), static_argnums=1)
     for t in (0, 3):
-        g = np.abs(np.asarray(jax.grad(out_at)(x0, t))[0]).sum(-1)   # [T]
+        g = np.abs(np.asarray(grad(x0, t))[0]).sum(-1)   # [T]
         assert g[:t + 1].min() > 0
         if causal:
             assert np.all(g[t + 1:] == 0.0)
@@ -100,7 +101,8 @@ def test_padding_keys_get_no_weight_and_padded_batch_equals_each_alone():
         np.testing.assert_allclose(got[b, :len(r)], alone, atol=2e-6, rtol=1e-5)
     with pytest.raises(DataError, match=r"attention_mask has shape \(2, 6\): it must be the tokens' shape \(2, 7\)"):
         model(jnp.asarray(padded), attention_mask=mask[:, :6])
-    _, aux = stack.decoder(model.params(), jnp.asarray(padded), CFG, key_mask_BS=jnp.asarray(mask), capture=True)
+    _, aux = jax.jit(lambda p, t, m: stack.decoder(p, t, CFG, key_mask_BS=m, capture=True))(
+        model.params(), jnp.asarray(padded), jnp.asarray(mask))
     w = np.asarray(aux["weights"])                                 # [L, B, H, T, S]
     assert np.all(w[:, 1, :, :, 4:] == 0.0)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
@@ -127,13 +129,21 @@ def test_an_encoder_is_not_exported_as_a_decoder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- interp identities
+def run_with_hooks_jitted(model, tokens_BT, hooks):
+    """``interp.run_with_hooks`` under ``jax.jit`` (it is pure; called eagerly the hooked
+    textbook compiles every op on its own)."""
+    cfg = model.config
+    return jax.jit(lambda p: interp.run_with_hooks((p, cfg), tokens_BT, hooks))(model.params())
+
+
 def test_zeroing_a_heads_z_is_ablate_heads_is_zeroing_its_rows_of_wo():
     model = encoder()
     params, t = model.params(), tokens()
     cut = jax.tree.map(lambda a: a, params)
-    cut["blocks"]["attn"]["wo"] = params["blocks"]["attn"]["wo"].at[1, 2].set(0.0)
-    want = np.asarray(F.decoder(cut, jnp.asarray(t), CFG)[0])
-    hooked = interp.run_with_hooks(model, t, {"blocks.1.attn.hook_z": lambda z: z.at[:, :, 2].set(0.0)})
+    cut["blocks"]["attn"]["wo"] = np.asarray(params["blocks"]["attn"]["wo"]).copy()
+    cut["blocks"]["attn"]["wo"][1, 2] = 0.0
+    want = np.asarray(jax.jit(F.decoder, static_argnums=2)(cut, jnp.asarray(t), CFG)[0])
+    hooked = run_with_hooks_jitted(model, t, {"blocks.1.attn.hook_z": lambda z: z.at[:, :, 2].set(0.0)})
     ablated = interp.ablate_heads(model, t, [(1, 2)])
     np.testing.assert_allclose(np.asarray(hooked), want, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ablated), want, atol=1e-5)
@@ -145,14 +155,15 @@ def test_patching_resid_pre_restores_the_clean_run_everywhere():
     corrupted = clean.copy()
     corrupted[:, 5] = (clean[:, 5] + 1) % (CFG.vocab_size - 1)
     clean_logits, cache = interp.run_with_cache(model, clean, "blocks.0.hook_resid_pre")
-    patched = interp.run_with_hooks(model, corrupted, {"blocks.0.hook_resid_pre": lambda x: cache["blocks.0.hook_resid_pre"]})
+    patched = run_with_hooks_jitted(model, corrupted,
+                                    {"blocks.0.hook_resid_pre": lambda x: cache["blocks.0.hook_resid_pre"]})
     np.testing.assert_allclose(np.asarray(patched), np.asarray(clean_logits), atol=1e-5)
     table = np.asarray(interp.patch_activations(model, clean, corrupted, answer=(3, 4)))
     # the answer is read at the last position; in an encoder it sees position 5, and only
     # patching position 5 of layer 0 restores the clean run
     m_clean = float(interp.logit_difference(clean_logits, 3, 4))
     np.testing.assert_allclose(table[0, 5], m_clean, atol=1e-5)
-    corrupted_logits = interp.run_with_hooks(model, corrupted, {})
+    corrupted_logits = run_with_hooks_jitted(model, corrupted, {})
     np.testing.assert_allclose(np.delete(table[0], 5), float(interp.logit_difference(corrupted_logits, 3, 4)),
                                atol=1e-5)
     assert abs(m_clean - float(interp.logit_difference(corrupted_logits, 3, 4))) > 1e-4

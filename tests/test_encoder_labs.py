@@ -24,7 +24,7 @@ def _softmax(s):
 
 
 def _f64(tree):
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+    return jax.tree.map(lambda a: jax.device_put(np.asarray(a, np.float64)), tree)   # (under enable_x64)
 
 
 def test_a_single_head_post_norm_block_without_a_mask():
@@ -36,10 +36,12 @@ def test_a_single_head_post_norm_block_without_a_mask():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, T, D))
     with jax.enable_x64(True):
-        block = DecoderBlock(cfg, rngs=nnx.Rngs(0))
+        block = nnx.jit(lambda: DecoderBlock(cfg, rngs=nnx.Rngs(0)))()   # the init as one program
         p = jax.tree.map(lambda a: rng.normal(0, 0.4, a.shape), block.params())
         block.load_params(_f64(p))
-        y, aux = block(jnp.asarray(x))
+        # compiled (a block eagerly is one compile per op); causal is a static choice
+        call = nnx.jit(lambda m, x, causal: m(x, causal=causal), static_argnums=2)
+        y, aux = call(block, jnp.asarray(x), False)
         a = p["attn"]
         q, k, v = (x[0] @ a[w][:, 0] + a["b" + w[1]][0] for w in ("wq", "wk", "wv"))
         w = _softmax(q @ k.T / np.sqrt(D))
@@ -49,7 +51,7 @@ def test_a_single_head_post_norm_block_without_a_mask():
         want = _ln(x1 + h, p["ln2"]["scale"], p["ln2"]["bias"])
         np.testing.assert_allclose(np.asarray(aux["weights"])[0, 0], w, atol=1e-12)
         np.testing.assert_allclose(np.asarray(y)[0], want, atol=1e-12)
-        causal, _ = block(jnp.asarray(x), causal=True)     # asked for, the mask is there
+        causal, _ = call(block, jnp.asarray(x), True)     # asked for, the mask is there
         assert np.abs(np.asarray(causal) - np.asarray(y)).max() > 1e-3
 
 
@@ -91,23 +93,27 @@ def test_b_torch_multihead_attention_and_mini_transformer_layer():
         attn_t, w_t = layer.self_attn(xt, xt, xt, need_weights=True, average_attn_weights=False)
         out_t = layer(xt)
     with jax.enable_x64(True):
-        mha = MultiHeadAttention(D, H, rngs=nnx.Rngs(0))
+        # both built in one compiled program (eagerly the init compiles every op on its own)
+        mha, block = nnx.jit(lambda: (MultiHeadAttention(D, H, rngs=nnx.Rngs(0)),
+                                      DecoderBlock(cfg, rngs=nnx.Rngs(0))))()
         mha.load_params(_f64(p["attn"]))
-        attn, w = mha(jnp.asarray(x))
+        call = nnx.jit(lambda m, x: m(x))   # compiled: eagerly it is one compile per op
+        attn, w = call(mha, jnp.asarray(x))
         np.testing.assert_allclose(np.asarray(attn), attn_t.numpy(), atol=1e-12)
         np.testing.assert_allclose(np.asarray(w), w_t.numpy(), atol=1e-12)
-        block = DecoderBlock(cfg, rngs=nnx.Rngs(0))
         block.load_params(_f64(p))
-        y, _ = block(jnp.asarray(x))
+        y, _ = call(block, jnp.asarray(x))
         np.testing.assert_allclose(np.asarray(y), out_t.numpy(), atol=1e-10)
     # the whole model (float32): one such layer, its output read at blocks.0.hook_resid_post
     model = Encoder(cfg, rngs=nnx.Rngs(0))
     params = model.params()
-    params["blocks"] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32)[None], p)
+    params["blocks"] = jax.tree.map(lambda a: jax.device_put(np.asarray(a, np.float32)[None]), p)
     model.load_params(params)
-    emb = jnp.take(params["tok_emb"], jnp.zeros((2, T), jnp.int32), axis=0) + params["pos_emb"][:T]
-    _, cache = interp.run_with_cache(model, np.zeros((2, T), np.int64), "blocks.0.hook_resid_post",
-                                     hooks={"hook_embed": lambda e: jnp.asarray(x, jnp.float32) - emb + e})
+    emb = np.asarray(params["tok_emb"])[np.zeros((2, T), np.int64)] + np.asarray(params["pos_emb"])[:T]
+    # run_with_cache with hooks is pure: compiled here (eagerly it compiles every op on its own)
+    _, cache = jax.jit(lambda prm: interp.run_with_cache(
+        (prm, cfg), np.zeros((2, T), np.int64), "blocks.0.hook_resid_post",
+        hooks={"hook_embed": lambda e: jnp.asarray(x, jnp.float32) - emb + e}))(model.params())
     np.testing.assert_allclose(np.asarray(cache["blocks.0.hook_resid_post"]), out_t.numpy(), atol=1e-6)
 
 
@@ -126,8 +132,9 @@ def test_c_the_cat_sleeps_as_a_whole_model():
     for x64, atol in ((False, 1e-6), (True, 1e-12)):     # the model in float32, then in float64
         with jax.enable_x64(x64):
             model = Encoder(cfg(), rngs=nnx.Rngs(0))
-            model.load_params(jax.tree.map(lambda a: jnp.asarray(a, jnp.float64 if x64 else jnp.float32),
-                                           {"tok_emb": X, "pos_emb": POS, "blocks": blocks}))
+            model.load_params(jax.tree.map(
+                lambda a: jax.device_put(np.asarray(a, np.float64 if x64 else np.float32)),   # host cast
+                {"tok_emb": X, "pos_emb": POS, "blocks": blocks}))
             if x64:
                 object.__setattr__(model.config, "dtype", "float64")   # compute dtype (configs allow 32-bit)
             logits, cache = interp.run_with_cache(model, tokens, names)

@@ -51,12 +51,16 @@ def test_submodules_equal_functional():
     ln = LayerNorm(16)
     ln.load_params(randomize(ln.params(), seed=2))
     p = ln.params()
-    np.testing.assert_array_equal(np.asarray(ln(x)), np.asarray(F.layer_norm(x, p["scale"], p["bias"])))
-    ff = FeedForward(16, 24, activation="swiglu", rngs=rngs)
-    np.testing.assert_array_equal(np.asarray(ff(x)), np.asarray(F.feed_forward(ff.params(), x, "swiglu")))
-    blk = DecoderBlock(CFG, rngs=rngs)
-    y, aux = blk(x, causal=True)
-    y2, _ = F.decoder_block(blk.params(), x, CFG, mask=F.causal_mask(5))
+    # each side compiled on its own (one program per call instead of one per primitive)
+    call = nnx.jit(lambda m, x: m(x))
+    np.testing.assert_array_equal(np.asarray(call(ln, x)), np.asarray(jax.jit(F.layer_norm)(x, p["scale"], p["bias"])))
+    # built in one compiled program (the random init eagerly is one compile per op and shape)
+    ff, blk = nnx.jit(lambda rngs: (FeedForward(16, 24, activation="swiglu", rngs=rngs),
+                                    DecoderBlock(CFG, rngs=rngs)))(rngs)
+    np.testing.assert_array_equal(np.asarray(call(ff, x)),
+                                  np.asarray(jax.jit(F.feed_forward, static_argnums=2)(ff.params(), x, "swiglu")))
+    y, aux = nnx.jit(lambda m, x: m(x, causal=True))(blk, x)
+    y2, _ = jax.jit(lambda p, x: F.decoder_block(p, x, CFG, mask=F.causal_mask(5)))(blk.params(), x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y2))
     assert aux["weights"].shape == (2, 4, 5, 5)
 
@@ -67,25 +71,27 @@ def test_gpt_layer_is_a_callable_block_and_stacked_modules_only_hold_parameters(
     say so when called, instead of computing something else."""
     model = randomized_model()
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 5, 16)), jnp.float32)
-    layer1 = jax.tree.map(lambda a: a[1], model.params()["blocks"])
-    y, _ = model.layer(1)(x, causal=True)
-    want, _ = F.decoder_block(layer1, x, CFG, mask=F.causal_mask(5))
+    layer1 = jax.tree.map(lambda a: np.asarray(a)[1], model.params()["blocks"])
+    y, _ = nnx.jit(lambda m, x: m(x, causal=True))(model.layer(1), x)
+    want, _ = jax.jit(lambda p, x: F.decoder_block(p, x, CFG, mask=F.causal_mask(5)))(layer1, x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), model.layer(1).params(), layer1))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), model.layer(1).params(), layer1))
     for stacked in (model.blocks, model.blocks.attn, model.blocks.mlp, model.blocks.ln1):
         with pytest.raises(StackedLayersError, match=r"gpt\.layer\(i\)"):
             stacked(x)
     ln_f = model.params()["ln_f"]                     # a real single norm: callable
-    np.testing.assert_array_equal(np.asarray(model.ln_f(x)), np.asarray(F.layer_norm(x, ln_f["scale"], ln_f["bias"])))
+    np.testing.assert_array_equal(np.asarray(nnx.jit(lambda m, x: m(x))(model.ln_f, x)),
+                                  np.asarray(jax.jit(F.layer_norm)(x, ln_f["scale"], ln_f["bias"])))
 
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_mha_matches_flax_multihead_attention(masked):
     D, H = 16, 4
-    ours = MultiHeadAttention(D, H, rngs=nnx.Rngs(0))
+    ours, theirs = nnx.jit(lambda: (   # both built in one compiled program
+        MultiHeadAttention(D, H, rngs=nnx.Rngs(0)),
+        nnx.MultiHeadAttention(num_heads=H, in_features=D, qkv_features=D, out_features=D, decode=False,
+                               rngs=nnx.Rngs(1))))()
     ours.load_params(randomize(ours.params(), seed=3))
-    theirs = nnx.MultiHeadAttention(num_heads=H, in_features=D, qkv_features=D, out_features=D,
-                                    decode=False, rngs=nnx.Rngs(1))
     p = ours.params()
     state = nnx.state(theirs, nnx.Param)
     nnx.replace_by_pure_dict(state, {
@@ -94,8 +100,8 @@ def test_mha_matches_flax_multihead_attention(masked):
     nnx.update(theirs, state)
     x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 7, D)), jnp.float32)
     mask = F.causal_mask(7)[None, None] if masked else None
-    out, _ = ours(x, mask=mask)
-    expected = theirs(x, mask=mask, deterministic=True)
+    out, _ = nnx.jit(lambda m, x, mask: m(x, mask=mask))(ours, x, mask)
+    expected = nnx.jit(lambda m, x, mask: m(x, mask=mask, deterministic=True))(theirs, x, mask)
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5, rtol=1e-5)
 
 
@@ -140,23 +146,28 @@ def test_causality_by_gradient(use_jit):
 def test_scan_and_loop_give_same_logits():
     model = randomized_model()
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 37, (2, 9)))
-    a, _ = stack.decoder(model.params(), tokens, CFG)
-    b, _ = stack.decoder(model.params(), tokens, dataclasses.replace(CFG, scan_layers=False))
-    c, _ = F.decoder(model.params(), tokens, CFG)       # the textbook: one block after another
+    run_stack, run_textbook = jax.jit(stack.decoder, static_argnums=2), jax.jit(F.decoder, static_argnums=2)
+    a, _ = run_stack(model.params(), tokens, CFG)
+    b, _ = run_stack(model.params(), tokens, dataclasses.replace(CFG, scan_layers=False))
+    c, _ = run_textbook(model.params(), tokens, CFG)       # the textbook: one block after another
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-6)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def _remat_loss(p, tokens, cfg):
+    logits, _ = stack.decoder(p, tokens[:, :-1], cfg)
+    return F.cross_entropy(logits, tokens[:, 1:])
+
+
+_remat_grad = jax.jit(jax.grad(_remat_loss), static_argnums=2)   # module level: both cases share g0's program
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_same_values_and_grads(remat):
     model = randomized_model()
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
-
-    def loss(p, cfg):
-        logits, _ = stack.decoder(p, tokens[:, :-1], cfg)
-        return F.cross_entropy(logits, tokens[:, 1:])
-    g0 = jax.grad(loss)(model.params(), CFG)
-    g1 = jax.jit(jax.grad(loss), static_argnums=1)(model.params(), dataclasses.replace(CFG, remat=remat))
+    g0 = _remat_grad(model.params(), tokens, CFG)
+    g1 = _remat_grad(model.params(), tokens, dataclasses.replace(CFG, remat=remat))
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
@@ -166,21 +177,25 @@ def test_jit_vmap_grad_on_public_functions():
     q = jnp.asarray(rng.normal(size=(6, 5, 8)), jnp.float32)
     mask = F.causal_mask(5)
     f = lambda q: F.scaled_dot_product_attention(q, q, q, mask=mask)[0]  # noqa: E731
-    batched = jax.vmap(f)(q)
-    looped = jnp.stack([f(q[i]) for i in range(6)])
+    batched = jax.vmap(f)(q)                  # vmap applied eagerly, and under jit below
+    f_jit = jax.jit(f)
+    looped = jnp.stack([f_jit(q[i]) for i in range(6)])
     np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(f))(q)), np.asarray(looped), atol=1e-6)
     np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), atol=1e-6)
     # gradient of a scalar through attention matches a central finite difference (float64 on host)
-    g = jax.grad(lambda q: f(q).sum())(q[0])
+    g = np.asarray(jax.jit(jax.grad(lambda q: f(q).sum()))(q[0]))
     eps, i = 1e-2, (2, 3)
-    qp, qm = q[0].at[i].add(eps), q[0].at[i].add(-eps)
-    fd = (float(f(qp).sum()) - float(f(qm).sum())) / (2 * eps)
+    q0 = np.asarray(q[0])
+    qp, qm = q0.copy(), q0.copy()
+    qp[i] += eps
+    qm[i] -= eps
+    fd = (float(f_jit(qp).sum()) - float(f_jit(qm).sum())) / (2 * eps)
     np.testing.assert_allclose(float(g[i]), fd, rtol=2e-2, atol=1e-3)
     # the whole decoder: vmap over examples == batch call
     model = randomized_model()
     tokens = jnp.asarray(rng.integers(0, 37, (3, 6)))
     one = lambda t: F.decoder(model.params(), t[None], CFG)[0][0]  # noqa: E731
-    np.testing.assert_allclose(np.asarray(jax.vmap(one)(tokens)), np.asarray(model(tokens)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(one))(tokens)), np.asarray(model(tokens)), atol=1e-5)
     for fn in (F.layer_norm, F.rms_norm):
         args = (q, jnp.ones(8)) if fn is F.rms_norm else (q, jnp.ones(8), jnp.zeros(8))
         assert jax.jit(fn)(*args).shape == q.shape
@@ -207,8 +222,9 @@ def test_dropout_is_keyed_and_inverted():
 def test_bf16_compute_close_to_float32():
     model = randomized_model()
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
-    a, _ = F.decoder(model.params(), tokens, CFG)
-    b, _ = F.decoder(model.params(), tokens, dataclasses.replace(CFG, dtype="bfloat16"))
+    run = jax.jit(F.decoder, static_argnums=2)
+    a, _ = run(model.params(), tokens, CFG)
+    b, _ = run(model.params(), tokens, dataclasses.replace(CFG, dtype="bfloat16"))
     assert b.dtype == jnp.float32
     assert np.max(np.abs(np.asarray(a) - np.asarray(b))) < 0.1 * np.max(np.abs(np.asarray(a)))
 
@@ -216,7 +232,7 @@ def test_bf16_compute_close_to_float32():
 def test_capture_returns_named_intermediates():
     model = randomized_model()
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 37, (2, 9)))
-    logits, aux = stack.decoder(model.params(), tokens, CFG, capture=True)
+    logits, aux = jax.jit(lambda p, t: stack.decoder(p, t, CFG, capture=True))(model.params(), tokens)
     assert aux["weights"].shape == (2, 2, 4, 9, 9)
     assert aux["resid"].shape == (3, 2, 9, 16)
     np.testing.assert_allclose(np.asarray(aux["weights"]).sum(-1), 1.0, atol=1e-5)
