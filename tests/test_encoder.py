@@ -119,8 +119,16 @@ def test_class_names_do_not_lie_and_encoders_refuse_to_generate():
         generate(model, [1, 2, 3], max_new_tokens=2)
     with pytest.raises(GenerationError, match="jaxformer fill"):
         score(model, [1, 2, 3])
-    with pytest.raises(ConfigError, match="model.sliding_window=4 needs model.causal=true"):
-        dataclasses.replace(CFG, sliding_window=4)
+
+
+def test_an_encoders_sliding_window_reaches_both_sides():
+    """An encoder's ``sliding_window`` W (ModernBERT's local layers): query t sees keys with
+    ``|s - t| < W``, before and after it, and nothing further."""
+    model = Encoder(dataclasses.replace(CFG, sliding_window=3), rngs=nnx.Rngs(0))
+    w = np.asarray(attention_maps(model, jnp.asarray([[1, 2, 3, 4, 5, 6, 7, 8]])))[0]   # [L, H, T, T]
+    t, s = np.arange(8)[:, None], np.arange(8)[None, :]
+    assert (w[..., np.abs(s - t) >= 3] == 0).all() and (w[..., np.abs(s - t) < 3] > 0).all()
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
 
 
 def test_an_encoder_is_not_exported_as_a_decoder(tmp_path):

@@ -296,7 +296,7 @@ def test_older_config_styles_are_read_as_transformers_reads_them():
 
 @pytest.mark.parametrize("patch,match", [
     ({"architectures": ["MixtralForCausalLM"]}, r"config.json architectures=\['MixtralForCausalLM'\] is not supported"),
-    ({"architectures": None, "model_type": "bert"}, "config.json model_type='bert' is not supported"),
+    ({"architectures": None, "model_type": "t5"}, "config.json model_type='t5' is not supported"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}},
      r"config.json rope_parameters.rope_type='yarn' is not supported for LlamaForCausalLM \(allowed: 'default', "
      r"'linear', 'llama3'\)"),
