@@ -10,7 +10,8 @@ Parameters are nested dicts of arrays (``[L]`` leading every leaf of ``blocks``)
 
     model  {"tok_emb": [V,D], "pos_emb": [max_len,D] (learned), "blocks": {"ln1": norm, "attn": attn,
             "ln2": norm, "mlp": mlp, "ln_attn_out", "ln_mlp_out": norm (sandwich)}, "ln_f": norm,
-            "lm_head": [D,V] (untied), BERT's "type_emb": [n,D], "ln_emb": norm, "mlm" (functional_extras)}     (norms only where norm_position puts them; no mlp when attn_only)
+            "lm_head": [D,V] (untied), "type_emb": [n,D], "ln_emb": norm, "mlm" (BERT: functional_extras)}
+                                           (norms only where norm_position puts them; no mlp when attn_only)
     norm   {"scale": [D], "bias": [D]}     attn {"wq": [D,H,K], "wk", "wv": [D,G,K], "wo": [H,K,D],
     mlp    {"w_in": [D,F], "w_out": [F,D],       "bq": [H,K], "bk", "bv": [G,K], "bo": [D],
             "b_in": [F], "b_out": [D],           "q_norm", "k_norm": {"scale": [K]}}
@@ -30,17 +31,19 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxformer.functional_extras import (  # noqa: F401 (rope_frequencies, ...: textbook names too)
-    acc_dtype, apply_rope, attention_only_block, cast_params, embed_extras, gelu_exact, group_heads, grouped_hooks,
-    first_unnormed, head_transform, llama3_rope_scaling, merge_heads, output_bias, parallel_block, rope_for, rope_frequencies,
-    rope_inv_freq, sandwich_norm, soft_cap, split_heads, sub_hooks, tap)
+    acc_dtype, apply_rope, attention_only_block, cast_params, embed_extras, first_unnormed, gelu_exact, group_heads,
+    grouped_hooks, head_transform, llama3_rope_scaling, merge_heads, output_bias, parallel_block, rope_for,
+    rope_frequencies, rope_inv_freq, sandwich_norm, soft_cap, split_heads, sub_hooks, tap)
 
 Params = Mapping[str, Any]
 
 
 # ----------------------------------------------------------------------------- attention
-def causal_mask(T: int, S: Optional[int] = None, offset: int = 0, window: Optional[int] = None, causal: bool = True):
-    """Boolean ``[T, S=T]``: True where query t may attend key ``s <= t + offset``; with a sliding ``window`` W (Mistral,
-    Gemma 2) only the last W of those, ``s > t + offset - W``; not ``causal`` (ModernBERT): ``|s - t - offset| < W``."""
+def causal_mask(T: int, S: Optional[int] = None, offset: int = 0, window: Optional[int] = None,
+                causal: bool = True):
+    """Boolean ``[T, S=T]``: True where query t may attend key ``s <= t + offset``; with a sliding
+    ``window`` W (Mistral, Gemma 2) only the last W of those, ``s > t + offset - W``; not ``causal``
+    (ModernBERT's local layers): ``|s - t - offset| < W``."""
     S = T if S is None else S
     t, s = jnp.arange(T)[:, None] + offset, jnp.arange(S)[None, :]
     keep = s <= t if causal else s < t + (S if window is None else window)
@@ -168,7 +171,8 @@ def feed_forward(params: Params, x_BTD, act: str = "gelu", *, dense=linear, gelu
     """MLP ``[B, T, D] -> [B, T, D]``: ``act(x W_in + b_in) W_out + b_out``, or gated (SwiGLU, GeGLU)
     ``(act(x W_gate) * (x W_in)) W_out``; ``act`` relu | gelu (tanh) | gelu_exact | swiglu | geglu | geglu_exact.
     ``hooks``: ``hook_pre`` (the activation's input), ``hook_pre_linear`` (gated), ``hook_post``."""
-    act_fn = {"relu": jax.nn.relu, "swiglu": jax.nn.silu, "gelu_exact": gelu_exact, "gelu": gelu, "geglu": gelu, "geglu_exact": gelu_exact}[act]
+    act_fn = {"relu": jax.nn.relu, "swiglu": jax.nn.silu, "gelu": gelu, "geglu": gelu,
+              "gelu_exact": gelu_exact, "geglu_exact": gelu_exact}[act]
     h = dense(x_BTD, params["w_in"])
     if "b_in" in params:
         h = h + params["b_in"]
@@ -204,7 +208,7 @@ LN_IN = {"attn": "ln1", "mlp": "ln2"}   # the norm in front of each branch
 
 def block_parts(params: Params, config, *, mask, rope, key, hooks, attend, dense, ln, gelu, residual, first=False):
     """A block's pieces, everything bound: ``run(branch, h)`` (``"attn"`` | ``"mlp"``), ``norm(name, x)``,
-    ``norm_in(branch, x)`` (ln1 / ln2, hooked; :func:`first_unnormed`), ``out(branch, y)`` (dropout, hook ``hook_<branch>_out``),
+    ``norm_in(branch, x)`` (ln1 / ln2, hooked), ``out(branch, y)`` (dropout, hook ``hook_<branch>_out``),
     ``tap(name, x)``, ``residual(x)`` (a kernel set's mark); ``seen`` keeps weights and branch outputs."""
     keys = jax.random.split(key, 3) if key is not None else (None, None, None)
     seen: dict = {}
@@ -226,9 +230,12 @@ def block_parts(params: Params, config, *, mask, rope, key, hooks, attend, dense
         seen[f"{branch}_out"] = y
         return y
 
+    def norm_in(branch, x):   # ModernBERT's layer 0 reads x itself before attention (first: traced under scan)
+        normed = first_unnormed(config, branch == "attn" and first, x, nrm(params[LN_IN[branch]], x))
+        return hook(f"{LN_IN[branch]}.hook_normalized", normed)
+
     return SimpleNamespace(run=run, norm=lambda name, x: nrm(params[name], x), out=out, tap=hook,
-                           norm_in=lambda b, x: hook(f"{LN_IN[b]}.hook_normalized", first_unnormed(config, b == "attn" and first, x, nrm(params[LN_IN[b]], x))),
-                           residual=residual, seen=seen)
+                           norm_in=norm_in, residual=residual, seen=seen)
 
 
 def pre_norm(f, x, branch: str):
@@ -257,10 +264,11 @@ BLOCK_LAYOUTS = {"sequential": sequential_block, "parallel": parallel_block, "at
 
 
 def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, key=None, hooks=None,
-                  attend=grouped_attention, dense=linear, ln=layer_norm, gelu=gelu_tanh, residual=lambda x: x, first=False):
+                  attend=grouped_attention, dense=linear, ln=layer_norm, gelu=gelu_tanh, residual=lambda x: x,
+                  first=False):
     """One block ``x [B, T, D] -> (y, {"weights", "attn_out", "mlp_out"})``: the layout of
     :data:`BLOCK_LAYOUTS`, its branches in residual sub-layers of :data:`NORM_PLACEMENTS`
-    (``norm_position``); dropout with ``key``; ``first``: layer 0. ``hooks``: ``hook_resid_pre``, ``attn.hook_z``, ..."""
+    (``norm_position``); dropout with ``key``; ``first``: layer 0. Hooks: ``hook_resid_pre``, ..."""
     f = block_parts(params, config, mask=mask, rope=rope, key=key, hooks=hooks, attend=attend, dense=dense,
                     ln=ln, gelu=gelu, residual=residual, first=first)
     layout = "attn_only" if config.attn_only else "parallel" if config.parallel_residual else "sequential"
@@ -271,14 +279,16 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, key=No
 
 # ----------------------------------------------------------------------------- the stack of blocks
 def embed(params: Params, tokens_BT, config, positions_BT, hooks=None, token_types_BT=None):
-    """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus absolute positions (learned,
-    from row ``position_offset``, or sinusoidal), then :func:`embed_extras` (BERT) ``-> [B, T, D]``. Hooks: ``hook_embed``, ``hook_pos_embed``."""
+    """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus absolute positions
+    (learned, from row ``position_offset``, or sinusoidal), then :func:`embed_extras` (BERT) ``-> [B, T, D]``.
+    ``hooks``: ``hook_embed``, ``hook_pos_embed``."""
     x = jnp.take(params["tok_emb"], tokens_BT, axis=0)
     if config.scale_embeddings:  # the factor is rounded to the compute dtype, as Gemma does
         x = x * jnp.asarray(math.sqrt(config.d_model), x.dtype)
     x = tap(hooks, "hook_embed", x)
     if config.positions == "learned":
-        x = x + tap(hooks, "hook_pos_embed", jnp.take(params["pos_emb"], positions_BT + config.position_offset, axis=0))
+        rows = jnp.take(params["pos_emb"], positions_BT + config.position_offset, axis=0)
+        x = x + tap(hooks, "hook_pos_embed", rows)
     elif config.positions == "sinusoidal":
         x = x + tap(hooks, "hook_pos_embed",
                     sinusoidal_positions(config.max_len, config.d_model)[positions_BT].astype(x.dtype))
@@ -287,19 +297,21 @@ def embed(params: Params, tokens_BT, config, positions_BT, hooks=None, token_typ
 
 def decoder(params: Params, tokens_BT, config, *, key=None, hooks=None):
     """One block after another (causal if ``config.causal``): tokens ``[B, T]`` -> ``(logits [B, T, V], aux)``;
-    aux: ``weights [L, B, H, T, T]``, ``attn_out``, ``mlp_out [L, B, T, D]``, ``resid [L+1, B, T, D]`` (in, then out)."""
+    aux: ``weights [L, B, H, T, T]``, ``attn_out``, ``mlp_out [L, B, T, D]``, ``resid [L+1, B, T, D]``."""
     B, T = tokens_BT.shape
     params = cast_params(params, config.dtype)
     positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
     keys = [None] * (config.n_layer + 1) if key is None else jax.random.split(key, config.n_layer + 1)
     x = dropout(embed(params, tokens_BT, config, positions_BT, hooks), config.dropout, keys[-1])
-    full, sliding = (causal_mask(T, window=w, causal=config.causal)[None, None] if config.causal or w else None for w in (None, config.sliding_window))
+    full, sliding = (causal_mask(T, window=w, causal=config.causal)[None, None] if config.causal or w else None
+                     for w in (None, config.sliding_window))
     ropes = [rope_for(config, positions_BT, s) if config.positions == "rope" else None for s in (False, True)]
     layers = []
     for i in range(config.n_layer):
         block_i = jax.tree.map(lambda a: a[i], params["blocks"])
-        y, aux = decoder_block(block_i, x, config, mask=sliding if config.sliding_layers[i] else full,
-                               rope=ropes[config.sliding_layers[i]], key=keys[i], hooks=sub_hooks(hooks, f"blocks.{i}."), first=i == 0)
+        local = config.sliding_layers[i]
+        y, aux = decoder_block(block_i, x, config, mask=sliding if local else full, rope=ropes[local], key=keys[i],
+                               hooks=sub_hooks(hooks, f"blocks.{i}."), first=i == 0)
         layers.append(dict(aux, resid=x))
         x = y
     aux = {name: jnp.stack([layer[name] for layer in layers]) for name in ("weights", "attn_out", "mlp_out")}
@@ -317,7 +329,8 @@ def final_norm(params: Params, x_BTD, config, *, ln=layer_norm, hooks=None):
 
 
 def unembed(params: Params, x_BTD, config, hooks=None):
-    """:func:`final_norm` (BERT: :func:`head_transform`), ``logits [B, T, V]`` float32 (tied: ``[V, D]`` as stored), capped."""
+    """:func:`final_norm` (BERT: then :func:`head_transform`), ``logits [B, T, V]`` float32 (tied: the
+    ``[V, D]`` table as stored), capped."""
     x_BTD = head_transform(params, final_norm(params, x_BTD, config, hooks=hooks), config, norm=norm, gelu=gelu_tanh)
     eq, w = ("btd,vd->btv", params["tok_emb"]) if config.tie_embeddings else ("btd,dv->btv", params["lm_head"])
     logits = jnp.einsum(eq, x_BTD, w.astype(x_BTD.dtype), preferred_element_type=acc_dtype(x_BTD.dtype))

@@ -1,6 +1,6 @@
-"""The textbook stays a textbook: ``jaxformer/functional.py`` reads in one sitting (at most 350
-lines, no function over 40), none of the engine's concerns (caches, scan, remat, kernels,
-devices) creeps into it or into its extras file, its block layouts cover every config value,
+"""The textbook stays a textbook: ``jaxformer/functional.py`` reads in one sitting (at most 365
+lines of at most 120 characters, no function over 40, for GPT-2 to Gemma 2 and BERT to ModernBERT),
+none of the engine's concerns (caches, scan, remat, kernels, devices) creeps into it or into its extras file, its block layouts cover every config value,
 and the hook-point table of :mod:`jaxformer.interp.hooks` is exactly the list of taps the
 textbook reaches, for every combination of the architecture knobs."""
 import ast
@@ -42,7 +42,9 @@ def code_names(path):
 
 def test_reading_path_fits_one_sitting():
     lines = (PACKAGE / "functional.py").read_text().splitlines()
-    assert len(lines) <= 350, f"functional.py has {len(lines)} lines (at most 350)"
+    assert len(lines) <= 365, f"functional.py has {len(lines)} lines (at most 365)"
+    wide = [i + 1 for i, line in enumerate(lines) if len(line) > 120]
+    assert not wide, f"functional.py lines over 120 characters: {wide}"
     for path in TEXTBOOK:
         long = {f.name: f.end_lineno - f.lineno + 1 for f in functions(path) if f.end_lineno - f.lineno + 1 > 40}
         assert not long, f"{path.name}: functions over 40 lines: {long}"
