@@ -46,8 +46,8 @@ def check_attention(result, config, *, every_head=True):
         assert w.shape == (config.n_layer, config.n_head, T, T), lang
         assert np.all(w >= 0) and np.abs(w.sum(-1) - 1).max() < 1e-5, lang
         above = np.triu(w, 1).sum((-2, -1)) / T                 # mean weight a row puts on later tokens
-        if every_head:
-            assert above.min() > 0.05, (lang, above)
+        if every_head:   # a random model's head may be peaked, but none is a triangle
+            assert above.min() > 0.01 and above.mean() > 0.2, (lang, above)
         else:
             assert above.max(-1).min() > 0.3 and above.mean() > 0.2, (lang, above)
 
