@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from jaxformer_testing.hf_models import perturb, xlmr_unigram_tokenizer
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 NAME = "09_multilingual_attention"
@@ -88,28 +89,15 @@ def xlmr_folder(folder):
     sentences of the five languages), saved with ``save_pretrained``. Returns the model."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     texts = list(PROBE.values()) + ["The cat sleeps on the mat.", "El gato duerme.", "猫在睡觉。", "बिल्ली सो रही है।",
                                     "القطة نائمة."]
-    tk = Tokenizer(models.Unigram())
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
-    tk.train_from_iterator(texts * 5, trainers.UnigramTrainer(
-        vocab_size=150, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
-        show_progress=False))
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-                                                      special_tokens=[("<s>", 0), ("</s>", 2)])
-    tk.decoder = decoders.Metaspace()
-    tokenizer = transformers.XLMRobertaTokenizerFast(tokenizer_object=tk)
+    tokenizer = xlmr_unigram_tokenizer(texts, 150)
     torch.manual_seed(0)
     cfg = transformers.XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=2,
                                         num_attention_heads=3, intermediate_size=40, max_position_embeddings=40,
                                         pad_token_id=1, attn_implementation="eager")
-    hf = transformers.XLMRobertaForMaskedLM(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():                          # sharper than the init, so the maps are not uniform
-        for _, p in hf.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    # sharper than the init, so the maps are not uniform
+    hf = perturb(transformers.XLMRobertaForMaskedLM(cfg).eval(), seed=1, scale=0.3)
     hf.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return hf

@@ -22,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import jaxformer  # noqa: E402
+from jaxformer_testing.hf_models import perturb, xlmr_unigram_tokenizer  # noqa: E402
 from jaxformer import ModelConfig  # noqa: E402
 from jaxformer.errors import CheckpointError, ConfigError  # noqa: E402
 from jaxformer.infer.fill import fill_masks  # noqa: E402
@@ -37,14 +38,6 @@ FAMILIES = {"bert": ("BertConfig", "BertForMaskedLM", 0), "roberta": ("RobertaCo
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Café déjà vu, naïve résumé!",
          "東京は日本の首都です。北京是中国的首都。", "नमस्ते दुनिया, यह एक परीक्षण है।", "مرحبا بالعالم، هذا اختبار.",
          "Hello world again and again 12345"]
-
-
-def perturb(model, seed: int, scale: float = 0.2):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def hf_model(name: str, **kw):
@@ -168,17 +161,7 @@ def wordpiece():
 
 
 def unigram():
-    # the pre-tokenizer transformers 5 gives XLMRobertaTokenizer (it rebuilds it from the class)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    tk = Tokenizer(models.Unigram())
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
-    tk.train_from_iterator(TEXTS * 5, trainers.UnigramTrainer(
-        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>",
-        show_progress=False))
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-                                                      special_tokens=[("<s>", 0), ("</s>", 2)])
-    tk.decoder = decoders.Metaspace()
-    return transformers.XLMRobertaTokenizerFast(tokenizer_object=tk)
+    return xlmr_unigram_tokenizer(TEXTS, 300)
 
 
 def byte_bpe():

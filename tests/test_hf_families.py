@@ -23,6 +23,7 @@ from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from jaxformer import ModelConfig
+from jaxformer_testing.hf_models import perturb  # noqa: E402
 from jaxformer.infer import generation  # noqa: E402
 from jaxformer.errors import CheckpointError, ConfigError  # noqa: E402
 from jaxformer.interop import load_hf, model_config_from_hf_family, read_hf_state_dict, save_hf
@@ -50,15 +51,6 @@ FAMILIES = {   # name -> (config class, kwargs)
     "neox_odd": ("GPTNeoXConfig", dict(hidden_size=64, rotary_pct=0.35, use_parallel_residual=False)),
     "gpt2": ("GPT2Config", dict(n_embd=48, n_layer=2, n_head=4, n_inner=80, n_positions=64)),
 }
-
-
-def perturb(model, seed: int, scale: float = 0.2):
-    """Add noise to every parameter: norms and biases stop being 1 / 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 def hf_model(name: str, seed: int = 0):

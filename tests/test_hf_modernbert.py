@@ -20,6 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jaxformer  # noqa: E402
+from jaxformer_testing.hf_models import perturb  # noqa: E402
 from jaxformer import ModelConfig  # noqa: E402
 from jaxformer.errors import CheckpointError, ConfigError  # noqa: E402
 from jaxformer.interop import load_hf, model_config_from_hf_family, save_hf  # noqa: E402
@@ -38,12 +39,7 @@ SHAPES = dict(vocab_size=V, hidden_size=24, num_hidden_layers=4, num_attention_h
 def hf_model(**kw):
     torch.manual_seed(0)
     cfg = transformers.ModernBertConfig(attn_implementation="eager", **dict(SHAPES, **kw))
-    model = transformers.ModernBertForMaskedLM(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
+    return perturb(transformers.ModernBertForMaskedLM(cfg).eval(), seed=1)
 
 
 @pytest.fixture(scope="module", params=["plain", "classifier_bias"])
