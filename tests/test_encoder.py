@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import randomize
+from conftest import random_model, randomize
 from jaxformer_testing import reference as ref
 from jaxformer_testing.tolerances import F32_VS_F64
 from jaxformer import GPT, ModelConfig, attention_maps, generate, interp, save_hf
@@ -23,9 +23,8 @@ DEC = dataclasses.replace(CFG, causal=True)
 
 
 def encoder(cfg=CFG, seed=0):
-    model = Encoder(cfg, rngs=nnx.Rngs(seed))
-    model.load_params(randomize(model.params(), seed=seed + 1, scale=0.3))
-    return model
+    assert not cfg.causal
+    return random_model(cfg, seed=seed + 1, scale=0.3)
 
 
 def tokens(cfg=CFG, B=2, T=7, seed=0):

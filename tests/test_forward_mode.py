@@ -36,7 +36,7 @@ def f64(cfg):
 
 
 def f64_params(cfg, seed=0):
-    p = randomize(GPT(cfg, rngs=nnx.Rngs(seed)).params(), seed=seed)
+    p = randomize(GPT.abstract(cfg).params(), seed=seed)
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), p)
 
 

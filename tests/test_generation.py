@@ -5,10 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize
-from flax import nnx
+from conftest import random_model as conftest_random_model
 
-from jaxformer import GPT, ModelConfig
+from jaxformer import ModelConfig
 from jaxformer import functional as F
 from jaxformer.infer import generation as G
 from jaxformer.infer import scoring
@@ -20,10 +19,7 @@ PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7], [1, 8, 2, 8, 1]]
 
 
 def random_model(seed=0, **kw):
-    cfg = ModelConfig(**{**BASE, **kw})
-    model = GPT(cfg, rngs=nnx.Rngs(seed))
-    model.load_params(randomize(model.params(), seed=seed))
-    return model
+    return conftest_random_model(ModelConfig(**{**BASE, **kw}), seed=seed)
 
 
 def assert_logits_close(actual, ref, tol=1e-5):
@@ -246,8 +242,7 @@ def run_dir(tmp_path_factory):
 
     cfg = Config(model=ModelConfig(vocab_size=256, d_model=32, n_head=4, n_layer=2, d_ff=64,
                                    max_len=64, n_kv_head=2, positions="rope"))
-    model = GPT(cfg.model, rngs=nnx.Rngs(0))
-    model.load_params(randomize(model.params(), seed=3, scale=0.1))
+    model = conftest_random_model(cfg.model, seed=3, scale=0.1)
     path = tmp_path_factory.mktemp("run")
     save_run_folder(path, cfg, ByteTokenizer())
     save_checkpoint(path, 7, model.params())
@@ -333,8 +328,7 @@ def test_sample_text_runs_past_the_context_and_is_deterministic():
 
     tok = CharTokenizer.from_text("abcdefgh ")
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_head=2, n_layer=1, d_ff=32, max_len=16)
-    model = GPT(cfg, rngs=nnx.Rngs(0))
-    model.load_params(randomize(model.params(), seed=1))
+    model = conftest_random_model(cfg, seed=1)
     text = G.sample_text(model, tok, "abc", 40, seed=3)
     assert text.startswith("abc") and len(text) == 3 + 40 > cfg.max_len   # no eos: all 40 tokens
     assert set(text) <= set("abcdefgh ")
@@ -410,8 +404,9 @@ def test_past_the_context_equals_the_naive_crop_loop(seed, arch):
         ref_tokens, ref_logits = naive_crop(model, p, n, return_logits=True)
         assert len(set(ref_tokens)) > 3                  # a real sequence, not one repeated id
         assert out.sequences[b] == ref_tokens, f"row {b}"
-        # Sandwich norms and soft-caps add float32 roundings: 2e-5 there.
-        assert_logits_close(out.logits[b], ref_logits, 2e-5 if arch.get("norm_position") == "sandwich" else 1e-5)
+        # Sandwich norms and soft-caps add float32 roundings (more under the XLA:CPU emitters the
+        # suite compiles with, tests/conftest.py): 3e-5 there.
+        assert_logits_close(out.logits[b], ref_logits, 3e-5 if arch.get("norm_position") == "sandwich" else 1e-5)
     assert out.tokens.shape == (3, n) and not out.stopped.any()
 
 
@@ -497,8 +492,7 @@ def small_run(path, tokenizer):
 
     cfg = Config(model=ModelConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_head=2, n_layer=1,
                                    d_ff=32, max_len=32))
-    model = GPT(cfg.model, rngs=nnx.Rngs(0))
-    model.load_params(randomize(model.params(), seed=2, scale=0.1))
+    model = conftest_random_model(cfg.model, seed=2, scale=0.1)
     save_run_folder(path, cfg, tokenizer)
     save_checkpoint(path, 1, model.params())
     return path
@@ -540,8 +534,7 @@ def test_sample_text_empty_prompt_starts_from_start_ids():
 
     tok = ByteTokenizer()
     cfg = ModelConfig(vocab_size=256, d_model=16, n_head=2, n_layer=1, d_ff=32, max_len=16)
-    model = GPT(cfg, rngs=nnx.Rngs(0))
-    model.load_params(randomize(model.params(), seed=1, scale=0.1))
+    model = conftest_random_model(cfg, seed=1, scale=0.1)
     greedy = G.generate(model, [10], max_new_tokens=5, temperature=0).sequences[0]
     assert G.sample_text(model, tok, "", 5, temperature=0) == tok.decode(greedy)
 

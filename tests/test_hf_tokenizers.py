@@ -306,7 +306,7 @@ def test_convert_with_a_tokenizer_json_file_takes_the_models_end_tokens(converte
     assert main(["convert", "--from-hf", str(bare), "--out", str(tmp_path / "run"),
                  "--tokenizer", str(hf_dir / "tokenizer.json")]) == 0
     V = model.config.vocab_size
-    assert f"tokenizer: BOS '<s>' (id 1) first; a sample stops at '</s>' (2), " in capsys.readouterr().out
+    assert "tokenizer: BOS '<s>' (id 1) first; a sample stops at '</s>' (2), " in capsys.readouterr().out
     tok = load_run(tmp_path / "run").tokenizer
     assert (tok.bos_id, tok.eos_id, tok.stop_ids) == (1, 2, (2, V - 1))
     assert tok.encode(PROMPT) == ref(PROMPT)["input_ids"]

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxformer_testing import reference as ref
-from conftest import randomize
-from jaxformer import GPT, ModelConfig, attention_maps
+from conftest import random_model
+from jaxformer import ModelConfig, attention_maps
 from jaxformer.interp import activations as I
 from jaxformer.interp import heads
 from jaxformer.interp.activations import capture
@@ -56,9 +55,7 @@ def model_for(**kw):
 @functools.lru_cache(maxsize=None)
 def _model(items):
     cfg = dataclasses.replace(CFG, **dict(items))
-    m = GPT(cfg, rngs=nnx.Rngs(0))
-    m.load_params(randomize(m.params(), seed=3, scale=0.4))
-    return m
+    return random_model(cfg, seed=3, scale=0.4)
 
 
 def tokens(B=3, T=11, seed=0):

@@ -181,8 +181,7 @@ def small_config(**kw):
 
 
 def f64_params(cfg, seed=0, dtype=jnp.float64):
-    from flax import nnx
-    params = randomize(GPT(cfg, rngs=nnx.Rngs(seed)).params(), seed=seed)
+    params = randomize(GPT.abstract(cfg).params(), seed=seed)
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a, dtype)), params)
 
 

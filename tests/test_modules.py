@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import randomize
+from conftest import random_model, randomize
 from jaxformer_testing import reference as ref
 from jaxformer_testing.tolerances import F32_VS_F64
 from jaxformer import GPT, ModelConfig
@@ -20,9 +20,7 @@ CFG = ModelConfig(vocab_size=37, d_model=16, n_head=4, n_layer=2, d_ff=32, max_l
 
 
 def randomized_model(cfg=CFG, seed=0):
-    model = GPT(cfg, rngs=nnx.Rngs(seed))
-    model.load_params(randomize(model.params(), seed=seed + 1, scale=0.2))
-    return model
+    return random_model(cfg, seed=seed + 1, scale=0.2)
 
 
 def test_gpt_forward_shape_and_params_tree():

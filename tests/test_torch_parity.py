@@ -5,7 +5,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from conftest import randomize  # noqa: E402
 from jaxformer import GPT, ModelConfig  # noqa: E402
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.hf
 def test_mha_matches_torch():
     D, H, T = 16, 4, 7
     cfg = ModelConfig(vocab_size=11, d_model=D, n_head=H, n_layer=1, d_ff=32, max_len=T)
-    p = randomize(GPT(cfg, rngs=nnx.Rngs(0)).params(), seed=5)["blocks"]["attn"]
+    p = randomize(GPT.abstract(cfg).params(), seed=5)["blocks"]["attn"]
     p = {k: v[0] for k, v in p.items()}
     x = np.random.default_rng(0).normal(size=(2, T, D)).astype(np.float32)
     ours, w = F.multi_head_attention(p, jnp.asarray(x), mask=F.causal_mask(T))[:2]
@@ -32,7 +31,7 @@ def test_mha_matches_torch():
 def test_block_matches_torch_pre_norm_block():
     D, H, T = 16, 4, 6
     cfg = ModelConfig(vocab_size=11, d_model=D, n_head=H, n_layer=1, d_ff=32, max_len=T, activation="gelu")
-    p = randomize(GPT(cfg, rngs=nnx.Rngs(0)).params(), seed=6)["blocks"]
+    p = randomize(GPT.abstract(cfg).params(), seed=6)["blocks"]
     p = {k: {n: v[0] for n, v in d.items()} for k, d in p.items()}
     x = np.random.default_rng(1).normal(size=(2, T, D)).astype(np.float32)
     ours, _ = F.decoder_block(p, jnp.asarray(x), cfg, mask=F.causal_mask(T))
