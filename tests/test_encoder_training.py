@@ -1,9 +1,6 @@
 """Masked-LM training of an encoder (docs/encoders.md): BERT's 15% / 80-10-10 masking, drawn
 from (seed, step); the loss on the selected positions only; a tiny run learns, resumes exactly
 and fills masks; the objective follows ``model.causal``."""
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxformer import Encoder, interp, load_config
+from jaxformer.cli import main
 from jaxformer import functional as F
 from jaxformer.data import pydoc_text
 from jaxformer.functional_extras import mask_token_id, masked_lm_inputs
@@ -116,28 +114,23 @@ def test_an_interrupted_and_resumed_encoder_run_is_bit_identical(full_run, tmp_p
     assert [r.get("val_loss") for r in recs if r["step"] != 7] == [r.get("val_loss") for r in full_run.metrics]
 
 
-def test_fill_command_prints_candidates_and_errors_in_one_line(full_run):
+def test_fill_command_prints_candidates_and_errors_in_one_line(full_run, capsys):
     run = str(full_run.run_dir)
-    r = subprocess.run([sys.executable, "-m", "jaxformer", "fill", "--run", run, "--text", "de[MASK] f(x):",
-                        "--top", "2"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+    assert main(["fill", "--run", run, "--text", "de[MASK] f(x):", "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "[MASK] 1 (token 2):" and len(lines) == 3
-    r = subprocess.run([sys.executable, "-m", "jaxformer", "fill", "--run", run, "--text", "no mask"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
+    assert main(["fill", "--run", run, "--text", "no mask"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "jaxformer fill: error: text has no [MASK]: put [MASK] where the model should fill in a token"]
-    r = subprocess.run([sys.executable, "-m", "jaxformer", "sample", "--run", run], capture_output=True, text=True)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "jaxformer fill" in r.stderr
+    assert main(["sample", "--run", run]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "jaxformer fill" in err
 
 
 def test_attention_command_draws_an_encoders_full_maps(full_run, tmp_path):
     run = str(full_run.run_dir)
     for out in ("maps.png", "maps.html"):
-        r = subprocess.run([sys.executable, "-m", "jaxformer", "attention", "--run", run, "--text", "def f(x):",
-                            "--out", str(tmp_path / out)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+        assert main(["attention", "--run", run, "--text", "def f(x):", "--out", str(tmp_path / out)]) == 0
         assert (tmp_path / out).stat().st_size > 1000
 
 
