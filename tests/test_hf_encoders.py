@@ -203,3 +203,27 @@ def test_fill_uses_the_converted_models_own_mask_token(tmp_path):
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     assert [c[0] for c in m["candidates"]] == list(np.argsort(-probs, kind="stable")[:3])
     np.testing.assert_allclose([c[2] for c in m["candidates"]], np.sort(probs)[::-1][:3], atol=1e-5)
+
+
+def test_convert_and_fill_commands_speak_of_the_mask_token(tmp_path, capsys):
+    """``jaxformer convert`` on a BERT folder names the mask token ``fill`` uses (not where a
+    sample would stop); ``fill`` on the run gives ``fill_masks``'s candidates; the way back names
+    the masked-LM auto class."""
+    from jaxformer.cli import main
+    from jaxformer.training.checkpoint import load_run
+    tokenizer = wordpiece()
+    hf = hf_model("bert", vocab_size=len(tokenizer))
+    hf.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    run = tmp_path / "run"
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "; jaxformer fill masks with '[MASK]' (id 4)" in out and "a sample stops" not in out
+    text = "paris is the [MASK] of france."
+    assert main(["fill", "--run", str(run), "--text", text, "--top", "3", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["masks"]
+    loaded = load_run(run)
+    expected = json.loads(json.dumps(fill_masks(loaded.model, loaded.tokenizer, text, top=3)))
+    assert printed == expected and len(printed) == 1 and len(printed[0]["candidates"]) == 3
+    assert main(["convert", "--from-run", str(run), "--out", str(tmp_path / "back")]) == 0
+    assert "transformers.AutoModelForMaskedLM.from_pretrained loads it" in capsys.readouterr().out

@@ -91,22 +91,27 @@ def _from_hf(args) -> int:
     print(f"converted {args.from_hf} ({loaded.architecture}) -> {args.out}: {model.num_params():,} parameters, "
           f"{mcfg.n_layer} layers, width {mcfg.d_model}, context {mcfg.max_len}, "
           f"vocabulary {mcfg.vocab_size} ({time.perf_counter() - t0:.1f} s)")
-    print(f"tokenizer: {_special_summary(tok)}")
+    print(f"tokenizer: {_special_summary(tok, mcfg)}")
     return 0
 
 
-def _special_summary(tok) -> str:
-    """One line on the special tokens ``encode`` adds and the ids that end a sample."""
+def _special_summary(tok, model_config) -> str:
+    """One line on the special tokens ``encode`` adds and the ids that end a sample (a decoder)
+    or the mask token ``jaxformer fill`` uses (an encoder)."""
     from jaxformer.data.tokenizers import end_ids
+    from jaxformer.infer.fill import mask_id_of
 
     def name(i):
         return repr(tok.decode([i])) if 0 <= i < tok.vocab_size else str(i)
 
     bos = getattr(tok, "bos_id", None)
     first = f"BOS {name(bos)} (id {bos}) first" if bos is not None else "no BOS"
+    tail = "; EOS appended" if getattr(tok, "add_eos", False) else ""
+    if not model_config.causal:
+        mask = mask_id_of(tok, model_config)
+        return f"{first}{tail}; jaxformer fill masks with {name(mask)} (id {mask})"
     stops = end_ids(tok)
     ends = ", ".join(f"{name(i)} ({i})" for i in stops) if stops else "none"
-    tail = "; EOS appended" if getattr(tok, "add_eos", False) else ""
     return f"{first}{tail}; a sample stops at {ends}"
 
 
@@ -123,7 +128,8 @@ def _from_run(args) -> int:
     out = save_hf(run.model, args.out, tokenizer=tok, architecture=hint, dtype=args.dtype)
     arch = json.loads((pathlib.Path(out) / "config.json").read_text())["architectures"][0]
     print(f"exported {args.from_run} (step {run.step}) -> {args.out} as {arch} "
-          f"(transformers.AutoModelForCausalLM.from_pretrained loads it"
+          f"(transformers.{'AutoModelForCausalLM' if run.config.model.causal else 'AutoModelForMaskedLM'}"
+          f".from_pretrained loads it"
           f"{'' if tok else '; tokenizer not exported: only BPE tokenizers can be'})")
     return 0
 
