@@ -96,3 +96,19 @@ def test_prepared_folder_with_a_5_word_vocabulary_trains(tmp_path):
 def test_bpe_trained_here_still_needs_258():
     with pytest.raises(DataError, match="data.vocab_size=100 must be an integer >= 258"):
         build_tokenizer("bpe", "some text", 100)
+
+
+def test_prepare_counts_a_word_cut_by_a_block_boundary_once(tmp_path, monkeypatch):
+    """``prepare --tokenizer word`` reads a file in blocks; a word a block boundary cuts is still
+    one word: the vocabulary (and so the tokens) equal those of the whole text read at once."""
+    from jaxformer.data import corpus
+    from jaxformer.data.shards import TokenShards
+    monkeypatch.setattr(corpus, "BLOCK_BYTES", 7)       # every few words cut somewhere
+    text = ("the quick brown fox jumps over the lazy dog, don't you think?\n"
+            "a moooaahhh sound (loud) from the barn: quick!\n") * 3 + "unfinished"
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    assert main(["prepare", "--data", str(tmp_path / "c.txt"), "--tokenizer", "word", "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    whole = WordTokenizer.from_text(text)
+    tok = load_tokenizer(tmp_path / "p" / "tokenizer.json")
+    assert tok.vocab == whole.vocab and "moooaahhh" in tok.vocab and "oaa" not in tok.vocab
+    assert list(TokenShards(tmp_path / "p").tokens()) == whole.encode(text)

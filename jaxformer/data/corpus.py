@@ -115,9 +115,10 @@ def _open_binary(path: pathlib.Path):
         raise DataError(f"data file {str(path)!r} cannot be read: {e.strerror or e}") from None
 
 
-def text_blocks(path: pathlib.Path, progress: Progress = None, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
-    """The text of a UTF-8 file in blocks, newlines translated as ``Path.read_text`` does
-    (``\\r\\n`` and ``\\r`` become ``\\n``)."""
+def text_blocks(path: pathlib.Path, progress: Progress = None, block_bytes: Optional[int] = None) -> Iterator[str]:
+    """The text of a UTF-8 file in blocks of ``block_bytes`` (default :data:`BLOCK_BYTES`), newlines
+    translated as ``Path.read_text`` does (``\\r\\n`` and ``\\r`` become ``\\n``)."""
+    block_bytes = block_bytes or BLOCK_BYTES
     decoder = codecs.getincrementaldecoder("utf-8")()
     consumed, carry = 0, ""
     with _open_binary(path) as fh:

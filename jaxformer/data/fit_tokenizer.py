@@ -91,11 +91,25 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     return BPETokenizer(tk)
 
 
+#: How far back from the end of a block the word counter looks for a space (longer runs of
+#: non-space characters are counted as they are cut).
+_MAX_WORD = 4096
+
+
 def _words(sources, text_field, step) -> WordTokenizer:
     """A ``word`` vocabulary: every word of the corpus (a full pass; minimum count 1)."""
     counts: collections.Counter = collections.Counter()
+    carry = ""      # the text after the last space of the blocks so far: maybe half a word
     for block in joined(iter_documents(sources, text_field, step("words"))):
-        counts.update(p for p in split_words(block) if p != NEWLINE)
+        text = carry + block
+        lo, cut = max(0, len(text) - _MAX_WORD), len(text)   # back to the last space (blocks cut anywhere)
+        while cut > lo and not text[cut - 1].isspace():
+            cut -= 1
+        if cut == lo and lo and not text[lo - 1].isspace():
+            cut = len(text)
+        text, carry = text[:cut], text[cut:]
+        counts.update(p for p in split_words(text) if p != NEWLINE)
+    counts.update(p for p in split_words(carry) if p != NEWLINE)
     if not counts:
         raise DataError(f"data={sources[0].name!r} holds no words")
     return WordTokenizer(sorted(counts, key=lambda w: (-counts[w], w)))
