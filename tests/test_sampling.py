@@ -1,7 +1,7 @@
 """Samplers as pure functions of (logits, key): their supports and their distributions.
 
 The statistical tests draw through both entry points of the one sampling pipeline:
-``sampling.make_sampler`` and generation's own per-token step (``generation._choose``, what
+``sampling.make_sampler`` and the decode loop's own per-token step (``decode_loop._choose``, what
 ``generate`` and ``decode`` run for every new token)."""
 import functools
 
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxformer.infer import decode_loop as L
 from jaxformer.infer import generation as G
 from jaxformer.infer import sampling as S
 from jaxformer.errors import GenerationError
@@ -30,11 +31,11 @@ def generate_sampler(temperature=1.0, top_k=None, top_p=None, repetition_penalty
     (its settings, compiled spec and ``_choose``), as one decode step with no model."""
     def sampler(logits_BV, key):
         B, V = logits_BV.shape
-        spec, knobs, _ = G._settings(temperature, top_k, top_p, repetition_penalty, False, 0, False,
+        spec, knobs, _ = L._settings(temperature, top_k, top_p, repetition_penalty, False, 0, False,
                                      1, key, V)
         seen = None if seen_BV is None else jnp.asarray(seen_BV)
-        st = G._init_state(None, B, 1, V, key, spec, seen)
-        return G._choose(st, logits_BV, knobs, S.stop_mask((), V), spec)["token_B"]
+        st = L._init_state(None, B, 1, V, key, spec, seen)
+        return L._choose(st, logits_BV, knobs, S.stop_mask((), V), spec)["token_B"]
     return sampler
 
 
