@@ -33,14 +33,13 @@ from jax import lax
 from jaxformer.functional_extras import (  # noqa: F401 (rope_frequencies, ...: textbook names too)
     acc_dtype, apply_rope, attention_only_block, cast_params, embed_extras, first_unnormed, gelu_exact, group_heads,
     grouped_hooks, head_transform, llama3_rope_scaling, merge_heads, output_bias, parallel_block, rope_for,
-    rope_frequencies, rope_inv_freq, sandwich_norm, soft_cap, split_heads, sub_hooks, tap)
+    rope_frequencies, rope_inv_freq, sandwich_norm, soft_cap, split_heads, sub_hooks, tap, GATED)
 
 Params = Mapping[str, Any]
 
 
 # ----------------------------------------------------------------------------- attention
-def causal_mask(T: int, S: Optional[int] = None, offset: int = 0, window: Optional[int] = None,
-                causal: bool = True):
+def causal_mask(T: int, S: Optional[int] = None, offset: int = 0, window: Optional[int] = None, causal: bool = True):
     """Boolean ``[T, S=T]``: True where query t may attend key ``s <= t + offset``; with a sliding
     ``window`` W (Mistral, Gemma 2) only the last W of those, ``s > t + offset - W``; not ``causal``
     (ModernBERT's local layers): ``|s - t - offset| < W``."""
@@ -52,16 +51,14 @@ def causal_mask(T: int, S: Optional[int] = None, offset: int = 0, window: Option
 
 def attention_scores(q, k, scale: float, softcap: Optional[float] = None):
     """``q [..., T, K] . k [..., S, K] * scale -> [..., T, S]`` (float32 at least), soft-capped."""
-    return soft_cap(jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=acc_dtype(q.dtype)) * scale,
-                    softcap)
+    return soft_cap(jnp.einsum("...tk,...sk->...ts", q, k, preferred_element_type=acc_dtype(q.dtype)) * scale, softcap)
 
 
 def masked_softmax(scores, mask=None):
     """Softmax over the last axis (in float32 at least) where ``mask`` (True = keep) is True.
     Masked entries get exactly 0; a row with nothing kept is all zeros (not NaN)."""
     scores = scores.astype(acc_dtype(scores.dtype))
-    if mask is not None:
-        scores = jnp.where(mask, scores, -jnp.inf)
+    scores = scores if mask is None else jnp.where(mask, scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
     # Subtracting the row max changes nothing mathematically; it keeps exp() in range.
     row_max = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
@@ -112,9 +109,8 @@ def grouped_attention(q_BGRTK, k_BGSK, v_BGSK, mask=None, *, scale: float, softc
     return out, w
 
 
-def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, scale=None, softcap=None,
-                         qk_norm=None, dropout_rate: float = 0.0, key=None, attend=grouped_attention,
-                         dense=linear, hooks=None):
+def multi_head_attention(params: Params, x_BTD, *, mask=None, rope=None, scale=None, softcap=None, qk_norm=None,
+                         dropout_rate: float = 0.0, key=None, attend=grouped_attention, dense=linear, hooks=None):
     """Self-attention ``x [B, T, D] -> (out [B, T, D], weights [B, H, T, S])`` (``attend`` may replace
     :func:`grouped_attention`; a kernel gives None weights). ``mask`` ``[B, 1, T, S]`` or less;
     ``rope``: ``(cos, sin)``; ``qk_norm(p, x)`` norms q, k when ``params`` has ``q_norm`` (Qwen3).
@@ -164,9 +160,6 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-GATED = ("swiglu", "geglu", "geglu_exact")  # activations that multiply a gate branch into the up projection
-
-
 def feed_forward(params: Params, x_BTD, act: str = "gelu", *, dense=linear, gelu=gelu_tanh, hooks=None):
     """MLP ``[B, T, D] -> [B, T, D]``: ``act(x W_in + b_in) W_out + b_out``, or gated (SwiGLU, GeGLU)
     ``(act(x W_gate) * (x W_in)) W_out``; ``act`` relu | gelu (tanh) | gelu_exact | swiglu | geglu | geglu_exact.
@@ -174,8 +167,7 @@ def feed_forward(params: Params, x_BTD, act: str = "gelu", *, dense=linear, gelu
     act_fn = {"relu": jax.nn.relu, "swiglu": jax.nn.silu, "gelu": gelu, "geglu": gelu,
               "gelu_exact": gelu_exact, "geglu_exact": gelu_exact}[act]
     h = dense(x_BTD, params["w_in"])
-    if "b_in" in params:
-        h = h + params["b_in"]
+    h = h + params["b_in"] if "b_in" in params else h
     if act in GATED:
         gate = tap(hooks, "hook_pre", dense(x_BTD, params["w_gate"]))
         h = act_fn(gate) * tap(hooks, "hook_pre_linear", h)
@@ -216,13 +208,12 @@ def block_parts(params: Params, config, *, mask, rope, key, hooks, attend, dense
     nrm = lambda p, x: norm(p, x, config.norm, config.norm_eps, config.norm_offset, ln=ln)  # noqa: E731
 
     def run(branch, h):
+        branch_hooks = sub_hooks(hooks, f"{branch}.")
         if branch == "mlp":
-            return feed_forward(params["mlp"], h, config.activation, dense=dense, gelu=gelu,
-                                hooks=sub_hooks(hooks, "mlp."))
+            return feed_forward(params["mlp"], h, config.activation, dense=dense, gelu=gelu, hooks=branch_hooks)
         a, seen["weights"] = multi_head_attention(
-            params["attn"], h, mask=mask, rope=rope, scale=config.attn_scale, softcap=config.attn_softcap,
-            qk_norm=nrm, dropout_rate=config.dropout, key=keys[0], attend=attend, dense=dense,
-            hooks=sub_hooks(hooks, "attn."))
+            params["attn"], h, mask=mask, rope=rope, scale=config.attn_scale, softcap=config.attn_softcap, qk_norm=nrm,
+            dropout_rate=config.dropout, key=keys[0], attend=attend, dense=dense, hooks=branch_hooks)
         return a
 
     def out(branch, y):
@@ -263,9 +254,8 @@ NORM_PLACEMENTS = {"pre": pre_norm, "post": post_norm, "none": no_norm, "sandwic
 BLOCK_LAYOUTS = {"sequential": sequential_block, "parallel": parallel_block, "attn_only": attention_only_block}
 
 
-def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, key=None, hooks=None,
-                  attend=grouped_attention, dense=linear, ln=layer_norm, gelu=gelu_tanh, residual=lambda x: x,
-                  first=False):
+def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, key=None, hooks=None, dense=linear,
+                  attend=grouped_attention, ln=layer_norm, gelu=gelu_tanh, residual=lambda x: x, first=False):
     """One block ``x [B, T, D] -> (y, {"weights", "attn_out", "mlp_out"})``: the layout of
     :data:`BLOCK_LAYOUTS`, its branches in residual sub-layers of :data:`NORM_PLACEMENTS`
     (``norm_position``); dropout with ``key``; ``first``: layer 0. Hooks: ``hook_resid_pre``, ..."""
@@ -279,9 +269,8 @@ def decoder_block(params: Params, x_BTD, config, *, mask=None, rope=None, key=No
 
 # ----------------------------------------------------------------------------- the stack of blocks
 def embed(params: Params, tokens_BT, config, positions_BT, hooks=None, token_types_BT=None):
-    """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus absolute positions
-    (learned, from row ``position_offset``, or sinusoidal), then :func:`embed_extras` (BERT) ``-> [B, T, D]``.
-    ``hooks``: ``hook_embed``, ``hook_pos_embed``."""
+    """Token embedding (times ``sqrt(D)`` when ``config.scale_embeddings``, Gemma) plus absolute positions (learned,
+    from row ``position_offset``, or sinusoidal), then :func:`embed_extras` (BERT) ``-> [B, T, D]``; hooked."""
     x = jnp.take(params["tok_emb"], tokens_BT, axis=0)
     if config.scale_embeddings:  # the factor is rounded to the compute dtype, as Gemma does
         x = x * jnp.asarray(math.sqrt(config.d_model), x.dtype)
@@ -329,8 +318,7 @@ def final_norm(params: Params, x_BTD, config, *, ln=layer_norm, hooks=None):
 
 
 def unembed(params: Params, x_BTD, config, hooks=None):
-    """:func:`final_norm` (BERT: then :func:`head_transform`), ``logits [B, T, V]`` float32 (tied: the
-    ``[V, D]`` table as stored), capped."""
+    """:func:`final_norm` (BERT: :func:`head_transform`), ``logits [B, T, V]`` float32 (tied: ``tok_emb``), capped."""
     x_BTD = head_transform(params, final_norm(params, x_BTD, config, hooks=hooks), config, norm=norm, gelu=gelu_tanh)
     eq, w = ("btd,vd->btv", params["tok_emb"]) if config.tie_embeddings else ("btd,dv->btv", params["lm_head"])
     logits = jnp.einsum(eq, x_BTD, w.astype(x_BTD.dtype), preferred_element_type=acc_dtype(x_BTD.dtype))
@@ -357,7 +345,6 @@ def unembed_cross_entropy(params: Params, x_BTD, targets_BT, config, mask_BT=Non
 
 
 def next_token_loss(params: Params, tokens_BT1, config, *, key=None):
-    """The training objective: mean cross-entropy of predicting ``tokens[:, 1:]`` from
-    ``tokens[:, :-1]`` (``tokens [B, T+1]``). ``key`` enables dropout."""
+    """Training loss: mean cross-entropy of ``tokens[:, 1:]`` given ``tokens[:, :-1]`` (``key``: dropout)."""
     logits_BTV, _ = decoder(params, tokens_BT1[:, :-1], config, key=key)
     return cross_entropy(logits_BTV, tokens_BT1[:, 1:])

@@ -112,6 +112,10 @@ def gelu_exact(x):
     return 0.5 * x * (1.0 + lax.erf(x / math.sqrt(2.0)))
 
 
+#: Activations that multiply a gate branch into the up projection (Llama's SwiGLU, Gemma's GeGLU).
+GATED = ("swiglu", "geglu", "geglu_exact")
+
+
 # ----------------------------------------------------------------------------- heads: one per slice, grouped K/V
 def split_heads(x_BTD, n_head: int):
     """``[B, T, H*K] -> [B, H, T, K]``."""
