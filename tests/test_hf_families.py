@@ -178,12 +178,10 @@ NATIVE = {   # jaxformer configs written from scratch (not read from HF), export
 
 @pytest.mark.parametrize("arch", list(NATIVE))
 def test_native_configs_export_to_the_family_they_match(arch, tmp_path):
-    from conftest import randomize
-    from jaxformer import GPT
+    from conftest import random_model
     cfg = ModelConfig(**{**dict(vocab_size=V, d_model=48, n_head=4, n_layer=2, d_ff=80, max_len=64, positions="rope",
                                 norm="rmsnorm", activation="swiglu", bias=False, init_std=0.02), **NATIVE[arch]})
-    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
-    model.load_params(randomize(model.params(), seed=1, scale=0.2))
+    model = random_model(cfg, seed=1, scale=0.2)
     save_hf(model, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(hf).__name__ == arch

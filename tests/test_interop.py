@@ -14,7 +14,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from conftest import randomize  # noqa: E402
+from conftest import random_model  # noqa: E402
 from jaxformer import GPT, ModelConfig, load_config  # noqa: E402
 from jaxformer.errors import CheckpointError, ConfigError  # noqa: E402
 from jaxformer.interop import hf_from_params, load_hf, model_config_from_hf, params_from_hf, save_hf
@@ -37,14 +37,6 @@ def small_hf_model(seed=0, scale=0.2, **overrides):
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * scale + (1.0 if "ln" in name and name.endswith("weight") else 0.0))
-    return model
-
-
-def random_gpt(cfg, seed=0, scale=0.2):
-    """A jaxformer GPT with random weights everywhere, built without running its initialiser
-    (each random-normal init compiles separately on CPU, which is slow for tests)."""
-    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
-    model.load_params(randomize(model.params(), seed=seed, scale=scale))
     return model
 
 
@@ -174,7 +166,7 @@ def test_sharded_safetensors(small_hf, tmp_path):
 def test_round_trip_jaxformer_transformers_jaxformer(tmp_path, tied):
     cfg = ModelConfig(vocab_size=300, d_model=32, n_head=4, n_layer=2, d_ff=72, max_len=48,
                       norm_eps=1e-5, tie_embeddings=tied, init_std=0.02)   # HF files carry no init: 0.02
-    model = random_gpt(cfg, seed=3)
+    model = random_model(cfg, seed=3, scale=0.2)
     save_hf(model, tmp_path / "exported", architecture="GPT2LMHeadModel")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
     tokens = np.random.default_rng(1).integers(0, 300, (2, 48))
