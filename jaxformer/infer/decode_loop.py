@@ -9,6 +9,7 @@ model's KV-cache steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -132,21 +133,23 @@ def decode(step_fn: Callable, model_state: Any, logits_BV, *, max_new_tokens: in
     """The generation loop over any model given as a function (e.g. a fake one in tests).
 
     ``logits_BV`` are the logits of the first new token (after the prompt);
-    ``step_fn(model_state, token_B, step) -> (logits_BV, model_state)`` must be traceable.
+    ``step_fn(model_state, token_B, step) -> (logits_BV, model_state)`` must be traceable. Compiled
+    once per ``step_fn``, settings and shapes: calling again with the same function reuses the program.
     """
     B, V = logits_BV.shape
     spec, knobs, key = _settings(temperature, top_k, top_p, repetition_penalty, return_logprobs,
                                  top_n, False, max_new_tokens, key, V)
-    is_stop_V = S_.stop_mask(stop_tokens, V)
-
-    @jax.jit
-    def run(model_state, logits_BV, key, knobs, is_stop_V):
-        st = _init_state(model_state, B, max_new_tokens, V, key, spec)
-        st = _choose(st, logits_BV, knobs, is_stop_V, spec)
-        return decode_loop(step_fn, st, max_new_tokens, knobs, is_stop_V, spec)
-
-    st = run(model_state, jnp.asarray(logits_BV, jnp.float32), key, knobs, is_stop_V)
+    st = _run_decode(model_state, jnp.asarray(logits_BV, jnp.float32), key, knobs, S_.stop_mask(stop_tokens, V),
+                     step_fn=step_fn, spec=spec, n=max_new_tokens)
     return _result(st, max_new_tokens, stop_tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("step_fn", "spec", "n"))
+def _run_decode(model_state, logits_BV, key, knobs, is_stop_V, *, step_fn: Callable, spec: Spec, n: int) -> dict:
+    """:func:`decode`'s first token and loop as one program (``n`` new tokens at most)."""
+    B, V = logits_BV.shape
+    st = _choose(_init_state(model_state, B, n, V, key, spec), logits_BV, knobs, is_stop_V, spec)
+    return decode_loop(step_fn, st, n, knobs, is_stop_V, spec)
 
 
 # ----------------------------------------------------------------------------- validation
